@@ -1,0 +1,331 @@
+"""The ``bce3s`` command line: ``train``, ``eval``, ``report``, ``compare``, ``sweep`` and ``demo``.
+
+Usage, config and data errors print one line (``bce3s: error: ...``) and exit with code 2; ``--debug`` shows
+the traceback instead. Under ``torchrun`` the same command runs distributed (``torchrun --nproc_per_node=N -m
+bce3s train CONFIG ...``); only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bce3s.errors import BCE3SError, ConfigError
+
+log = logging.getLogger("bce3s")
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus exit code 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``bce3s --help`` documents every option)."""
+    parser = _Parser(
+        prog="bce3s",
+        description="Long-tailed image recognition with BCE3S: train, evaluate and report.",
+        epilog="Multi-GPU: torchrun --nproc_per_node=N -m bce3s train CONFIG --out DIR",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a config (all its stages) and evaluate the test split once at the end",
+                       description="Train every stage of CONFIG into a run directory, select on the validation "
+                       "split, then evaluate the test split once for the last and best-val checkpoints.")
+    t.add_argument("config", nargs="?", help="YAML config file (optional with --resume: the run's own config)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set stages.0.epochs=5 (repeatable)")
+    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides runtime.device)")
+    t.add_argument("--seed", type=int, help="run seed (overrides runtime.seed)")
+    _add_common(t)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint of a run: metrics, calibration, geometry",
+                       description="Evaluate a run's checkpoint on a split and write eval_<split>_<checkpoint>.json.")
+    e.add_argument("run_dir", help="a directory made by 'bce3s train'")
+    e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
+    e.add_argument("--checkpoint", default="last", choices=["last", "best_val"], help="checkpoint (default last)")
+    e.add_argument("--tta", default="none", choices=["none", "flip"], help="test-time augmentation (default none)")
+    e.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    e.add_argument("--no-geometry", action="store_true", help="skip the feature/classifier geometry diagnostics")
+    e.add_argument("--save-features", action="store_true", help="also save features, logits and labels (.pt)")
+    _add_common(e)
+
+    r = sub.add_parser("report", help="write report.html and report.md for one or more runs",
+                       description="Write a self-contained HTML report and a Markdown report comparing runs.")
+    r.add_argument("run_dirs", nargs="+", help="run directories")
+    r.add_argument("--out", help="output directory (default: the run directory, or report/ beside several runs)")
+    _add_common(r)
+
+    c = sub.add_parser("compare", help="table of mean ± std over seeds, grouped by config",
+                       description="Group runs by config and print mean ± std over seeds (All, Many, Medium, Few, ECE).")
+    c.add_argument("run_dirs", nargs="+", help="run directories")
+    c.add_argument("--format", default="md", choices=["md", "csv"], help="output format (default md)")
+    c.add_argument("--out", help="also write the table to this file")
+    _add_common(c)
+
+    s = sub.add_parser("sweep", help="run one config over several seeds, then write the compare table",
+                       description="Train CONFIG once per seed into OUT/seed<N>, then write OUT/compare.md.")
+    s.add_argument("config", help="YAML config file")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    s.add_argument("--out", help="parent directory (default runs/<config name>_sweep)")
+    s.add_argument("--jobs", type=int, default=1, help="seeds run in parallel as separate processes (default 1)")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--overwrite", action="store_true", help="replace runs already there")
+    _add_common(s)
+
+    d = sub.add_parser("demo", help="CE vs BCE3S on the embedded Digits-LT set, with a report",
+                       description="Train a CE baseline (with its own class-balanced stage 2) and BCE3S (both "
+                       "stages) on Digits-LT with the same data, seeds and epochs; print a table and write a report.")
+    d.add_argument("--out", default="runs/demo", help="parent directory of the two runs (default runs/demo)")
+    d.add_argument("--device", default="cpu", help="device (default cpu)")
+    _add_common(d)
+    return parser
+
+
+def _config_path(arg: str) -> str:
+    """A config path as given, or resolved inside the installed package (``configs/...`` works anywhere)."""
+    p = Path(arg)
+    if p.is_file():
+        return str(p)
+    parts = p.parts
+    if parts and parts[0] == "configs" and (PACKAGE_CONFIGS.joinpath(*parts[1:])).is_file():
+        return str(PACKAGE_CONFIGS.joinpath(*parts[1:]))
+    return arg
+
+
+def _default_out(config: str) -> Path:
+    p = Path(config)
+    return Path("runs") / f"{p.parent.name}_{p.stem}" if p.parent.name else Path("runs") / p.stem
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bce3s.config import load_config
+    from bce3s.engine.trainer import train
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"runtime.device={args.device}")
+    if args.seed is not None:
+        overrides.append(f"runtime.seed={args.seed}")
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        from bce3s.engine.rundir import RunDir
+
+        RunDir(Path(args.out)).require_run()
+        # without a CONFIG the run's own config is used (device/seed/--set still apply and are checked)
+        cfg = load_config(_config_path(args.config) if args.config else Path(args.out) / "config.yaml", overrides)
+        result = train(cfg, args.out, resume=True, quiet=args.quiet, config_path=args.config, command=sys.argv)
+    else:
+        if not args.config:
+            raise ConfigError("train needs a CONFIG file (e.g. configs/digits_lt/bce3s.yaml), or --resume --out RUN_DIR")
+        path = _config_path(args.config)
+        cfg = load_config(path, overrides)
+        out = Path(args.out) if args.out else _default_out(args.config)
+        result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet, config_path=args.config, command=sys.argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_final(result.final, result.run_dir)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _print_final(final: dict[str, Any], run_dir: Path) -> None:
+    print(f"run directory: {run_dir}")
+    print(f"{'checkpoint':<22}{'All':>8}{'Many':>8}{'Medium':>8}{'Few':>8}{'ECE':>8}")
+    for name, m in final.get("test", {}).items():
+        label = name.replace("_tta_flip", " (flip TTA)")
+        ece = m.get("ece")
+        print(f"{label:<22}{_fmt(m.get('top1')):>8}{_fmt(m.get('many')):>8}{_fmt(m.get('medium')):>8}"
+              f"{_fmt(m.get('few')):>8}{_fmt(None if ece is None else 100 * ece):>8}")
+    sel = final.get("selection", {}).get("best_val") or {}
+    if sel.get("metric"):
+        print(f"best_val: {sel['stage']} epoch {sel['epoch'] + 1} (val {sel['metric']} {sel['value']:.2f}); "
+              "test split used only for these rows")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from bce3s.eval.evaluate import evaluate_run
+
+    res = evaluate_run(args.run_dir, split=args.split, checkpoint=args.checkpoint, tta=args.tta, device=args.device,
+                       geometry=not args.no_geometry, save_features=args.save_features)
+    m = res["metrics"]
+    print(f"{args.run_dir}: {args.split} split, checkpoint {args.checkpoint}, TTA {args.tta}")
+    print(f"top1 {_fmt(m.get('top1'))}  mean per class {_fmt(m.get('mean_per_class'))}  many {_fmt(m.get('many'))}  "
+          f"medium {_fmt(m.get('medium'))}  few {_fmt(m.get('few'))}  ECE {_fmt(100 * m['ece'] if m.get('ece') is not None else None)}")
+    g = res.get("geometry")
+    if g:
+        def mean_of(key: str) -> str:
+            v = g.get(key)
+            v = v.get("mean") if isinstance(v, dict) else None
+            return "–" if v is None else f"{v:.3f}"
+
+        print(f"geometry: compactness {mean_of('compactness')}  feature separability {mean_of('feature_separability')}  "
+              f"classifier separability {mean_of('classifier_separability')}")
+    suffix = "_tta_flip" if args.tta == "flip" else ""
+    print(f"written: {Path(args.run_dir) / f'eval_{args.split}_{args.checkpoint}{suffix}.json'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bce3s.eval.report import write_report
+
+    dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else dirs[0].parent / "report")
+    html, md = write_report(dirs, out)
+    print(f"report: {html}")
+    print(f"markdown: {md}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bce3s.eval.compare import compare_runs, format_csv, format_markdown
+
+    rows = compare_runs([Path(d) for d in args.run_dirs])
+    text = format_markdown(rows) if args.format == "md" else format_csv(rows)
+    print(text)
+    if args.out:
+        from bce3s.engine.rundir import RunDir
+
+        RunDir(Path(args.out).parent).write_text(Path(args.out), text)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from bce3s.config import load_config
+    from bce3s.eval.compare import compare_runs, format_markdown
+
+    path = _config_path(args.config)
+    base = [*args.overrides] + ([f"runtime.device={args.device}"] if args.device else [])
+    for seed in args.seeds:  # validate every seed's config before any training starts
+        load_config(path, [*base, f"runtime.seed={seed}"])
+    parent = Path(args.out) if args.out else Path(f"{_default_out(args.config)}_sweep")
+    if args.jobs < 1:
+        raise ConfigError("--jobs: must be >= 1")
+    runs = [parent / f"seed{seed}" for seed in args.seeds]
+    cmds = []
+    for seed, out in zip(args.seeds, runs):
+        cmd = [sys.executable, "-m", "bce3s", "train", path, "--out", str(out), "--seed", str(seed), "--quiet"]
+        cmd += [x for o in args.overrides for x in ("--set", o)]
+        if args.device:
+            cmd += ["--device", args.device]
+        if args.overwrite:
+            cmd.append("--overwrite")
+        cmds.append(cmd)
+    failed = []
+    pending = list(zip(args.seeds, cmds))
+    active: list[tuple[int, subprocess.Popen]] = []
+    while pending or active:
+        while pending and len(active) < args.jobs:
+            seed, cmd = pending.pop(0)
+            log.info("seed %d: %s", seed, " ".join(cmd))
+            active.append((seed, subprocess.Popen(cmd)))
+        seed, proc = active.pop(0)
+        if proc.wait() != 0:
+            failed.append(seed)
+    done = [r for r in runs if (r / "final.json").is_file()]
+    if done:
+        text = format_markdown(compare_runs(done))
+        (parent / "compare.md").write_text(text + "\n")
+        print(text)
+        print(f"table: {parent / 'compare.md'}")
+    if failed:
+        print(f"bce3s: error: seeds {failed} failed; see their run directories under {parent}", file=sys.stderr)
+        return 1
+    return 0
+
+
+DEMO_RUNS = (("CE + CB stage 2", "ce"), ("BCE3S + CB-BCE stage 2", "bce3s"))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bce3s.config import load_config
+    from bce3s.engine.trainer import train
+    from bce3s.eval.evaluate import evaluate_run
+    from bce3s.eval.report import write_report
+
+    parent = Path(args.out)
+    finals = []
+    for label, name in DEMO_RUNS:
+        cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
+        out = parent / name
+        print(f"training {label} -> {out}", flush=True)
+        res = train(cfg, out, overwrite=True, quiet=args.quiet, config_path=f"configs/digits_lt/{name}.yaml",
+                    command=sys.argv)
+        evaluate_run(out, split="test", checkpoint="last", device=args.device)
+        finals.append((label, res.final))
+    print()
+    print("Digits-LT test accuracy (%), same data, seeds and epochs; best_val chosen on the validation split")
+    print(f"{'method':<26}{'checkpoint':<11}{'All':>7}{'Many':>7}{'Medium':>8}{'Few':>7}")
+    for label, final in finals:
+        for ck in ("last", "best_val"):
+            m = final["test"][ck]
+            print(f"{label:<26}{ck:<11}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}{_fmt(m['medium']):>8}{_fmt(m['few']):>7}")
+    html, _ = write_report([parent / name for _, name in DEMO_RUNS], parent / "report")
+    print()
+    print(f"runs: {', '.join(str(parent / name) for _, name in DEMO_RUNS)}")
+    print(f"report: {html}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "report": _cmd_report,
+    "compare": _cmd_compare,
+    "sweep": _cmd_sweep,
+    "demo": _cmd_demo,
+}
+
+
+def _setup_logging(quiet: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.WARNING if (quiet or rank != 0) else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bce3s`` and ``python -m bce3s``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except BCE3SError as err:
+        if args.debug:
+            raise
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"bce3s: error: {msg}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("bce3s: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Batched AutoAugment / RandAugment with torchvision's op semantics, for the GPU-resident pipeline.
+
+``torchvision.transforms.v2.AutoAugment`` draws one sub-policy per call, i.e. per image. Here every image of a
+batch gets its own draw, and the images that share an op *variant* (operation, magnitude and sign) are gathered
+into one contiguous sub-batch and transformed by a single call of the torchvision v2 functional kernel with
+exactly the arguments ``AutoAugment`` would pass (nearest interpolation, ``fill=None`` i.e. 0 outside the image).
+Every op is per-image (``equalize``/``autocontrast``/``adjust_contrast`` compute their statistics per image), so
+the result equals what ``AutoAugment`` produces image by image for the same draws. Per slot (first op, second
+op) there is one gather and one scatter; the number of kernel calls is the number of distinct variants present
+in the batch (at most 45 per slot for the CIFAR-10 policy), independent of the batch size.
+
+Parameters are drawn on the CPU from an explicit ``torch.Generator`` (see :func:`sample_autoaugment`), so a batch
+is augmented identically on every device and can be re-created from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "CIFAR10_POLICY",
+    "RANDAUGMENT_OPS",
+    "OpTable",
+    "apply_op",
+    "apply_op_slots",
+    "autoaugment_table",
+    "op_magnitude",
+    "randaugment_table",
+    "sample_autoaugment",
+    "sample_randaugment",
+]
+
+# The CIFAR-10 policy of Cubuk et al. (2019), Table 7 of the paper's appendix, in torchvision's encoding:
+# (op, probability, magnitude bin of 10) per slot; identical to ``AutoAugment(AutoAugmentPolicy.CIFAR10)``.
+CIFAR10_POLICY: tuple[tuple[tuple[str, float, int | None], tuple[str, float, int | None]], ...] = (
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+)
+
+# torchvision RandAugment's op list, in its order ("Identity" first).
+RANDAUGMENT_OPS: tuple[str, ...] = (
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+)
+
+_SIGNED = frozenset(
+    {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
+)
+
+
+def op_magnitude(name: str, bin_index: int | None, height: int, width: int, num_bins: int = 10) -> float:
+    """The unsigned magnitude torchvision's AutoAugment/RandAugment uses for ``name`` at ``bin_index``.
+
+    Computed with the same ``torch.linspace`` calls (float32) as torchvision's ``_AUGMENTATION_SPACE``, so the
+    value is bit-identical; ops without a magnitude return 0.0.
+    """
+    if bin_index is None or name in ("Identity", "AutoContrast", "Equalize", "Invert"):
+        return 0.0
+    if name in ("ShearX", "ShearY"):
+        mags = torch.linspace(0.0, 0.3, num_bins)
+    elif name == "TranslateX":
+        mags = torch.linspace(0.0, 150.0 / 331.0 * width, num_bins)
+    elif name == "TranslateY":
+        mags = torch.linspace(0.0, 150.0 / 331.0 * height, num_bins)
+    elif name == "Rotate":
+        mags = torch.linspace(0.0, 30.0, num_bins)
+    elif name in ("Brightness", "Color", "Contrast", "Sharpness"):
+        mags = torch.linspace(0.0, 0.9, num_bins)
+    elif name == "Posterize":
+        mags = (8 - (torch.arange(num_bins) / ((num_bins - 1) / 4))).round().int()
+    elif name == "Solarize":
+        mags = torch.linspace(1.0, 0.0, num_bins)
+    else:
+        raise ValueError(f"unknown augmentation op {name!r}")
+    return float(mags[bin_index])
+
+
+def apply_op(images: Tensor, name: str, magnitude: float) -> Tensor:
+    """Apply one AutoAugment op to a batch with one parameter set, exactly as torchvision v2 does per image.
+
+    Mirrors ``torchvision.transforms.v2._AutoAugmentBase._apply_image_or_video_transform`` with nearest
+    interpolation and ``fill=None`` (the ``AutoAugment`` defaults).
+
+    Args:
+        images: uint8 (B, C, H, W), C in {1, 3}, on any device.
+        name: op name (``CIFAR10_POLICY`` / ``RANDAUGMENT_OPS`` spelling).
+        magnitude: signed magnitude (0.0 for ops without one).
+
+    Returns:
+        uint8 (B, C, H, W).
+    """
+    nearest = F.InterpolationMode.NEAREST
+    if name == "Identity":
+        return images
+    if name == "ShearX":
+        shear = [math.degrees(math.atan(magnitude)), 0.0]
+        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest,
+                        fill=None, center=[0, 0])
+    if name == "ShearY":
+        shear = [0.0, math.degrees(math.atan(magnitude))]
+        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest,
+                        fill=None, center=[0, 0])
+    if name == "TranslateX":
+        return F.affine(images, angle=0.0, translate=[int(magnitude), 0], scale=1.0, shear=[0.0, 0.0],
+                        interpolation=nearest, fill=None)
+    if name == "TranslateY":
+        return F.affine(images, angle=0.0, translate=[0, int(magnitude)], scale=1.0, shear=[0.0, 0.0],
+                        interpolation=nearest, fill=None)
+    if name == "Rotate":
+        return F.rotate(images, angle=magnitude, interpolation=nearest, fill=None)
+    if name == "Brightness":
+        return F.adjust_brightness(images, brightness_factor=1.0 + magnitude)
+    if name == "Color":
+        return F.adjust_saturation(images, saturation_factor=1.0 + magnitude)
+    if name == "Contrast":
+        return F.adjust_contrast(images, contrast_factor=1.0 + magnitude)
+    if name == "Sharpness":
+        return F.adjust_sharpness(images, sharpness_factor=1.0 + magnitude)
+    if name == "Posterize":
+        return F.posterize(images, bits=int(magnitude))
+    if name == "Solarize":
+        return F.solarize(images, threshold=255 * magnitude)
+    if name == "AutoContrast":
+        return F.autocontrast(images)
+    if name == "Equalize":
+        return F.equalize(images)
+    if name == "Invert":
+        return F.invert(images)
+    raise ValueError(f"unknown augmentation op {name!r}")
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """The distinct op variants (name, signed magnitude) a policy can produce.
+
+    Attributes:
+        variants: list of (op name, signed magnitude); the index is the variant id.
+    """
+
+    variants: tuple[tuple[str, float], ...]
+
+
+class _TableBuilder:
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, float], int] = {}
+
+    def add(self, name: str, magnitude: float) -> int:
+        key = (name, magnitude)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids)
+        return self._ids[key]
+
+    def table(self) -> OpTable:
+        return OpTable(tuple(sorted(self._ids, key=self._ids.__getitem__)))
+
+
+def _signed_ids(builder: _TableBuilder, name: str, magnitude: float) -> tuple[int, int]:
+    """Variant ids for (+magnitude, -magnitude); the same id twice when the sign does not matter."""
+    pos = builder.add(name, magnitude)
+    if name in _SIGNED and magnitude != 0.0:
+        return pos, builder.add(name, -magnitude)
+    return pos, pos
+
+
+def autoaugment_table(height: int, width: int) -> tuple[OpTable, Tensor, Tensor]:
+    """Variant table of the CIFAR-10 AutoAugment policy for images of size (height, width).
+
+    Returns:
+        table: the distinct variants.
+        ids: int64 (25, 2, 2): variant id per (sub-policy, slot, negative sign).
+        probs: float64 (25, 2): application probability per (sub-policy, slot).
+    """
+    builder = _TableBuilder()
+    ids = torch.empty(len(CIFAR10_POLICY), 2, 2, dtype=torch.int64)
+    probs = torch.empty(len(CIFAR10_POLICY), 2, dtype=torch.float64)
+    for p, sub in enumerate(CIFAR10_POLICY):
+        for s, (name, prob, bin_index) in enumerate(sub):
+            ids[p, s, 0], ids[p, s, 1] = _signed_ids(builder, name, op_magnitude(name, bin_index, height, width))
+            probs[p, s] = prob
+    return builder.table(), ids, probs
+
+
+def randaugment_table(height: int, width: int, *, magnitude: int = 9, num_bins: int = 31) -> tuple[OpTable, Tensor]:
+    """Variant table of torchvision's RandAugment (one magnitude bin for all ops).
+
+    Returns:
+        table: the distinct variants.
+        ids: int64 (14, 2): variant id per (op in ``RANDAUGMENT_OPS``, negative sign); -1 for ``Identity``.
+    """
+    builder = _TableBuilder()
+    ids = torch.empty(len(RANDAUGMENT_OPS), 2, dtype=torch.int64)
+    for o, name in enumerate(RANDAUGMENT_OPS):
+        if name == "Identity":
+            ids[o] = -1
+            continue
+        ids[o, 0], ids[o, 1] = _signed_ids(builder, name, op_magnitude(name, magnitude, height, width, num_bins))
+    return builder.table(), ids
+
+
+def sample_autoaugment(n: int, ids: Tensor, probs: Tensor, generator: torch.Generator) -> Tensor:
+    """Draw AutoAugment decisions for ``n`` images, as ``AutoAugment.forward`` does once per image.
+
+    Per image: a sub-policy uniformly among the 25; per slot, the op is applied when ``u <= p`` (torchvision's
+    test) and signed magnitudes are negated with probability 1/2.
+
+    Args:
+        n: number of images.
+        ids, probs: from :func:`autoaugment_table`.
+        generator: CPU generator.
+
+    Returns:
+        int64 (n, 2) CPU: variant id per image and slot, -1 where the op is not applied.
+    """
+    sub = torch.randint(len(probs), (n,), generator=generator)
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    neg = (torch.rand(n, 2, generator=generator) <= 0.5).long()
+    slot = torch.arange(2).expand(n, 2)
+    variant = ids[sub[:, None], slot, neg]
+    return torch.where(u <= probs[sub], variant, torch.full_like(variant, -1))
+
+
+def sample_randaugment(n: int, ids: Tensor, generator: torch.Generator, *, num_ops: int = 2) -> Tensor:
+    """Draw RandAugment decisions: ``num_ops`` ops per image uniformly among 14, signs with probability 1/2.
+
+    Returns:
+        int64 (n, num_ops) CPU variant ids, -1 for ``Identity``.
+    """
+    op = torch.randint(ids.shape[0], (n, num_ops), generator=generator)
+    neg = (torch.rand(n, num_ops, generator=generator) <= 0.5).long()
+    return ids[op, neg]
+
+
+def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
+    """Apply per-image op variants slot after slot, one torchvision kernel call per variant present.
+
+    Args:
+        images: uint8 (B, C, H, W) on any device.
+        variants: int64 (B, S) on the CPU, variant ids into ``table`` (-1 = no op in that slot).
+        table: the variant table.
+
+    Returns:
+        uint8 (B, C, H, W) on ``images.device``; images are transformed independently of each other.
+    """
+    if variants.shape[0] != images.shape[0]:
+        raise ValueError(f"variants has {variants.shape[0]} rows for {images.shape[0]} images")
+    out = images
+    num_variants = len(table.variants)
+    for s in range(variants.shape[1]):
+        v = variants[:, s]
+        active = (v >= 0).nonzero().squeeze(1)
+        if active.numel() == 0:
+            continue
+        va = v[active]
+        order = torch.argsort(va, stable=True)
+        rows = active[order]
+        counts = torch.bincount(va, minlength=num_variants).tolist()
+        rows_dev = rows.to(images.device, non_blocking=True)
+        sub = out.index_select(0, rows_dev)
+        pieces = []
+        start = 0
+        for vid, count in enumerate(counts):
+            if count:
+                name, magnitude = table.variants[vid]
+                pieces.append(apply_op(sub[start : start + count], name, magnitude))
+                start += count
+        out = out.index_copy(0, rows_dev, torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+    return out

@@ -1,0 +1,397 @@
+"""GPU-resident batches (airbench style): the uint8 split lives on the device, batches are augmented batched.
+
+The whole uint8 image tensor (N, C, H, W) of an in-memory split is moved to the device once. Each step takes its
+slice of the epoch's index list (from :func:`bce3s.data.samplers.epoch_indices`), gathers the batch on the
+device and applies the preset (:mod:`bce3s.data.transforms`) to the whole batch with per-image random parameters:
+
+- random crop with zero padding and horizontal flip in one gather (per-image offsets and flip bits);
+- AutoAugment CIFAR-10 / RandAugment through :func:`bce3s.data.gpu_autoaugment.apply_op_slots` (torchvision v2
+  kernels on groups of images that share an op variant, so every op has torchvision's exact semantics);
+- ``RandomResizedCrop`` + ``ColorJitter`` for the ``imagenet`` preset (bilinear ``grid_sample`` without
+  antialiasing; colour ops per image with torchvision's blend formulas, random order per image);
+- ``ToDtype(float32, scale=True)``, Cutout (official box rule), ``Normalize`` (torchvision kernels, batched).
+
+All random parameters of a step are drawn on the CPU from a generator seeded by ``(seed, epoch, step, rank)``
+(:func:`step_generator`), then moved to the device: the batches are identical on every device and resuming at
+any step (:meth:`GpuBatchSource.iter_from`) reproduces the uninterrupted run exactly. On a CPU-only machine this
+is also the fast path: no worker processes, no per-image Python work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+from torchvision.transforms.v2 import functional as F
+
+from bce3s.data.gpu_autoaugment import (
+    apply_op_slots,
+    autoaugment_table,
+    randaugment_table,
+    sample_autoaugment,
+    sample_randaugment,
+)
+from bce3s.data.transforms import PRESETS, default_flip, eval_resize_size, preset_stats
+
+__all__ = [
+    "BatchAugment",
+    "GpuBatchSource",
+    "eval_shard",
+    "num_batches",
+    "step_generator",
+    "step_seed",
+]
+
+# Stream tags keep the random streams of different consumers of (seed, epoch, step) apart.
+STREAM_AUGMENT = 0
+STREAM_SAMPLE = 1
+STREAM_MIX = 2
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> int:
+    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing."""
+    words = [int(v) for v in (seed, epoch, step, rank, stream)]
+    if min(words) < 0:
+        raise ValueError(f"seed, epoch, step, rank and stream must be >= 0 (got {words})")
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def step_generator(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`step_seed` (e.g. ``stream=STREAM_MIX`` for ``glmc_mix``)."""
+    return torch.Generator().manual_seed(step_seed(seed, epoch, step, rank, stream))
+
+
+def eval_shard(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """The contiguous block of ``range(n)`` that ``rank`` evaluates: no padding, no duplicates.
+
+    Blocks follow ``numpy.array_split`` (the first ``n % world_size`` ranks get one more item); concatenating the
+    blocks of ranks 0..world_size-1 gives ``range(n)``, so gathered predictions need no de-duplication.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) (got rank={rank}, world_size={world_size})")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches for ``n`` items: ``ceil(n / batch_size)``, or ``floor`` with ``drop_last``."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+class BatchAugment:
+    """A transform preset applied to a whole uint8 batch on its device, with per-image random parameters.
+
+    Semantics follow :func:`bce3s.data.transforms.build_transform` with the same arguments (see the module
+    docstring for where the ``imagenet`` preset approximates torchvision).
+
+    Args:
+        preset: ``cifar``, ``imagenet`` or ``gray``.
+        train: augment (True) or the deterministic eval transform (False).
+        image_size: output side.
+        autoaugment, cutout, randaugment, flip: as in ``build_transform``.
+    """
+
+    def __init__(
+        self,
+        preset: str,
+        *,
+        train: bool,
+        image_size: int,
+        autoaugment: bool = True,
+        cutout: int = 16,
+        randaugment: bool = False,
+        flip: bool | None = None,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
+        if image_size <= 0 or cutout < 0:
+            raise ValueError(f"image_size must be > 0 and cutout >= 0 (got {image_size}, {cutout})")
+        self.preset = preset
+        self.train = train
+        self.image_size = image_size
+        self.autoaugment = autoaugment and preset == "cifar"
+        self.cutout = cutout if preset == "cifar" else 0
+        self.randaugment = randaugment and preset == "imagenet"
+        self.flip = default_flip(preset) if flip is None else flip
+        self.padding = 4 if preset == "cifar" else image_size // 8
+        self._aa = autoaugment_table(image_size, image_size) if self.autoaugment else None
+        self._ra = randaugment_table(image_size, image_size) if self.randaugment else None
+        self._stats: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchAugment(preset={self.preset!r}, train={self.train}, image_size={self.image_size}, "
+            f"autoaugment={self.autoaugment}, cutout={self.cutout}, randaugment={self.randaugment}, flip={self.flip})"
+        )
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment a batch.
+
+        Args:
+            images: uint8 (B, C, H, W) on any device.
+            generator: CPU generator for all random draws (required when ``train``).
+
+        Returns:
+            float32 (B, C, image_size, image_size), normalized, on ``images.device``.
+        """
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if self.train:
+            if generator is None:
+                raise ValueError("a CPU torch.Generator is required for training augmentation")
+            x = self._augment_uint8(images, generator)
+        else:
+            x = self._eval_uint8(images)
+        out = F.to_dtype(x, torch.float32, scale=True)
+        if self.train and self.cutout > 0:
+            out = self._cutout(out, generator)  # type: ignore[arg-type]
+        mean, std = preset_stats(self.preset, out.shape[1])
+        return F.normalize(out, list(mean), list(std), inplace=True)
+
+    # -- uint8 stages --------------------------------------------------------------------------------------------
+
+    def _eval_uint8(self, x: Tensor) -> Tensor:
+        if self.preset == "imagenet":
+            x = F.resize(x, [eval_resize_size(self.image_size)], antialias=True)
+            x = F.center_crop(x, [self.image_size, self.image_size])
+        return x
+
+    def _augment_uint8(self, x: Tensor, g: torch.Generator) -> Tensor:
+        if self.preset == "imagenet":
+            x = self._resized_crop_flip(x, g)
+            if self._ra is not None:
+                table, ids = self._ra
+                x = apply_op_slots(x, sample_randaugment(x.shape[0], ids, g), table)
+            else:
+                x = self._color_jitter(x, g)
+            return x
+        x = self._crop_flip(x, g)
+        if self._aa is not None:
+            table, ids, probs = self._aa
+            x = apply_op_slots(x, sample_autoaugment(x.shape[0], ids, probs, g), table)
+        return x
+
+    def _crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
+        """RandomCrop(size, padding, fill 0) then RandomHorizontalFlip, as one gather."""
+        b, c, h, w = x.shape
+        size, pad = self.image_size, self.padding
+        hp, wp = h + 2 * pad, w + 2 * pad
+        if hp < size or wp < size:
+            raise ValueError(f"crop size {size} is larger than the padded image {hp}x{wp}")
+        oy = torch.randint(hp - size + 1, (b,), generator=g)
+        ox = torch.randint(wp - size + 1, (b,), generator=g)
+        flip = torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
+        ar = torch.arange(size)
+        rows = oy[:, None] + ar  # (B, S) rows of the padded image
+        cols = ox[:, None] + torch.where(flip[:, None], size - 1 - ar, ar)  # (B, S), reversed when flipped
+        lin = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, size * size)
+        lin = lin.to(x.device, non_blocking=True)
+        padded = nnf.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+        out = padded.reshape(b, c, hp * wp).gather(2, lin.expand(b, c, size * size))
+        return out.view(b, c, size, size)
+
+    def _cutout(self, x: Tensor, g: torch.Generator) -> Tensor:
+        """Official Cutout: centre uniform over the pixels, box centre ± size // 2 clipped, set to 0."""
+        b, _, h, w = x.shape
+        half = self.cutout // 2
+        cy = torch.randint(h, (b,), generator=g)
+        cx = torch.randint(w, (b,), generator=g)
+        box = torch.stack([cy - half, cy + half, cx - half, cx + half]).to(x.device, non_blocking=True)
+        ys = torch.arange(h, device=x.device)
+        xs = torch.arange(w, device=x.device)
+        # clipping is implicit: rows outside [0, H) do not exist
+        in_y = (ys[None, :] >= box[0][:, None]) & (ys[None, :] < box[1][:, None])  # (B, H)
+        in_x = (xs[None, :] >= box[2][:, None]) & (xs[None, :] < box[3][:, None])  # (B, W)
+        mask = in_y[:, :, None] & in_x[:, None, :]
+        return x.masked_fill_(mask[:, None], 0.0)
+
+    def _resized_crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
+        """RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) + flip via bilinear grid_sample (no antialias)."""
+        b, _, h, w = x.shape
+        size = self.image_size
+        area = h * w
+        attempts = 10
+        target = area * (0.08 + (1.0 - 0.08) * torch.rand(b, attempts, generator=g, dtype=torch.float64))
+        log_lo, log_hi = math.log(3.0 / 4.0), math.log(4.0 / 3.0)
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(b, attempts, generator=g, dtype=torch.float64))
+        cw = torch.round(torch.sqrt(target * ratio)).long()
+        ch = torch.round(torch.sqrt(target / ratio)).long()
+        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((b,), -1))
+        # fallback: central crop of the whole image clipped to the ratio range (torchvision's rule)
+        in_ratio = w / h
+        if in_ratio < 3.0 / 4.0:
+            fw, fh = w, int(round(w / (3.0 / 4.0)))
+        elif in_ratio > 4.0 / 3.0:
+            fw, fh = int(round(h * (4.0 / 3.0))), h
+        else:
+            fw, fh = w, h
+        pick = first.clamp(min=0)[:, None]
+        bw = torch.where(first >= 0, cw.gather(1, pick).squeeze(1), torch.full((b,), fw))
+        bh = torch.where(first >= 0, ch.gather(1, pick).squeeze(1), torch.full((b,), fh))
+        u = torch.rand(b, 2, generator=g, dtype=torch.float64)
+        top = torch.where(first >= 0, (u[:, 0] * (h - bh + 1)).floor().long(), (h - bh) // 2)
+        left = torch.where(first >= 0, (u[:, 1] * (w - bw + 1)).floor().long(), (w - bw) // 2)
+        flip = torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
+        # output pixel k samples input coordinate left + (k + 0.5) * bw / size - 0.5 (align_corners=False)
+        k = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+        xs = left[:, None] + k[None, :] * bw[:, None]  # (B, S) in input pixel units (edges at integers)
+        ys = top[:, None] + k[None, :] * bh[:, None]
+        xs = torch.where(flip[:, None], xs.flip(1), xs)
+        gx = (xs / w * 2 - 1).float()
+        gy = (ys / h * 2 - 1).float()
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (B, S, S, 2)
+        grid = grid.to(x.device, non_blocking=True)
+        out = nnf.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _color_jitter(self, x: Tensor, g: torch.Generator) -> Tensor:
+        """ColorJitter(0.4, 0.4, 0.4): per image factors in [0.6, 1.4] and a random order of the three ops."""
+        b = x.shape[0]
+        factors = (0.6 + 0.8 * torch.rand(b, 3, generator=g)).to(x.device, non_blocking=True)
+        order = torch.argsort(torch.rand(b, 3, generator=g), dim=1).to(x.device, non_blocking=True)
+        for pos in range(3):
+            for op in range(3):
+                ratio = torch.where(order[:, pos] == op, factors[:, op], torch.ones_like(factors[:, op]))
+                x = _blend_op(x, op, ratio.view(b, 1, 1, 1))
+        return x
+
+
+def _blend_op(x: Tensor, op: int, ratio: Tensor) -> Tensor:
+    """torchvision's brightness (0) / contrast (1) / saturation (2) on uint8 with a per-image ratio (B, 1, 1, 1)."""
+    xf = x.float()
+    if op == 0:
+        return xf.mul_(ratio).clamp_(0, 255).to(torch.uint8)
+    if x.shape[1] == 1:
+        if op == 2:
+            return x
+        other = xf.mean(dim=(-3, -2, -1), keepdim=True)
+    else:
+        gray = (xf[:, 0:1] * 0.2989 + xf[:, 1:2] * 0.587 + xf[:, 2:3] * 0.114).floor_()
+        other = gray.mean(dim=(-3, -2, -1), keepdim=True) if op == 1 else gray
+    return (xf * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
+
+
+class GpuBatchSource:
+    """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment`.
+
+    Satisfies the ``BatchSource`` protocol (``set_epoch``, ``__len__``, ``__iter__``) and adds
+    :meth:`iter_from` (exact mid-epoch resume) and :meth:`indices`. Build it with
+    :func:`bce3s.data.loader.make_batch_source`.
+
+    Args:
+        images: uint8 (N, C, H, W), any device (moved to ``device`` on first use).
+        labels: int64 (N,).
+        augment: the batched transform.
+        batch_size: images per batch.
+        device: where batches are produced.
+        train: sampled, augmented epochs (True) or sequential, deterministic evaluation (False).
+        sampler, rho, num_samples: the epoch index list (``samplers.epoch_indices``), training only.
+        seed: base seed of sampling and augmentation.
+        rank, world_size: DDP position; training slices come from the sampler, evaluation uses
+            :func:`eval_shard`.
+        drop_last: drop the last incomplete batch (training only).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        augment: BatchAugment,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        sampler: str = "instance",
+        rho: float = 0.0,
+        num_samples: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self._images_src = images
+        self._labels_src = labels
+        self._images: Tensor | None = None
+        self._labels: Tensor | None = None
+        self.augment = augment
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train = train
+        self.sampler = sampler
+        self.rho = rho
+        self.num_samples = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last and train
+        self.epoch = 0
+        self._cache: tuple[int, Tensor] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose index list and augmentation draws the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> Tensor:
+        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
+        if not self.train:
+            shard = eval_shard(len(self._labels_src), self.rank, self.world_size)
+            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
+        if self._cache is None or self._cache[0] != self.epoch:
+            from bce3s.data.samplers import epoch_indices
+
+            idx = epoch_indices(
+                self._labels_src.cpu(),
+                kind=self.sampler,
+                rho=self.rho,
+                seed=self.seed,
+                epoch=self.epoch,
+                num_samples=self.num_samples,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def _resident(self) -> tuple[Tensor, Tensor]:
+        if self._images is None or self._labels is None:
+            self._images = self._images_src.to(self.device)
+            self._labels = self._labels_src.to(self.device, dtype=torch.int64)
+        return self._images, self._labels
+
+    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate the current epoch from batch ``step`` on; batch k is identical to an uninterrupted epoch's.
+
+        Yields:
+            float32 (B, C, S, S) normalized images and int64 (B,) labels, on ``device``.
+        """
+        images, labels = self._resident()
+        idx = self.indices().to(self.device)
+        total = len(self)
+        for k in range(step, total):
+            rows = idx[k * self.batch_size : (k + 1) * self.batch_size]
+            batch = images.index_select(0, rows)
+            gen = step_generator(self.seed, self.epoch, k, self.rank) if self.augment.train else None
+            yield self.augment(batch, gen), labels.index_select(0, rows)
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-able description (for logs)."""
+        return {"pipeline": "gpu", "augment": repr(self.augment), "batch_size": self.batch_size,
+                "sampler": self.sampler, "rho": self.rho, "seed": self.seed, "epoch": self.epoch}

@@ -1,0 +1,187 @@
+"""One split of a dataset (:class:`ImageSet`) and image-file decoding.
+
+An :class:`ImageSet` holds its images either in memory (``images``: uint8 (N, C, H, W), the form the
+GPU-resident pipeline needs) or as file paths (``paths``), plus int64 labels. ``load_image(i)`` returns image
+``i`` as uint8 (C, H, W) in both cases; files are decoded with PIL as RGB.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bce3s.errors import DataError
+
+__all__ = ["ImageSet", "decode_files", "load_image_file"]
+
+log = logging.getLogger(__name__)
+
+
+def load_image_file(path: str | os.PathLike[str], mode: str = "RGB") -> Tensor:
+    """Decode an image file.
+
+    Args:
+        path: the file.
+        mode: PIL mode to convert to: ``RGB`` (3 channels) or ``L`` (1 channel).
+
+    Returns:
+        uint8 (C, H, W).
+
+    Raises:
+        DataError: the file is missing or cannot be decoded (the message names the path).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im.convert(mode), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path} (check data.root and the split files)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"cannot decode image {path}: {err} (re-create or remove the file)") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def decode_files(
+    paths: Sequence[str],
+    *,
+    mode: str = "RGB",
+    max_bytes: int = 2 << 30,
+    workers: int | None = None,
+) -> Tensor | None:
+    """Decode files of one common size into a single uint8 tensor, with a thread pool.
+
+    Args:
+        paths: image files.
+        mode: PIL mode (``RGB`` or ``L``).
+        max_bytes: give up (return ``None``) when the decoded tensor would exceed this many bytes.
+        workers: decoding threads (default: ``min(8, os.cpu_count())``).
+
+    Returns:
+        uint8 (N, C, H, W), or ``None`` when the images differ in size or the tensor would be too large.
+
+    Raises:
+        DataError: a file cannot be decoded.
+    """
+    n = len(paths)
+    channels = 3 if mode == "RGB" else 1
+    if n == 0:
+        return torch.empty(0, channels, 1, 1, dtype=torch.uint8)
+    first = load_image_file(paths[0], mode)
+    shape = tuple(first.shape)
+    if n * first.numel() > max_bytes:
+        log.info("not decoding %d images of shape %s into memory: more than %d bytes", n, shape, max_bytes)
+        return None
+    out = torch.empty((n, *shape), dtype=torch.uint8)
+    out[0] = first
+    mismatch: list[tuple[int, tuple[int, ...]]] = []
+
+    def work(i: int) -> bool:
+        if mismatch:
+            return False
+        img = load_image_file(paths[i], mode)
+        if tuple(img.shape) != shape:
+            mismatch.append((i, tuple(img.shape)))
+            return False
+        out[i] = img
+        return True
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for ok in pool.map(work, range(1, n), chunksize=64):
+            if not ok:
+                break
+    if mismatch:
+        i, other = mismatch[0]
+        log.info("images differ in size (%s: %s, %s: %s): keeping them as files", paths[0], shape, paths[i], other)
+        return None
+    return out
+
+
+@dataclass
+class ImageSet:
+    """One split: images in memory or as files, with labels.
+
+    Attributes:
+        images: uint8 (N, C, H, W) when held in memory, else ``None``.
+        paths: N file paths when the images are files, else ``None``.
+        labels: int64 (N,) class ids.
+        source_index: int64 (N,) position of each image in the dataset's source enumeration (the file order of
+            the original training set, or the line number in a split file); used for provenance hashes.
+            ``None`` = ``arange(N)``.
+        mode: PIL mode used to decode files (``RGB`` or ``L``).
+    """
+
+    images: Tensor | None
+    paths: list[str] | None
+    labels: Tensor
+    source_index: Tensor | None = None
+    mode: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("ImageSet needs exactly one of images and paths")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(f"labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        n = self.labels.numel()
+        if self.images is not None:
+            if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[0] != n:
+                raise ValueError(
+                    f"images must be uint8 (N, C, H, W) with N = {n}, got {self.images.dtype} "
+                    f"{tuple(self.images.shape)}"
+                )
+        elif len(self.paths) != n:  # type: ignore[arg-type]
+            raise ValueError(f"{len(self.paths)} paths for {n} labels")  # type: ignore[arg-type]
+        if self.source_index is not None and tuple(self.source_index.shape) != (n,):
+            raise ValueError(f"source_index must have shape ({n},), got {tuple(self.source_index.shape)}")
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    @property
+    def in_memory(self) -> bool:
+        """True when ``images`` holds the decoded images."""
+        return self.images is not None
+
+    @property
+    def index(self) -> Tensor:
+        """int64 (N,) positions in the source enumeration (``source_index`` or ``arange(N)``)."""
+        return self.source_index if self.source_index is not None else torch.arange(len(self))
+
+    def load_image(self, i: int) -> Tensor:
+        """Image ``i`` as uint8 (C, H, W); decodes the file for file-based sets (DataError if it cannot)."""
+        if self.images is not None:
+            return self.images[i]
+        return load_image_file(self.paths[i], self.mode)  # type: ignore[index]
+
+    def counts(self, num_classes: int) -> list[int]:
+        """Images per class, index = class id (length ``num_classes``)."""
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+    def subset(self, idx: Tensor) -> ImageSet:
+        """The images at positions ``idx`` (int64 (M,)), in that order."""
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        images = self.images[idx] if self.images is not None else None
+        paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
+        return ImageSet(images, paths, self.labels[idx], self.index[idx], self.mode)
+
+    def to_memory(self, *, max_bytes: int = 2 << 30, workers: int | None = None) -> ImageSet:
+        """This set with its files decoded into ``images`` when they share one size and fit in ``max_bytes``.
+
+        Returns ``self`` unchanged when it is already in memory or cannot be decoded into one tensor.
+        """
+        if self.images is not None:
+            return self
+        images = decode_files(self.paths or [], mode=self.mode, max_bytes=max_bytes, workers=workers)
+        if images is None:
+            return self
+        return ImageSet(images, None, self.labels, self.source_index, self.mode)

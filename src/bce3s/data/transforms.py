@@ -1,0 +1,221 @@
+"""Train/eval augmentation presets on ``torchvision.transforms.v2``, for uint8 image tensors (C, H, W).
+
+Presets (``DataConfig.preset``):
+
+- ``cifar`` (CIFAR-LT, the official BCE3S recipe, SPEC 2.2), train: ``RandomCrop(size, padding=4)`` →
+  ``RandomHorizontalFlip`` → ``AutoAugment(CIFAR10)`` (optional) → ``ToDtype(float32, scale=True)`` →
+  :class:`Cutout` (side ``cutout``, 0 = off) → ``Normalize`` with the CIFAR-10 statistics the official code uses.
+  Eval: ``ToDtype`` → ``Normalize``.
+- ``imagenet`` (ImageNet-LT, iNat, Places, ImageFolder-LT), train: ``RandomResizedCrop(size)`` → flip →
+  ``ColorJitter(0.4, 0.4, 0.4)`` or ``RandAugment()`` → ``ToDtype`` → ``Normalize`` (ImageNet statistics).
+  Eval: ``Resize(round(size / 0.875))`` → ``CenterCrop(size)`` → ``ToDtype`` → ``Normalize``.
+- ``gray`` (digits 8x8, (Fashion-)MNIST 28x28), train: ``RandomCrop(size, padding=size // 8)`` → optional flip
+  (off by default: a flipped digit is another symbol; Fashion-MNIST may flip) → ``ToDtype`` → ``Normalize(0.5, 0.5)``.
+  Eval: ``ToDtype`` → ``Normalize``.
+
+``autoaugment`` and ``cutout`` act in the ``cifar`` preset only, ``randaugment`` in the ``imagenet`` preset only.
+The GPU-resident pipeline (:mod:`bce3s.data.gpu_pipeline`) implements the same presets batched.
+
+Example::
+
+    t = build_transform("cifar", train=True, image_size=32)
+    x = t(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))   # float (3, 32, 32), normalized
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DATASET_PRESETS",
+    "GRAY_MEAN",
+    "GRAY_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PRESETS",
+    "Cutout",
+    "build_transform",
+    "cutout_box",
+    "default_flip",
+    "eval_resize_size",
+    "flip_tta",
+    "preset_stats",
+]
+
+PRESETS = ("cifar", "imagenet", "gray")
+
+# The official code normalizes CIFAR-100 with the CIFAR-10 statistics (SPEC 2.2); kept for faithfulness.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN = (0.5,)
+GRAY_STD = (0.5,)
+
+# dataset -> (preset, horizontal flip in training)
+DATASET_PRESETS: dict[str, tuple[str, bool]] = {
+    "digits_lt": ("gray", False),
+    "mnist_lt": ("gray", False),
+    "fashion_mnist_lt": ("gray", True),
+    "cifar10_lt": ("cifar", True),
+    "cifar100_lt": ("cifar", True),
+    "imagefolder_lt": ("imagenet", True),
+    "imagenet_lt": ("imagenet", True),
+    "places_lt": ("imagenet", True),
+    "inat2018": ("imagenet", True),
+}
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
+
+
+def preset_stats(preset: str, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalization (mean, std) of a preset, one value per channel.
+
+    Args:
+        preset: one of ``PRESETS``.
+        channels: number of image channels; the gray statistics are repeated, RGB presets need 3 channels
+            (a 1-channel image gets the channel mean of the RGB statistics).
+    """
+    _check_preset(preset)
+    if preset == "gray":
+        return GRAY_MEAN * channels, GRAY_STD * channels
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if preset == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+    if channels == 3:
+        return mean, std
+    return (sum(mean) / 3,) * channels, (sum(std) / 3,) * channels
+
+
+def default_flip(preset: str) -> bool:
+    """Whether a preset flips horizontally in training when ``flip`` is not given (``gray``: no, digits)."""
+    _check_preset(preset)
+    return preset != "gray"
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Resize side of the ``imagenet`` eval preset: 256 for a 224 crop (the usual 0.875 crop ratio)."""
+    return int(round(image_size / 0.875))
+
+
+def cutout_box(cy: int, cx: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The official Cutout box (DeVries & Taylor, uoguelph-mlrg/Cutout) around centre (cy, cx).
+
+    ``y1 = clip(cy - size // 2, 0, H)``, ``y2 = clip(cy + size // 2, 0, H)`` (same for x); the hole is
+    ``[y1, y2) x [x1, x2)``: a ``size`` square (``2 * (size // 2)`` for odd sizes) clipped at the border.
+
+    Returns:
+        (y1, y2, x1, x2).
+    """
+    half = size // 2
+    return (
+        min(max(cy - half, 0), height),
+        min(max(cy + half, 0), height),
+        min(max(cx - half, 0), width),
+        min(max(cx + half, 0), width),
+    )
+
+
+class Cutout(nn.Module):
+    """Cutout with one square hole set to 0, as the official implementation (applied before ``Normalize``).
+
+    The centre is uniform over all pixels (``randint(H)``, ``randint(W)``, torch's global RNG like the other v2
+    transforms); the box follows :func:`cutout_box`.
+
+    Args:
+        size: side of the hole in pixels (0 disables the transform).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"cutout size must be >= 0 (got {size})")
+        self.size = size
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Args: image (..., C, H, W) float. Returns: a copy with the hole zeroed."""
+        if self.size == 0:
+            return image
+        height, width = image.shape[-2:]
+        cy = int(torch.randint(height, ()))
+        cx = int(torch.randint(width, ()))
+        y1, y2, x1, x2 = cutout_box(cy, cx, self.size, height, width)
+        out = image.clone()
+        out[..., y1:y2, x1:x2] = 0
+        return out
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def build_transform(
+    preset: str,
+    *,
+    train: bool,
+    image_size: int,
+    autoaugment: bool = True,
+    cutout: int = 16,
+    randaugment: bool = False,
+    flip: bool | None = None,
+    channels: int = 3,
+) -> v2.Compose:
+    """A per-image torchvision v2 pipeline: uint8 (C, H, W) -> float32 (C, image_size, image_size) normalized.
+
+    Args:
+        preset: ``cifar``, ``imagenet`` or ``gray`` (see the module docstring).
+        train: training augmentation (True) or the deterministic eval transform (False).
+        image_size: crop side (train) / output side (imagenet eval).
+        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
+        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
+        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
+        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
+        channels: image channels (selects the per-channel normalization statistics).
+    """
+    _check_preset(preset)
+    if image_size <= 0:
+        raise ValueError(f"image_size must be > 0 (got {image_size})")
+    flip = default_flip(preset) if flip is None else flip
+    mean, std = preset_stats(preset, channels)
+    ops: list[Callable[..., Tensor] | nn.Module] = []
+    if train:
+        if preset == "imagenet":
+            ops.append(v2.RandomResizedCrop(image_size, antialias=True))
+        else:
+            padding = 4 if preset == "cifar" else image_size // 8
+            ops.append(v2.RandomCrop(image_size, padding=padding))
+        if flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if preset == "cifar" and autoaugment:
+            ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+        if preset == "imagenet":
+            ops.append(v2.RandAugment() if randaugment else v2.ColorJitter(0.4, 0.4, 0.4))
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+        if preset == "cifar" and cutout > 0:
+            ops.append(Cutout(cutout))
+    else:
+        if preset == "imagenet":
+            ops += [v2.Resize(eval_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)]
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+    ops.append(v2.Normalize(mean, std))
+    return v2.Compose(ops)
+
+
+def flip_tta(model_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Flip test-time augmentation: the mean of the logits of ``x`` and of its horizontal mirror.
+
+    Args:
+        model_fn: maps images (N, C, H, W) to logits (N, K).
+        x: float images (N, C, H, W), normalized.
+
+    Returns:
+        (N, K) averaged logits (logits, not probabilities, are averaged).
+    """
+    return 0.5 * (model_fn(x) + model_fn(torch.flip(x, dims=(-1,))))
+

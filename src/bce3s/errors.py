@@ -1,0 +1,28 @@
+"""User-facing error types.
+
+Every error a user can cause (a bad config value, a missing data root, a truncated checkpoint) is raised as a
+:class:`BCE3SError` whose message is one line that says what was wrong and what to do. The CLI prints it as
+``bce3s: error: <message>`` and exits with code 2; a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class BCE3SError(Exception):
+    """Base class of user-facing errors; ``str(err)`` is a single line."""
+
+
+class ConfigError(BCE3SError, ValueError):
+    """A config file, a ``--set`` override or a command-line option is invalid."""
+
+
+class DataError(BCE3SError, ValueError):
+    """A dataset root, split file, image or label is missing or malformed."""
+
+
+class CheckpointError(BCE3SError, ValueError):
+    """A checkpoint is missing, truncated or does not match the model or config."""
+
+
+class RunDirError(BCE3SError, ValueError):
+    """A run directory is missing, is not a run, or would be overwritten."""

@@ -1,0 +1,131 @@
+"""Evaluate a checkpoint of a run directory on one split: metrics, calibration, geometry, confusion, reliability.
+
+``bce3s eval RUN_DIR`` calls :func:`evaluate_run`; the numbers for the test split equal those in ``final.json``
+because both use the same data, the same un-augmented source and the same metric functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bce3s.errors import CheckpointError, ConfigError
+
+__all__ = ["evaluate_run", "reliability_bins"]
+
+log = logging.getLogger(__name__)
+
+
+def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin accuracy, mean confidence and count of softmax(logits) (equal-width confidence bins).
+
+    Args:
+        logits: (N, K).
+        labels: (N,).
+    """
+    probs = torch.softmax(logits.double(), dim=1)
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    idx = torch.clamp(torch.bucketize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    acc = torch.bincount(idx, weights=correct, minlength=n_bins) / count.clamp_min(1)
+    mean_conf = torch.bincount(idx, weights=conf, minlength=n_bins) / count.clamp_min(1)
+    return {
+        "bin_edges": edges.tolist(),
+        "bin_acc": [a if c > 0 else None for a, c in zip(acc.tolist(), count.tolist())],
+        "bin_conf": [m if c > 0 else None for m, c in zip(mean_conf.tolist(), count.tolist())],
+        "bin_count": [int(c) for c in count.tolist()],
+    }
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    checkpoint: str = "last",
+    tta: str = "none",
+    device: str | None = None,
+    geometry: bool = True,
+    save_features: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoints/<checkpoint>.pt`` of a run on ``split`` and write ``eval_<split>_<checkpoint>.json``.
+
+    Args:
+        run_dir: a directory made by ``bce3s train``.
+        split: ``test`` or ``val``.
+        checkpoint: ``last`` or ``best_val``.
+        tta: ``none`` or ``flip`` (averaged logits of the image and its flip; labelled in the output).
+        device: override of the run's ``runtime.device``.
+        geometry: compute the feature/classifier geometry diagnostics.
+        save_features: also write ``features_<split>_<checkpoint>.pt`` (features, logits, labels).
+
+    Returns:
+        The dict written to the JSON file.
+    """
+    import yaml
+
+    from bce3s.config import Config, config_from_dict
+    from bce3s.data import build_data
+    from bce3s.engine.checkpoint import load_checkpoint
+    from bce3s.engine.distributed import init_distributed
+    from bce3s.engine.loop import predict
+    from bce3s.engine.rundir import RunDir, write_json
+    from bce3s.engine.trainer import build_run_model, eval_source
+    from bce3s.eval.metrics import confusion_matrix, summarize
+
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split: unknown split {split!r}; valid: test, val")
+    if checkpoint not in ("last", "best_val"):
+        raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: last, best_val")
+    if tta not in ("none", "flip"):
+        raise ConfigError(f"--tta: unknown TTA mode {tta!r}; valid: none, flip")
+    rd = RunDir(Path(run_dir))
+    rd.require_run()
+    cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
+    if device is not None:
+        cfg.runtime.device = device
+    cfg.check()
+    state = load_checkpoint(rd.checkpoint(checkpoint))
+    dist = init_distributed(cfg.runtime.device)
+    data = build_data(cfg.data)
+    part = data.test if split == "test" else data.val
+    if part is None:
+        raise ConfigError(f"--split val: the run {rd.root} has no validation split (data.val_per_class is 0)")
+    model = build_run_model(cfg, data).to(dist.device)
+    ck_classes = int(state.get("num_classes", data.num_classes))
+    if ck_classes != data.num_classes:
+        raise CheckpointError(
+            f"{rd.checkpoint(checkpoint)} has {ck_classes} classes but the run's data has {data.num_classes}; "
+            "evaluate it with the data it was trained on"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{rd.checkpoint(checkpoint)} does not match the run's model ({str(err).splitlines()[0][:150]})"
+        ) from None
+    pred = predict(model, eval_source(cfg, data, part, dist), dist, tta_flip=tta == "flip", with_features=True)
+    logits, labels, feats = pred["logits"], pred["labels"], pred["features"]
+    result: dict[str, Any] = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "tta": tta,
+        "metrics": summarize(logits, labels, data.train_counts),
+        "reliability": reliability_bins(logits, labels),
+    }
+    if data.num_classes <= 100:
+        result["confusion"] = confusion_matrix(logits.argmax(1), labels, data.num_classes).tolist()
+    if geometry:
+        from bce3s.eval.geometry import geometry_summary
+
+        result["geometry"] = geometry_summary(feats, labels, model.head.weight.detach().cpu(), data.train_counts)
+    if dist.is_main:
+        name = f"eval_{split}_{checkpoint}" + ("_tta_flip" if tta == "flip" else "")
+        write_json(rd.root / f"{name}.json", result)
+        if save_features:
+            torch.save({"features": feats, "logits": logits, "labels": labels}, rd.root / f"features_{split}_{checkpoint}.pt")
+    return result

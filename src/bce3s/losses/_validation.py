@@ -1,0 +1,137 @@
+"""Argument checks and target conversion shared by the loss functions and modules (private).
+
+Checks that only look at shapes, dtypes and Python numbers are free and always run. Checks that read tensor
+values need a host-device synchronisation on an accelerator; the label-range check is always done (one sync,
+because an out-of-range label would otherwise end in a device-side assert), the NaN/inf scan only when the
+caller asks for it (``check_inputs=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def shape_str(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def require_float(name: str, t: Tensor, where: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{where}: {name} must be a tensor (got {type(t).__name__})")
+    if not t.is_floating_point():
+        raise ValueError(f"{where}: {name} must be a floating-point tensor (got dtype {t.dtype})")
+
+
+def require_2d(name: str, t: Tensor, where: str) -> None:
+    if t.dim() != 2:
+        raise ValueError(f"{where}: {name} must be 2-D, got shape {shape_str(t)}")
+
+
+def check_finite(where: str, **tensors: Tensor | None) -> None:
+    """Raise ValueError naming the first tensor that holds NaN or inf (one sync per tensor)."""
+    for name, t in tensors.items():
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: {name} contains NaN or inf values")
+
+
+def check_positive(where: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{where}: {name} must be a finite number {bound} (got {value!r})")
+
+
+def check_ratio(where: str, ratio: float) -> None:
+    ok = isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 1
+    if not ok:
+        raise ValueError(f"{where}: neg_class_ratio must be in (0, 1] (got {ratio!r}); 1 keeps all classes")
+
+
+def check_clip(where: str, logit_clip: float | None) -> None:
+    if logit_clip is not None:
+        check_positive(where, "logit_clip", logit_clip)
+
+
+def check_num_classes(where: str, num_classes: int) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"{where}: num_classes must be an int >= 1 (got {num_classes!r})")
+
+
+def is_hard(target: Tensor) -> bool:
+    """True for class ids (integer dtype), False for soft targets (floating dtype)."""
+    return not target.is_floating_point() and target.dtype != torch.bool
+
+
+def check_labels(where: str, labels: Tensor, num_classes: int) -> None:
+    """Raise ValueError if any class id is outside [0, num_classes) (one sync)."""
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.stack([labels.min(), labels.max()]).tolist()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{where}: class ids must be in [0, {num_classes}) but range from {lo} to {hi}; "
+            "check the labels or num_classes"
+        )
+
+
+def check_target(where: str, target: Tensor, num_rows: int, num_classes: int, *, labels: bool = True) -> None:
+    """Shape/dtype check of a target: (N,) integer class ids or (N, K) float soft targets.
+
+    Args:
+        where: prefix for error messages.
+        target: the target tensor.
+        num_rows: N, the number of rows it must have.
+        num_classes: K.
+        labels: also check the range of class ids (one sync).
+    """
+    if not isinstance(target, Tensor):
+        raise ValueError(f"{where}: target must be a tensor (got {type(target).__name__})")
+    if is_hard(target):
+        if target.dim() != 1 or target.shape[0] != num_rows:
+            raise ValueError(
+                f"{where}: class-id target must have shape ({num_rows},), got {shape_str(target)}"
+            )
+        if labels:
+            check_labels(where, target, num_classes)
+    elif target.is_floating_point():
+        if target.dim() != 2 or tuple(target.shape) != (num_rows, num_classes):
+            raise ValueError(
+                f"{where}: soft target must have shape ({num_rows}, {num_classes}), got {shape_str(target)}"
+            )
+    else:
+        raise ValueError(f"{where}: target must hold int64 class ids or float soft targets (got dtype {target.dtype})")
+
+
+def soft_targets(target: Tensor, num_classes: int, like: Tensor) -> Tensor:
+    """(N,) class ids or (N, K) soft targets -> (N, K) in ``like``'s dtype and device (no checks)."""
+    if is_hard(target):
+        return F.one_hot(target.to(device=like.device, dtype=torch.long), num_classes).to(like.dtype)
+    return target.to(device=like.device, dtype=like.dtype)
+
+
+def ceil_ratio(ratio: float, num_classes: int) -> int:
+    """ceil(ratio * K), robust to float error (0.4 * 100 -> 40, not 41)."""
+    return max(1, math.ceil(round(ratio * num_classes, 9)))
+
+
+def counts_tensor(where: str, class_counts: object, num_classes: int) -> Tensor:
+    """Validate per-class training counts and return them as a float32 (K,) tensor."""
+    try:
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{where}: class_counts must be a sequence of {num_classes} numbers ({err})") from None
+    if counts.numel() != num_classes:
+        raise ValueError(f"{where}: class_counts has {counts.numel()} entries but num_classes is {num_classes}")
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()) or not bool((counts > 0).any()):
+        raise ValueError(f"{where}: class_counts must be finite, >= 0 and not all 0")
+    return counts.to(torch.float32)
+
+
+def check_beta(where: str, beta: float) -> None:
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < 1:
+        raise ValueError(f"{where}: beta must be in [0, 1) (got {beta!r})")

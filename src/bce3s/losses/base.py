@@ -1,0 +1,183 @@
+"""The loss contract: :class:`LossOutput`, the :class:`Loss` base class and :func:`as_soft_targets`.
+
+Every loss has one call signature, ``loss(logits, target, *, view=None, embeddings=None, weight=None)``, and
+returns a :class:`LossOutput`. The base class validates the inputs once (shapes always, the label range with
+one host sync, NaN/inf only when ``check_inputs`` is set) and then calls the subclass's ``_compute``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from bce3s.losses._validation import (
+    check_finite,
+    check_num_classes,
+    check_target,
+    is_hard,
+    require_2d,
+    require_float,
+    shape_str,
+    soft_targets,
+)
+
+__all__ = ["Loss", "LossOutput", "as_soft_targets", "NUM_VIEWS"]
+
+#: View ids: 0 = clean/original, 1 = mixup, 2 = cutmix.
+NUM_VIEWS = 3
+
+_NEED_HELP = {
+    "embeddings": "the projector outputs, shape (N, P); build the model with a projector",
+    "weight": "the raw classifier weight, shape (K, D), e.g. model.head.weight",
+}
+
+
+class LossOutput(NamedTuple):
+    """What every loss returns.
+
+    Attributes:
+        loss: scalar, differentiable; the engine calls ``.backward()`` on it.
+        terms: detached scalars for logging, e.g. ``{"joint": ..., "contrastive": ..., "uniform": ...}``.
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+
+
+def as_soft_targets(target: Tensor, num_classes: int, like: Tensor) -> Tensor:
+    """Turn class ids into one-hot rows, or cast soft targets, on ``like``'s device and dtype.
+
+    Args:
+        target: (N,) int class ids in [0, K), or (N, K) float soft targets.
+        num_classes: K.
+        like: a tensor whose device and floating dtype the result takes (usually the logits).
+
+    Returns:
+        (N, K) tensor.
+
+    Raises:
+        ValueError: wrong shape or dtype, or class ids outside [0, K).
+    """
+    rows = target.shape[0] if isinstance(target, Tensor) and target.dim() >= 1 else 0
+    check_target("as_soft_targets", target, rows, num_classes)
+    return soft_targets(target, num_classes, like)
+
+
+class Loss(nn.Module):
+    """Base class of all losses in :mod:`bce3s.losses`.
+
+    Subclasses set ``needs`` (a subset of ``{"embeddings", "weight"}``) and implement :meth:`_compute`; the
+    engine reads ``needs`` to decide what to pass. Class statistics (counts, priors) are buffers, so ``.to()``
+    and ``state_dict()`` cover them.
+
+    Attributes:
+        num_classes: K.
+        check_inputs: when True, :meth:`forward` also rejects NaN/inf inputs (one sync per tensor). Default False.
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        check_num_classes(type(self).__name__, num_classes)
+        self.num_classes = num_classes
+        self.check_inputs = False
+
+    def forward(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None = None,
+        embeddings: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> LossOutput:
+        """Compute the loss.
+
+        Args:
+            logits: (N, K).
+            target: (N,) int64 class ids, or (N, K) float soft targets (rows of a mixed view: positives are the
+                soft weights, negatives the classes with weight 0).
+            view: (N,) int64 view ids, 0 = clean, 1 = mixup, 2 = cutmix; None = all clean. Rows are selected by
+                id, never by position.
+            embeddings: (N, P) projector outputs (for losses that need them).
+            weight: (K, D) raw classifier weight (for losses that need it).
+
+        Returns:
+            :class:`LossOutput` with the scalar loss and detached named terms.
+        """
+        self._validate(logits, target, view, embeddings, weight)
+        return self._compute(logits, target, view=view, embeddings=embeddings, weight=weight)
+
+    def _compute(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
+        weight: Tensor | None,
+    ) -> LossOutput:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the loss the (0-based) epoch about to run. Default: nothing."""
+
+    @torch.no_grad()
+    def update(self, embeddings: Tensor, target: Tensor) -> None:
+        """Update state after ``optimizer.step()`` with the clean view (default: nothing)."""
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _validate(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        view: Tensor | None,
+        embeddings: Tensor | None,
+        weight: Tensor | None,
+    ) -> None:
+        where = type(self).__name__
+        for name in sorted(self.needs):
+            if {"embeddings": embeddings, "weight": weight}[name] is None:
+                raise ValueError(f"{where} needs `{name}` ({_NEED_HELP[name]}); pass {name}=...")
+        require_float("logits", logits, where)
+        require_2d("logits", logits, where)
+        n, k = logits.shape
+        if k != self.num_classes:
+            raise ValueError(f"{where}: logits have {k} columns but the loss was built for {self.num_classes} classes")
+        check_target(where, target, n, k, labels=False)
+        if view is not None:
+            if not isinstance(view, Tensor) or view.dim() != 1 or view.shape[0] != n or not is_hard(view):
+                got = shape_str(view) if isinstance(view, Tensor) else type(view).__name__
+                raise ValueError(f"{where}: view must be an int64 tensor of shape ({n},), got {got}")
+        if embeddings is not None:
+            require_float("embeddings", embeddings, where)
+            require_2d("embeddings", embeddings, where)
+            if embeddings.shape[0] != n:
+                raise ValueError(f"{where}: embeddings have {embeddings.shape[0]} rows but logits have {n}")
+        if weight is not None:
+            require_float("weight", weight, where)
+            require_2d("weight", weight, where)
+            if weight.shape[0] != k:
+                raise ValueError(f"{where}: weight has {weight.shape[0]} rows but logits have {k} classes")
+        # One sync for both range checks: class ids in [0, K), view ids in [0, 3).
+        checks = [(name, t, hi) for name, t, hi in (("target", target, k), ("view", view, NUM_VIEWS))
+                  if t is not None and is_hard(t) and t.numel() > 0]
+        if checks:
+            ends = [e.long().to(logits.device) for _, t, _ in checks for e in (t.min(), t.max())]
+            bounds = torch.stack(ends).tolist()
+            for i, (name, _, hi) in enumerate(checks):
+                lo_i, hi_i = bounds[2 * i], bounds[2 * i + 1]
+                if lo_i < 0 or hi_i >= hi:
+                    what = "class ids" if name == "target" else "view ids (0 clean, 1 mixup, 2 cutmix)"
+                    raise ValueError(
+                        f"{where}: {what} must be in [0, {hi}) but range from {lo_i} to {hi_i}; check the {name}"
+                    )
+        if self.check_inputs:
+            check_finite(where, logits=logits, target=target, embeddings=embeddings, weight=weight)

@@ -1,0 +1,76 @@
+"""The class memory of the contrastive term: the last clean projection seen for each class."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bce3s.losses._validation import check_labels, check_num_classes, is_hard, require_2d, require_float, shape_str
+
+__all__ = ["ClassMemory"]
+
+
+class ClassMemory(nn.Module):
+    """One stored projection per class (the memory bank M of SPEC 1.3, with the fixes of SPEC 7.5).
+
+    ``memory`` starts at zero and ``seen`` marks the classes written at least once (the official code starts
+    from uninitialized memory). :meth:`update` writes, for every class in the batch, the embedding of the
+    **last** sample of that class in batch order, exactly like the official per-sample loop (head.py:152-155),
+    but vectorized and deterministic. Under DDP, pass the embeddings and labels all-gathered from every rank in
+    rank order; every rank then holds the same memory (no communication happens here).
+
+    Args:
+        num_classes: K.
+        dim: P, the projection size.
+
+    Attributes:
+        memory: float32 buffer (K, P), unnormalized projections.
+        seen: bool buffer (K,).
+    """
+
+    memory: Tensor
+    seen: Tensor
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        check_num_classes(type(self).__name__, num_classes)
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"{type(self).__name__}: dim must be an int >= 1 (got {dim!r})")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.register_buffer("memory", torch.zeros(num_classes, dim, dtype=torch.float32))
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, embeddings: Tensor, target: Tensor) -> None:
+        """Write the last embedding of each class in the batch into the memory.
+
+        Args:
+            embeddings: (N, P) clean-view projections (detached; stored as float32).
+            target: (N,) int class ids.
+        """
+        where = f"{type(self).__name__}.update"
+        require_float("embeddings", embeddings, where)
+        require_2d("embeddings", embeddings, where)
+        if embeddings.shape[1] != self.dim:
+            raise ValueError(f"{where}: embeddings have size {embeddings.shape[1]}, the memory holds {self.dim}")
+        if not isinstance(target, Tensor) or not is_hard(target) or tuple(target.shape) != (embeddings.shape[0],):
+            got = shape_str(target) if isinstance(target, Tensor) else type(target).__name__
+            raise ValueError(f"{where}: target must be int class ids of shape ({embeddings.shape[0]},), got {got}")
+        n = embeddings.shape[0]
+        if n == 0:
+            return
+        check_labels(where, target, self.num_classes)
+        device = self.memory.device
+        target = target.to(device=device, dtype=torch.long)
+        # Index of the last occurrence of each class (-1 if absent): max of the positions is order-independent,
+        # hence deterministic on every device.
+        last = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)
+        last.scatter_reduce_(0, target, torch.arange(n, device=device), reduce="amax", include_self=True)
+        hit = last >= 0
+        rows = embeddings.detach().to(device=device, dtype=torch.float32)[last.clamp(min=0)]
+        self.memory.copy_(torch.where(hit[:, None], rows, self.memory))
+        self.seen.logical_or_(hit)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dim={self.dim}"

@@ -1,0 +1,680 @@
+"""Tests of bce3s.config and its generic machinery bce3s._config_parse.
+
+Covers: round trips (dump ∘ load == id), YAML files with a stages list, unknown keys and wrong types with exact
+messages, ``--set`` overrides, the range checks of ``Config.check`` reached through ``load_config``, and
+hypothesis properties (any input raises nothing but ConfigError; random valid configs round-trip).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bce3s._config_parse import config_from_dict, config_to_dict, parse_overrides
+from bce3s.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    LogConfig,
+    LossConfig,
+    MixingConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    StageConfig,
+    dump_config,
+    load_config,
+)
+from bce3s.errors import ConfigError
+
+HYPO = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+STAGE_KEYS = (
+    "name, epochs, batch_size, sampler, rho, loss, optim, mixing, freeze_backbone, bn_mode, reset_head, max_norm, "
+    "logit_adjust_tau, augment, val_every, init_from"
+)
+OPTIM_KEYS = (
+    "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
+)
+
+
+def rich_config() -> Config:
+    """A config that sets every kind of field away from its default (two stages, nested params)."""
+    return Config(
+        data=DataConfig(
+            dataset="cifar100_lt",
+            root="/data/cifar 100",
+            download=True,
+            imbalance_factor=50.0,
+            order="random",
+            subset_seed=3,
+            val_per_class=20,
+            train_list="lists/train.txt",
+            preset="cifar",
+            cutout=0,
+            image_size=32,
+        ),
+        model=ModelConfig(name="resnet32", head="linear", projector_dim=64, compile=True),
+        stages=[
+            StageConfig(
+                name="stage1",
+                epochs=200,
+                loss=LossConfig(
+                    "bce3s",
+                    {
+                        "temperature": 0.5,
+                        "neg_class_ratio": 0.4,
+                        "schedule": [1, 2.5, "x", None],
+                        "nested": {"a": None, "b": True, "c": {"d": [[]]}},
+                        "yes": "yes",  # a string YAML 1.1 would read as a bool: must stay a string
+                    },
+                ),
+                optim=OptimConfig(lr=0.1, grad_clip=5.0, warmup_epochs=5, min_lr=1e-20),
+                mixing=MixingConfig(enabled=True, alpha=0.5, rho=0.5),
+            ),
+            StageConfig(
+                name="stage2",
+                epochs=10,
+                sampler="class_balanced",
+                loss=LossConfig("cb_bce", {"beta": 0.999}),
+                optim=OptimConfig(name="adamw", lr=1e-4, weight_decay=0.0, scheduler="constant"),
+                freeze_backbone=True,
+                bn_mode="eval",
+                reset_head=True,
+                max_norm=0.1,
+                logit_adjust_tau=1.0,
+                augment=False,
+                val_every=2,
+                init_from="best_val",
+            ),
+        ],
+        eval=EvalConfig(batch_size=512, tta_flip=False, select_metric="top1"),
+        log=LogConfig(tensorboard=True),
+        runtime=RuntimeConfig(device="cuda:1", seed=7, amp="bf16", pipeline="loader", nan_policy="skip", threads=4),
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def message(fn: typing.Callable[[], Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        fn()
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# round trips
+
+
+def test_round_trip_defaults(tmp_path: Path) -> None:
+    cfg = Config()
+    assert config_from_dict(Config, config_to_dict(cfg)) == cfg
+    assert config_from_dict(Config, {}) == cfg
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+    assert load_config(None) == cfg
+
+
+def test_round_trip_rich(tmp_path: Path) -> None:
+    cfg = rich_config()
+    cfg.check()
+    plain = config_to_dict(cfg)
+    assert isinstance(plain["stages"], list) and isinstance(plain["stages"][1], dict)
+    assert plain["stages"][0]["loss"]["params"]["nested"] == {"a": None, "b": True, "c": {"d": [[]]}}
+    assert config_from_dict(Config, plain) == cfg
+    text = dump_config(cfg)
+    assert yaml.safe_load(text) == plain
+    assert load_config(write(tmp_path, text)) == cfg
+    # the dump keeps the dataclass field order
+    assert list(yaml.safe_load(text)) == ["data", "model", "stages", "eval", "log", "runtime"]
+
+
+def test_from_dict_copies_input() -> None:
+    params = {"schedule": [1, 2], "nested": {"a": 1}}
+    data = {"stages": [{"loss": {"params": params}}]}
+    before = copy.deepcopy(data)
+    cfg = config_from_dict(Config, data)
+    cfg.stages[0].loss.params["schedule"].append(3)
+    cfg.stages[0].loss.params["nested"]["b"] = 2
+    assert data == before
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# YAML files
+
+
+def test_yaml_file_with_stages(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+data:
+  dataset: cifar10_lt
+  imbalance_factor: 10          # int for a float field
+stages:
+  - name: stage1
+    epochs: 3
+    optim: {lr: 1e-3}           # YAML 1.1 reads this as a string
+    loss:
+      name: bce3s
+      params: {temperature: 0.5, neg_class_ratio: 4e-1, tag: abc, ks: [1, 2]}
+  - name: stage2                # every other key from the StageConfig defaults
+    freeze_backbone: true
+    loss: {name: cb_bce}
+runtime:
+  seed: 5
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.data == DataConfig(dataset="cifar10_lt", imbalance_factor=10.0)
+    assert isinstance(cfg.data.imbalance_factor, float)
+    s1, s2 = cfg.stages
+    assert (s1.name, s1.epochs, s1.optim.lr) == ("stage1", 3, 0.001)
+    assert s1.optim == OptimConfig(lr=0.001)
+    assert s1.loss.params == {"temperature": 0.5, "neg_class_ratio": 0.4, "tag": "abc", "ks": [1, 2]}
+    assert s2 == StageConfig(name="stage2", freeze_backbone=True, loss=LossConfig(name="cb_bce"))
+    assert s2.epochs == 10 and s2.optim == OptimConfig() and s2.mixing == MixingConfig()
+    assert cfg.model == ModelConfig() and cfg.runtime == RuntimeConfig(seed=5)
+
+
+def test_yaml_empty_file_is_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "# nothing\n")) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- a\n- b\n", "cfg.yaml: the top level must be a mapping of sections (data, model, stages, ...)"),
+        ("data: [1\n", "is not valid YAML"),
+    ],
+)
+def test_yaml_file_errors(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in message(lambda: load_config(write(tmp_path, text)))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert message(lambda: load_config(tmp_path / "nope.yaml")).startswith(f"config file not found: {tmp_path}")
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# unknown keys and wrong types
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"dat": {}}, "dat: unknown key; did you mean 'data'? valid keys: data, model, stages, eval, log, runtime"),
+        ({"zzz": 1}, "zzz: unknown key; valid keys: data, model, stages, eval, log, runtime"),
+        (
+            {"stages": [{}, {"optim": {"lrr": 0.1}}]},
+            f"stages.1.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}",
+        ),
+        (
+            {"stages": [{"epoch": 3}]},
+            f"stages.0.epoch: unknown key; did you mean 'epochs'? valid keys: {STAGE_KEYS}",
+        ),
+        ({"log": {1: True}}, "log.1: unknown key; valid keys: tensorboard"),
+        (
+            {"log": {"tensorbord": True}},
+            "log.tensorbord: unknown key; did you mean 'tensorboard'? valid keys: tensorboard",
+        ),
+    ],
+)
+def test_unknown_key(data: dict[str, Any], expected: str) -> None:
+    assert message(lambda: config_from_dict(Config, data)) == expected
+
+
+def test_unknown_key_through_load_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  nmae: resnet32\n")
+    assert message(lambda: load_config(path)) == (
+        "model.nmae: unknown key; did you mean 'name'? "
+        "valid keys: name, head, projector_dim, sync_bn, channels_last, compile"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # int
+        ({"stages": [{"epochs": 2.5}]}, "stages.0.epochs: expected int (got 2.5 of type float)"),
+        ({"stages": [{"epochs": "3"}]}, "stages.0.epochs: expected int (got '3' of type str)"),
+        ({"stages": [{"epochs": True}]}, "stages.0.epochs: expected int (got True of type bool)"),  # bool != int
+        ({"runtime": {"seed": None}}, "runtime.seed: expected int (got None of type NoneType)"),
+        # float
+        ({"stages": [{}, {"optim": {"lr": "fast"}}]}, "stages.1.optim.lr: expected float (got 'fast' of type str)"),
+        ({"stages": [{"optim": {"lr": False}}]}, "stages.0.optim.lr: expected float (got False of type bool)"),
+        ({"stages": [{"optim": {"lr": [0.1]}}]}, "stages.0.optim.lr: expected float (got [0.1] of type list)"),
+        # bool
+        ({"data": {"download": 1}}, "data.download: expected bool (got 1 of type int)"),
+        ({"data": {"download": "yes please"}}, "data.download: expected bool (got 'yes please' of type str)"),
+        # str
+        ({"data": {"root": 3}}, "data.root: expected str (got 3 of type int)"),
+        ({"model": {"name": ["resnet32"]}}, "model.name: expected str (got ['resnet32'] of type list)"),
+        # optional
+        ({"data": {"image_size": "32"}}, "data.image_size: expected int or null (got '32' of type str)"),
+        (
+            {"stages": [{"optim": {"grad_clip": "x"}}]},
+            "stages.0.optim.grad_clip: expected float or null (got 'x' of type str)",
+        ),
+        # list
+        ({"stages": {"name": "s"}}, "stages: expected list of mappings (got {'name': 's'} of type dict)"),
+        ({"stages": None}, "stages: expected list of mappings (got None of type NoneType)"),
+        ({"stages": [{}, 3]}, "stages.1: expected mapping (got 3 of type int)"),
+        # nested dataclass
+        ({"data": 3}, "data: expected mapping (got 3 of type int)"),
+        ({"stages": [{"optim": "sgd"}]}, "stages.0.optim: expected mapping (got 'sgd' of type str)"),
+        # dict[str, Any]
+        ({"stages": [{"loss": {"params": [1]}}]}, "stages.0.loss.params: expected mapping (got [1] of type list)"),
+        (
+            {"stages": [{"loss": {"params": {1: 2}}}]},
+            "stages.0.loss.params: expected mapping with str keys (got key 1 of type int)",
+        ),
+        (
+            {"stages": [{"loss": {"params": {"when": [datetime.date(2024, 1, 2)]}}}]},
+            "stages.0.loss.params.when.0: expected YAML scalar, list or mapping "
+            "(got datetime.date(2024, 1, 2) of type date)",
+        ),
+        # long values are shortened so that messages stay short
+        (
+            {"data": {"root": list(range(100))}},
+            "data.root: expected str (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,... of type list)",
+        ),
+    ],
+)
+def test_wrong_type(data: dict[str, Any], expected: str) -> None:
+    assert message(lambda: config_from_dict(Config, data)) == expected
+
+
+def test_top_level_not_a_mapping() -> None:
+    assert message(lambda: config_from_dict(Config, [1])) == "config: expected mapping (got [1] of type list)"
+
+
+def test_int_accepted_for_float_and_none_for_optional() -> None:
+    cfg = config_from_dict(
+        Config,
+        {"data": {"imbalance_factor": 7, "image_size": None, "preset": None}, "stages": [{"optim": {"lr": 1}}]},
+    )
+    assert cfg.data.imbalance_factor == 7.0 and type(cfg.data.imbalance_factor) is float
+    assert cfg.stages[0].optim.lr == 1.0 and type(cfg.stages[0].optim.lr) is float
+    assert cfg.data.image_size is None and cfg.data.preset is None
+    cfg = config_from_dict(Config, {"data": {"image_size": 224}, "stages": [{"max_norm": 0}]})
+    assert cfg.data.image_size == 224
+    assert cfg.stages[0].max_norm == 0.0 and type(cfg.stages[0].max_norm) is float
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-3", 1e-3), ("-2E+5", -2e5), (".5e1", 5.0), ("3.e2", 300.0)])
+def test_exponent_strings_are_floats(text: str, value: float) -> None:
+    assert isinstance(yaml.safe_load(f"x: {text}")["x"], str)  # the YAML 1.1 quirk this works around
+    cfg = config_from_dict(
+        Config, yaml.safe_load(f"stages: [{{optim: {{lr: {text}}}, loss: {{params: {{t: {text}}}}}}}]")
+    )
+    assert cfg.stages[0].optim.lr == value
+    assert cfg.stages[0].loss.params == {"t": value}
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# overrides
+
+
+def test_override_nested_and_list_index(tmp_path: Path) -> None:
+    path = write(tmp_path, "stages:\n  - {name: s1, epochs: 5}\n  - {name: s2, epochs: 6}\nruntime: {seed: 1}\n")
+    cfg = load_config(path, ["runtime.seed=9", "stages.1.epochs=2", "stages.1.optim.lr=1e-3", "data.download=true"])
+    assert cfg.runtime.seed == 9
+    assert [s.epochs for s in cfg.stages] == [5, 2]
+    assert cfg.stages[1].optim.lr == 0.001 and cfg.stages[0].optim.lr == OptimConfig().lr
+    assert cfg.data.download is True
+    # later overrides win
+    assert load_config(path, ["runtime.seed=2", "runtime.seed=3"]).runtime.seed == 3
+
+
+def test_override_default_stage_list() -> None:
+    # no file: the default list of one stage can be indexed
+    cfg = load_config(None, ["stages.0.epochs=3", "stages.0.name=warmup"])
+    assert cfg.stages == [StageConfig(name="warmup", epochs=3)]
+
+
+def test_override_params_dict() -> None:
+    data = parse_overrides(
+        {},
+        [
+            "stages.0.loss.params.temperature=0.5",
+            "stages.0.loss.params.sched.start=3",
+            "stages.0.loss.params.ks=[1, 2]",
+            "stages.0.loss.params.ks.1=5",
+            "stages.0.loss.params.opts={a: 1, b: null}",
+            "stages.0.loss.params.label=hello world",
+            "stages.0.loss.params.when=2024-01-02",  # a YAML date is kept as text in a free-form value
+        ],
+        Config,
+    )
+    params = data["stages"][0]["loss"]["params"]
+    assert params == {
+        "temperature": 0.5,
+        "sched": {"start": 3},
+        "ks": [1, 5],
+        "opts": {"a": 1, "b": None},
+        "label": "hello world",
+        "when": "2024-01-02",
+    }
+    assert config_from_dict(Config, data).stages[0].loss.params == params
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "value"),
+    [
+        ("stages.0.optim.lr=1e-3", ("stages", 0, "optim", "lr"), 0.001),
+        ("stages.0.optim.lr=inf", ("stages", 0, "optim", "lr"), float("inf")),
+        ("stages.0.optim.grad_clip=null", ("stages", 0, "optim", "grad_clip"), None),
+        ("stages.0.optim.grad_clip=None", ("stages", 0, "optim", "grad_clip"), None),
+        ("stages.0.optim.nesterov=true", ("stages", 0, "optim", "nesterov"), True),
+        ("stages.0.optim.nesterov=True", ("stages", 0, "optim", "nesterov"), True),
+        ("stages.0.epochs = 7", ("stages", 0, "epochs"), 7),
+        ("stages.0.name=2", ("stages", 0, "name"), "2"),  # str field: the text, not the int
+        ("stages.0.name='quoted'", ("stages", 0, "name"), "quoted"),
+        ("runtime.device=cuda:0", ("runtime", "device"), "cuda:0"),
+        ("data.root=a=b", ("data", "root"), "a=b"),  # only the first '=' splits
+        ("data.root=2024-01-02", ("data", "root"), "2024-01-02"),
+        ("stages.0.loss.params.x=(1, 2)", ("stages", 0, "loss", "params", "x"), [1, 2]),
+        ("stages.0.loss.params.x=1+2j", ("stages", 0, "loss", "params", "x"), "1+2j"),
+        ("data={dataset: mnist_lt}", ("data",), {"dataset": "mnist_lt"}),
+    ],
+)
+def test_override_values(override: str, path: tuple[Any, ...], value: Any) -> None:
+    node: Any = parse_overrides({}, [override], Config)
+    for key in path:
+        node = node[key]
+    assert node == value and type(node) is type(value)
+
+
+def test_override_does_not_modify_input() -> None:
+    data = {"stages": [{"epochs": 5, "loss": {"params": {"a": 1}}}]}
+    before = copy.deepcopy(data)
+    out = parse_overrides(data, ["stages.0.epochs=1", "stages.0.loss.params.a=2", "runtime.seed=1"], Config)
+    assert data == before
+    assert out["stages"][0]["epochs"] == 1 and out["runtime"] == {"seed": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "override", "expected"),
+    [
+        ({}, "stages.1.epochs=3", "stages.1: index 1 out of range (valid: 0..0)"),
+        ({"stages": [{}, {}, {}]}, "stages.3.epochs=3", "stages.3: index 3 out of range (valid: 0..2)"),
+        ({"stages": []}, "stages.0.epochs=3", "stages.0: index 0 out of range (valid: none, the list is empty)"),
+        ({}, "stages.-1.epochs=3", "stages.-1: expected a list index (valid: 0..0)"),
+        ({}, "stages.first.epochs=3", "stages.first: expected a list index (valid: 0..0)"),
+        (
+            {"stages": [{"loss": {"params": {"ks": 1}}}]},
+            "stages.0.loss.params.ks.2=1",
+            "stages.0.loss.params.ks: expected mapping (got 1 of type int)",
+        ),
+        (
+            {"stages": [{"loss": {"params": {"ks": [1]}}}]},
+            "stages.0.loss.params.ks.2=1",
+            "stages.0.loss.params.ks.2: index 2 out of range (valid: 0..0)",
+        ),
+    ],
+)
+def test_override_bad_index(data: dict[str, Any], override: str, expected: str) -> None:
+    assert message(lambda: parse_overrides(data, [override], Config)) == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "runtime.sed=1",
+            "runtime.sed: unknown key; did you mean 'seed'? valid keys: "
+            "device, seed, amp, deterministic, pipeline, num_workers, nan_policy, threads",
+        ),
+        ("stages.0.optim.lrr=1", f"stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}"),
+        ("trainer.epochs=1", "trainer: unknown key; valid keys: data, model, stages, eval, log, runtime"),
+        ("runtime.seed.x=1", "runtime.seed: is of type int and has no sub-keys (cannot set 'runtime.seed.x')"),
+        (
+            "data.preset.x=1",
+            "data.preset: is of type str or null and has no sub-keys (cannot set 'data.preset.x')",
+        ),
+    ],
+)
+def test_override_unknown_key(override: str, expected: str) -> None:
+    assert message(lambda: parse_overrides({}, [override], Config)) == expected
+
+
+@pytest.mark.parametrize("override", ["runtime.seed", "=3", "a..b=1", ".a=1", "a.=1", " =1", ""])
+def test_override_malformed(override: str) -> None:
+    assert message(lambda: parse_overrides({}, [override], Config)) == (
+        f"malformed override {override!r}: expected the form --set section.key=value (e.g. --set stages.0.epochs=3)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "override", "expected"),
+    [
+        ({"data": 3}, "data.root=x", "data: expected mapping (got 3 of type int)"),
+        ({"stages": {"a": 1}}, "stages.0.epochs=1", "stages: expected list of mappings (got {'a': 1} of type dict)"),
+        ({"stages": [5]}, "stages.0.epochs=1", "stages.0: expected mapping (got 5 of type int)"),
+    ],
+)
+def test_override_into_wrong_structure(data: dict[str, Any], override: str, expected: str) -> None:
+    assert message(lambda: parse_overrides(data, [override], Config)) == expected
+
+
+def test_override_wrong_type_reported_by_load_config() -> None:
+    assert message(lambda: load_config(None, ["stages.0.epochs=1.5"])) == (
+        "stages.0.epochs: expected int (got 1.5 of type float)"
+    )
+    assert message(lambda: load_config(None, ["data.download=maybe"])) == (
+        "data.download: expected bool (got 'maybe' of type str)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# range checks of Config.check, reached through load_config
+
+LOSSES = "bce3s, bce, ce, focal, cb_softmax, cb_sigmoid, cb_focal, balanced_softmax, logit_adjusted, ldam, cb_bce"
+MODELS = "small_cnn, resnet32, resnet34_cifar, resnet50, resnext50_32x4d, resnet152"
+DATASETS = (
+    "digits_lt, fashion_mnist_lt, mnist_lt, cifar10_lt, cifar100_lt, imagefolder_lt, imagenet_lt, places_lt, inat2018"
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("stages.0.optim.lr=0", "stages.0.optim.lr: must be > 0 (got 0.0)"),
+        ("stages.0.optim.lr=-1e-3", "stages.0.optim.lr: must be > 0 (got -0.001)"),
+        ("stages.0.optim.lr=nan", "stages.0.optim.lr: must be > 0 (got nan)"),
+        ("stages.0.loss.params.neg_class_ratio=0", "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 0)"),
+        (
+            "stages.0.loss.params.neg_class_ratio=1.5",
+            "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 1.5)",
+        ),
+        (
+            "stages.0.loss.params.neg_class_ratio=all",
+            "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got all)",
+        ),
+        ("stages.0.loss.params.temperature=0", "stages.0.loss.params.temperature: must be > 0 (got 0)"),
+        ("stages.0.loss.params.temperature=-0.5", "stages.0.loss.params.temperature: must be > 0 (got -0.5)"),
+        ("stages.0.loss.params.temperature=true", "stages.0.loss.params.temperature: must be > 0 (got True)"),
+        ("data.imbalance_factor=0.5", "data.imbalance_factor: must be >= 1 (got 0.5)"),
+        ("stages.0.epochs=0", "stages.0.epochs: must be >= 1 (got 0)"),
+        ("stages.0.loss.name=fancy", f"stages.0.loss.name: unknown loss 'fancy'; valid: {LOSSES}"),
+        ("model.name=vit", f"model.name: unknown model 'vit'; valid: {MODELS}"),
+        ("data.dataset=cifar100", f"data.dataset: unknown dataset 'cifar100'; valid: {DATASETS}"),
+    ],
+)
+def test_range_checks(override: str, expected: str) -> None:
+    assert message(lambda: load_config(None, [override])) == expected
+
+
+def test_range_checks_from_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "stages:\n  - name: s1\n  - name: s2\n    optim: {lr: 0}\n")
+    assert message(lambda: load_config(path)) == "stages.1.optim.lr: must be > 0 (got 0.0)"
+    path = write(tmp_path, "stages:\n  - name: s1\n  - name: s1\n")
+    assert message(lambda: load_config(path)) == "stages.1.name: duplicate stage name 's1'"
+    # valid boundary values pass
+    cfg = load_config(None, ["stages.0.loss.params.neg_class_ratio=1", "data.imbalance_factor=1", "stages.0.epochs=1"])
+    assert cfg.stages[0].loss.params == {"neg_class_ratio": 1} and cfg.data.imbalance_factor == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# properties
+
+SCHEMA_KEYS = sorted(
+    {
+        f.name
+        for cls in (
+            Config,
+            DataConfig,
+            ModelConfig,
+            StageConfig,
+            LossConfig,
+            OptimConfig,
+            MixingConfig,
+            EvalConfig,
+            LogConfig,
+            RuntimeConfig,
+        )
+        for f in dataclasses.fields(cls)
+    }
+)
+PLAIN_SCALARS = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12)
+)
+PLAIN_VALUES = st.recursive(
+    PLAIN_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+ANY_SCALARS = (
+    PLAIN_SCALARS
+    | st.floats()
+    | st.sampled_from([1e-3, "1e-3", "-1E5", b"x", 1 + 2j, (1, 2), {1, 2}, datetime.date(2024, 1, 2), object()])
+)
+ANY_KEYS = st.sampled_from(SCHEMA_KEYS) | st.text(max_size=6) | st.integers(0, 3) | st.none()
+ANY_VALUES = st.recursive(
+    ANY_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def valid_value(tp: Any, *, garbage: bool = False) -> st.SearchStrategy[Any]:
+    """Values of annotation ``tp`` as YAML would give them; with ``garbage``, sometimes anything at all."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        strat = st.one_of(*[valid_value(a, garbage=garbage) for a in typing.get_args(tp)])
+    elif tp is type(None):
+        strat = st.none()
+    elif tp is bool:
+        strat = st.booleans()
+    elif tp is int:
+        strat = st.integers(-(2**70), 2**70)
+    elif tp is float:
+        strat = st.floats(allow_nan=False) | st.integers(-1000, 1000)
+    elif tp is str:
+        strat = st.text(max_size=12)
+    elif dataclasses.is_dataclass(tp):
+        strat = valid_dict(tp, garbage=garbage)
+    elif origin is list:
+        strat = st.lists(valid_value(typing.get_args(tp)[0], garbage=garbage), max_size=3)
+    elif origin is dict:
+        strat = st.dictionaries(st.text(max_size=8), PLAIN_VALUES, max_size=3)
+    else:
+        raise AssertionError(f"no strategy for {tp!r}")
+    return strat | ANY_VALUES if garbage else strat
+
+
+def valid_dict(cls: type, *, garbage: bool = False) -> st.SearchStrategy[dict[Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    fields = st.fixed_dictionaries({}, optional={n: valid_value(t, garbage=garbage) for n, t in hints.items()})
+    if not garbage:
+        return fields
+    extra = st.dictionaries(ANY_KEYS, ANY_VALUES, max_size=1)
+    return st.builds(lambda a, b: {**a, **b}, fields, extra)
+
+
+def _load_or_config_error(data: Any, overrides: list[str] | None = None) -> None:
+    try:
+        if overrides is not None:
+            data = parse_overrides(data, overrides, Config)
+        cfg = config_from_dict(Config, data)
+        cfg.check()
+    except ConfigError as err:
+        assert "\n" not in str(err)
+
+
+@HYPO
+@given(valid_dict(Config, garbage=True) | ANY_VALUES)
+def test_property_from_dict_raises_only_config_error(data: Any) -> None:
+    _load_or_config_error(data)
+
+
+OVERRIDE_PARTS = st.sampled_from([*SCHEMA_KEYS, "0", "1", "2", "-1", "temperature", ""]) | st.text(max_size=5)
+OVERRIDE_VALUES = st.sampled_from(
+    [
+        "1",
+        "0",
+        "-1",
+        "1e-3",
+        "1.5",
+        "true",
+        "null",
+        "None",
+        "[1, 2]",
+        "{a: 1}",
+        "(1,)",
+        "1+2j",
+        "b'x'",
+        "{1, 2}",
+        "2024-01-02",
+        "!!int x",
+        "!!binary x",
+        "&a [*a]",
+        "&a {b: *a}",
+        "'quoted'",
+        "[",
+        "nan",
+        "inf",
+        "x: y",
+        "cuda:0",
+        "resnet32",
+        "",
+        "1:2",
+        "0x10",
+        "{1: 2}",
+    ]
+) | st.text(max_size=10)
+OVERRIDES = st.builds(
+    lambda parts, value, eq: ".".join(parts) + ("=" if eq else "") + value,
+    st.lists(OVERRIDE_PARTS, min_size=1, max_size=6),
+    OVERRIDE_VALUES,
+    st.booleans() | st.just(True),
+) | st.text(max_size=20)
+
+
+@HYPO
+@given(valid_dict(Config, garbage=True) | valid_dict(Config), st.lists(OVERRIDES, max_size=4))
+def test_property_overrides_raise_only_config_error(data: Any, overrides: list[str]) -> None:
+    _load_or_config_error(data, overrides)
+
+
+@HYPO
+@given(valid_dict(Config))
+def test_property_valid_configs_round_trip(data: dict[str, Any]) -> None:
+    cfg = config_from_dict(Config, data)
+    assert config_from_dict(Config, config_to_dict(cfg)) == cfg
+    assert config_from_dict(Config, yaml.safe_load(dump_config(cfg))) == cfg
