@@ -46,6 +46,9 @@ STAGE_KEYS = (
 OPTIM_KEYS = (
     "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
 )
+LONG_VALUE_MESSAGE = (
+    "data.root: expected str (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16... of type list)"
+)
 
 
 def rich_config() -> Config:
@@ -291,7 +294,7 @@ def test_unknown_key_through_load_config(tmp_path: Path) -> None:
         # long values are shortened so that messages stay short
         (
             {"data": {"root": list(range(100))}},
-            "data.root: expected str (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,... of type list)",
+            LONG_VALUE_MESSAGE,
         ),
     ],
 )
@@ -595,7 +598,8 @@ def valid_value(tp: Any, *, garbage: bool = False) -> st.SearchStrategy[Any]:
         strat = st.dictionaries(st.text(max_size=8), PLAIN_VALUES, max_size=3)
     else:
         raise AssertionError(f"no strategy for {tp!r}")
-    return strat | ANY_VALUES if garbage else strat
+    # garbage in about one field of six, so that most examples get deep into the schema
+    return st.one_of(strat, strat, strat, strat, strat, ANY_VALUES) if garbage else strat
 
 
 def valid_dict(cls: type, *, garbage: bool = False) -> st.SearchStrategy[dict[Any, Any]]:
@@ -603,8 +607,23 @@ def valid_dict(cls: type, *, garbage: bool = False) -> st.SearchStrategy[dict[An
     fields = st.fixed_dictionaries({}, optional={n: valid_value(t, garbage=garbage) for n, t in hints.items()})
     if not garbage:
         return fields
-    extra = st.dictionaries(ANY_KEYS, ANY_VALUES, max_size=1)
+    extra = st.one_of(st.just({}), st.just({}), st.just({}), st.dictionaries(ANY_KEYS, ANY_VALUES, max_size=1))
     return st.builds(lambda a, b: {**a, **b}, fields, extra)
+
+
+def schema_paths(tp: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted path of ``tp`` (lists: indices 0..2; free-form mappings: a few sample keys)."""
+    tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) else tp
+    if dataclasses.is_dataclass(tp):
+        out = []
+        for name, sub in typing.get_type_hints(tp).items():
+            out += [f"{prefix}{name}", *schema_paths(sub, f"{prefix}{name}.")]
+        return out
+    if typing.get_origin(tp) is list:
+        return [p for i in range(3) for p in [f"{prefix}{i}", *schema_paths(typing.get_args(tp)[0], f"{prefix}{i}.")]]
+    if typing.get_origin(tp) is dict:
+        return [f"{prefix}{k}" for k in ("temperature", "neg_class_ratio", "beta", "a.b", "ks.0")]
+    return []
 
 
 def _load_or_config_error(data: Any, overrides: list[str] | None = None) -> None:
@@ -624,6 +643,16 @@ def test_property_from_dict_raises_only_config_error(data: Any) -> None:
 
 
 OVERRIDE_PARTS = st.sampled_from([*SCHEMA_KEYS, "0", "1", "2", "-1", "temperature", ""]) | st.text(max_size=5)
+OVERRIDE_KEYS = st.one_of(
+    st.sampled_from(schema_paths(Config)),  # valid paths
+    st.builds(  # valid paths with a random part appended or swapped in
+        lambda path, part, pos: ".".join(path.split(".")[:pos] + [part] + path.split(".")[pos + 1 :]),
+        st.sampled_from(schema_paths(Config)),
+        OVERRIDE_PARTS,
+        st.integers(0, 6),
+    ),
+    st.lists(OVERRIDE_PARTS, min_size=1, max_size=6).map(".".join),  # random paths
+)
 OVERRIDE_VALUES = st.sampled_from(
     [
         "1",
@@ -659,10 +688,10 @@ OVERRIDE_VALUES = st.sampled_from(
     ]
 ) | st.text(max_size=10)
 OVERRIDES = st.builds(
-    lambda parts, value, eq: ".".join(parts) + ("=" if eq else "") + value,
-    st.lists(OVERRIDE_PARTS, min_size=1, max_size=6),
+    lambda key, value, eq: key + ("=" if eq else "") + value,
+    OVERRIDE_KEYS,
     OVERRIDE_VALUES,
-    st.booleans() | st.just(True),
+    st.sampled_from([True, True, True, False]),
 ) | st.text(max_size=20)
 
 

@@ -336,7 +336,7 @@ def _untuple(value: Any) -> Any:
 def _coerce(tp: Any, raw: str) -> Any:
     """The value of an override for a field annotated ``tp`` (final type checks happen in config_from_dict)."""
     value = _parse_value(raw)
-    inner, optional = _strip_optional(tp)
+    inner, _ = _strip_optional(tp)
     if value is None:
         return None
     if inner is str and not isinstance(value, (str, list, dict)):

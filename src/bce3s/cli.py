@@ -178,8 +178,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     g = res.get("geometry")
     if g:
         def mean_of(key: str) -> str:
-            v = g.get(key)
-            v = v.get("mean") if isinstance(v, dict) else None
+            v = g.get("summary", {}).get(key, {}).get("all", {}).get("mean")
             return "–" if v is None else f"{v:.3f}"
 
         print(f"geometry: compactness {mean_of('compactness')}  feature separability {mean_of('feature_separability')}  "

@@ -117,3 +117,19 @@ def test_classifier_checks_dimensions() -> None:
         Classifier(backbone, NormalizedLinear(64, 3))
     with pytest.raises(ValueError, match="projector expects 32-d"):
         Classifier(backbone, Linear(128, 3), Projector(32, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet32", "resnet34_cifar", "small_cnn"])
+def test_forward_backward_on_cuda_with_amp(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, projector_dim=16).cuda()
+    model.set_logit_adjustment(list(range(1, 11)), tau=1.0)
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.logits.shape == (8, 10) and out.logits.device.type == "cuda"
+    (out.logits.float().sum() + out.embeddings.float().sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.reset_head(torch.Generator(device="cuda").manual_seed(0))
+    assert model.head.weight.device.type == "cuda"

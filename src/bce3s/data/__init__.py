@@ -1,0 +1,140 @@
+"""Data: long-tailed splits, samplers, augmentation presets, batch sources and batch mixing.
+
+Public API (imported lazily on first attribute access, so ``import bce3s.data`` stays cheap and a missing
+optional module only fails when its names are used)::
+
+    splits = build_data(cfg.data)                      # DataSplits(train, val, test, train_counts, ...)
+    source = make_batch_source(splits.train, train=True, preset="cifar", batch_size=64, device=device)
+    source.set_epoch(epoch)
+    for images, labels in source: ...                  # float (B, C, H, W) normalized, int64 (B,)
+    mixed = glmc_mix(x, y, x2, y2, num_classes=K, generator=g)   # MixedBatch (3B views)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    # splits and datasets
+    "ImageSet": "imageset",
+    "DataSplits": "splits",
+    "build_data": "splits",
+    "read_source": "datasets",
+    # imbalance
+    "class_counts": "imbalance",
+    "lt_subset_indices": "imbalance",
+    "carve_val": "imbalance",
+    "index_hash": "imbalance",
+    # samplers
+    "SAMPLER_KINDS": "samplers",
+    "LTSampler": "samplers",
+    "class_probabilities": "samplers",
+    "epoch_indices": "samplers",
+    # transforms
+    "PRESETS": "transforms",
+    "DATASET_PRESETS": "transforms",
+    "CIFAR_MEAN": "transforms",
+    "CIFAR_STD": "transforms",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "Cutout": "transforms",
+    "build_transform": "transforms",
+    "default_flip": "transforms",
+    "flip_tta": "transforms",
+    "preset_stats": "transforms",
+    # batch sources
+    "PIPELINES": "loader",
+    "BatchSource": "loader",
+    "LoaderBatchSource": "loader",
+    "make_batch_source": "loader",
+    "BatchAugment": "gpu_pipeline",
+    "GpuBatchSource": "gpu_pipeline",
+    "eval_shard": "gpu_pipeline",
+    "step_generator": "gpu_pipeline",
+    "STREAM_MIX": "gpu_pipeline",
+    # mixing
+    "MixedBatch": "mixing",
+    "glmc_mix": "mixing",
+    "VIEW_CLEAN": "mixing",
+    "VIEW_MIXUP": "mixing",
+    "VIEW_CUTMIX": "mixing",
+}
+
+__all__ = [
+    "BatchAugment",
+    "BatchSource",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "Cutout",
+    "DATASET_PRESETS",
+    "DataSplits",
+    "GpuBatchSource",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageSet",
+    "LTSampler",
+    "LoaderBatchSource",
+    "MixedBatch",
+    "PIPELINES",
+    "PRESETS",
+    "SAMPLER_KINDS",
+    "STREAM_MIX",
+    "VIEW_CLEAN",
+    "VIEW_CUTMIX",
+    "VIEW_MIXUP",
+    "build_data",
+    "build_transform",
+    "carve_val",
+    "class_counts",
+    "class_probabilities",
+    "default_flip",
+    "epoch_indices",
+    "eval_shard",
+    "flip_tta",
+    "glmc_mix",
+    "index_hash",
+    "lt_subset_indices",
+    "make_batch_source",
+    "preset_stats",
+    "read_source",
+    "step_generator",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from bce3s.data.datasets import read_source
+    from bce3s.data.gpu_pipeline import STREAM_MIX, BatchAugment, GpuBatchSource, eval_shard, step_generator
+    from bce3s.data.imageset import ImageSet
+    from bce3s.data.imbalance import carve_val, class_counts, index_hash, lt_subset_indices
+    from bce3s.data.loader import PIPELINES, BatchSource, LoaderBatchSource, make_batch_source
+    from bce3s.data.mixing import VIEW_CLEAN, VIEW_CUTMIX, VIEW_MIXUP, MixedBatch, glmc_mix
+    from bce3s.data.samplers import SAMPLER_KINDS, LTSampler, class_probabilities, epoch_indices
+    from bce3s.data.splits import DataSplits, build_data
+    from bce3s.data.transforms import (
+        CIFAR_MEAN,
+        CIFAR_STD,
+        DATASET_PRESETS,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        PRESETS,
+        Cutout,
+        build_transform,
+        default_flip,
+        flip_tta,
+        preset_stats,
+    )

@@ -30,15 +30,20 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from bce3s.data.gpu_autoaugment import (
-    apply_op_slots,
+    BatchedOps,
+    OpTable,
     autoaugment_table,
     randaugment_table,
     sample_autoaugment,
     sample_randaugment,
 )
+from bce3s.data.samplers import epoch_indices
 from bce3s.data.transforms import PRESETS, default_flip, eval_resize_size, preset_stats
 
 __all__ = [
+    "STREAM_AUGMENT",
+    "STREAM_MIX",
+    "STREAM_SAMPLE",
     "BatchAugment",
     "GpuBatchSource",
     "eval_shard",
@@ -123,7 +128,7 @@ class BatchAugment:
         self.padding = 4 if preset == "cifar" else image_size // 8
         self._aa = autoaugment_table(image_size, image_size) if self.autoaugment else None
         self._ra = randaugment_table(image_size, image_size) if self.randaugment else None
-        self._stats: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+        self._ops: dict[tuple[str, int, int, int, str], BatchedOps] = {}
 
     def __repr__(self) -> str:
         return (
@@ -147,11 +152,12 @@ class BatchAugment:
             if generator is None:
                 raise ValueError("a CPU torch.Generator is required for training augmentation")
             x = self._augment_uint8(images, generator)
+            if self.cutout > 0:
+                # Cutout zeroes after ToDtype; a uint8 0 scales to exactly 0.0, so zeroing before is the same
+                x = self._cutout(x, generator)
         else:
             x = self._eval_uint8(images)
         out = F.to_dtype(x, torch.float32, scale=True)
-        if self.train and self.cutout > 0:
-            out = self._cutout(out, generator)  # type: ignore[arg-type]
         mean, std = preset_stats(self.preset, out.shape[1])
         return F.normalize(out, list(mean), list(std), inplace=True)
 
@@ -168,18 +174,28 @@ class BatchAugment:
             x = self._resized_crop_flip(x, g)
             if self._ra is not None:
                 table, ids = self._ra
-                x = apply_op_slots(x, sample_randaugment(x.shape[0], ids, g), table)
+                x = self._batched_ops("ra", table, x).apply(x, sample_randaugment(x.shape[0], ids, g))
             else:
                 x = self._color_jitter(x, g)
             return x
         x = self._crop_flip(x, g)
         if self._aa is not None:
             table, ids, probs = self._aa
-            x = apply_op_slots(x, sample_autoaugment(x.shape[0], ids, probs, g), table)
+            x = self._batched_ops("aa", table, x).apply(x, sample_autoaugment(x.shape[0], ids, probs, g))
         return x
 
+    def _batched_ops(self, kind: str, table: OpTable, x: Tensor) -> BatchedOps:
+        key = (kind, *x.shape[1:], str(x.device))
+        if key not in self._ops:
+            self._ops[key] = BatchedOps(table, x.shape[1], x.shape[2], x.shape[3], x.device)
+        return self._ops[key]
+
     def _crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
-        """RandomCrop(size, padding, fill 0) then RandomHorizontalFlip, as one gather."""
+        """RandomCrop(size, padding, fill 0) then RandomHorizontalFlip, with one strided row copy per image.
+
+        The crop of a horizontally flipped padded image at column ``Wp - S - ox`` is the flip of the crop at
+        ``ox``, so flipped images are cut from a flipped copy of their padded image.
+        """
         b, c, h, w = x.shape
         size, pad = self.image_size, self.padding
         hp, wp = h + 2 * pad, w + 2 * pad
@@ -188,14 +204,19 @@ class BatchAugment:
         oy = torch.randint(hp - size + 1, (b,), generator=g)
         ox = torch.randint(wp - size + 1, (b,), generator=g)
         flip = torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
-        ar = torch.arange(size)
-        rows = oy[:, None] + ar  # (B, S) rows of the padded image
-        cols = ox[:, None] + torch.where(flip[:, None], size - 1 - ar, ar)  # (B, S), reversed when flipped
-        lin = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, size * size)
-        lin = lin.to(x.device, non_blocking=True)
-        padded = nnf.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
-        out = padded.reshape(b, c, hp * wp).gather(2, lin.expand(b, c, size * size))
-        return out.view(b, c, size, size)
+        padded = nnf.pad(x, (pad, pad, pad, pad)) if pad > 0 else x.contiguous()
+        flipped = flip.nonzero().squeeze(1)
+        source = torch.arange(b)
+        if flipped.numel():
+            padded = torch.cat([padded, padded.index_select(0, flipped.to(x.device)).flip(-1)])
+            source[flipped] = b + torch.arange(flipped.numel())
+            ox = torch.where(flip, wp - size - ox, ox)
+        flat = padded.reshape(-1)
+        image_stride = c * hp * wp
+        extent = (c - 1) * hp * wp + (size - 1) * wp + size  # elements spanned by one window
+        windows = flat.as_strided((flat.numel() - extent + 1, c, size, size), (1, hp * wp, wp, 1))
+        start = (source * image_stride + oy * wp + ox).to(x.device, non_blocking=True)
+        return windows.index_select(0, start)
 
     def _cutout(self, x: Tensor, g: torch.Generator) -> Tensor:
         """Official Cutout: centre uniform over the pixels, box centre ± size // 2 clipped, set to 0."""
@@ -207,10 +228,10 @@ class BatchAugment:
         ys = torch.arange(h, device=x.device)
         xs = torch.arange(w, device=x.device)
         # clipping is implicit: rows outside [0, H) do not exist
-        in_y = (ys[None, :] >= box[0][:, None]) & (ys[None, :] < box[1][:, None])  # (B, H)
-        in_x = (xs[None, :] >= box[2][:, None]) & (xs[None, :] < box[3][:, None])  # (B, W)
-        mask = in_y[:, :, None] & in_x[:, None, :]
-        return x.masked_fill_(mask[:, None], 0.0)
+        out_y = (ys[None, :] < box[0][:, None]) | (ys[None, :] >= box[1][:, None])  # (B, H) rows kept
+        out_x = (xs[None, :] < box[2][:, None]) | (xs[None, :] >= box[3][:, None])  # (B, W)
+        keep = (out_y[:, :, None] | out_x[:, None, :]).to(torch.uint8)  # (B, H, W)
+        return x * keep[:, None]
 
     def _resized_crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
         """RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) + flip via bilinear grid_sample (no antialias)."""
@@ -349,8 +370,6 @@ class GpuBatchSource:
             shard = eval_shard(len(self._labels_src), self.rank, self.world_size)
             return torch.arange(shard.start, shard.stop, dtype=torch.int64)
         if self._cache is None or self._cache[0] != self.epoch:
-            from bce3s.data.samplers import epoch_indices
-
             idx = epoch_indices(
                 self._labels_src.cpu(),
                 kind=self.sampler,

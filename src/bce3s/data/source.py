@@ -1,4 +1,4 @@
-"""What a dataset reader returns: the dataset as found on disk, before the long-tailed subset is taken."""
+"""What a dataset reader returns (the dataset as found on disk, before the long-tailed subset is taken)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ from typing import Any
 
 from bce3s.data.imageset import ImageSet
 
-__all__ = ["SourceData"]
+__all__ = ["SourceData", "torchvision_dataset"]
+
+
+def torchvision_dataset(name: str) -> type:
+    """The ``torchvision.datasets`` class ``name``, used only to download (imported lazily: it is slow to import)."""
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, name)
 
 
 @dataclass

@@ -138,7 +138,7 @@ def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
 
 def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
     """The deterministic, un-augmented source of an evaluation split (each rank a disjoint part, no padding)."""
-    from bce3s.data import make_batch_source
+    from bce3s.data.loader import make_batch_source
 
     return make_batch_source(
         split,
@@ -150,7 +150,7 @@ def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
         rank=dist.rank,
         world_size=dist.world_size,
         num_workers=cfg.runtime.num_workers,
-        options=augment_options(cfg, data),
+        **augment_options(cfg, data),
     )
 
 
@@ -242,8 +242,19 @@ def _set_mode(model: nn.Module, stage: StageConfig) -> None:
         model.backbone.eval()
 
 
+def _cpu(obj: Any) -> Any:
+    """A CPU copy of a (nested) state: tensors detached and cloned, containers copied."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return _cpu(dict(model.state_dict()))
 
 
 class _Run:
@@ -262,7 +273,7 @@ class _Run:
 
     # -- sources -----------------------------------------------------------------------------------------
     def _source(self, split: Any, *, train: bool, stage: StageConfig | None, stage_index: int, mixing: bool = False):
-        from bce3s.data import make_batch_source
+        from bce3s.data.loader import make_batch_source
 
         cfg, d = self.cfg, self.dist
         if train:
@@ -273,7 +284,6 @@ class _Run:
             return make_batch_source(
                 split,
                 train=True,
-                augment=stage.augment,
                 preset=self.preset,
                 batch_size=stage.batch_size // d.world_size,
                 sampler=sampler,
@@ -286,7 +296,7 @@ class _Run:
                 world_size=d.world_size,
                 num_workers=cfg.runtime.num_workers,
                 num_samples=len(split) if mixing else None,
-                options=self.aug_options,
+                **self.aug_options,
             )
         return eval_source(cfg, self.data, split, d)
 
@@ -327,7 +337,7 @@ class _Run:
             "stage_name": stage.name,
             "epoch": epoch,
             "model": _model_state(self.model),
-            "loss": {k: v.detach().cpu() for k, v in loss_fn.state_dict().items()},
+            "loss": _cpu(dict(loss_fn.state_dict())),
             "num_classes": self.data.num_classes,
         }
 
@@ -360,8 +370,8 @@ class _Run:
             model.load_state_dict(state["model"])
             log.info("stage %s starts from %s.pt", stage.name, src)
         if resume is None and stage.reset_head:
-            torch.manual_seed(derive_seed(cfg.runtime.seed, "reset-head", si) % (2**31))
-            model.reset_head()
+            gen = torch.Generator(device=model.head.weight.device).manual_seed(derive_seed(cfg.runtime.seed, "reset-head", si) % (2**31))
+            model.reset_head(generator=gen)
         loss_fn = _build_loss(stage, si, cfg, self.data).to(d.device)
         needs = getattr(loss_fn, "needs", frozenset())
         _set_trainable(model, stage, "embeddings" in needs)
@@ -387,9 +397,9 @@ class _Run:
             if resume.get("maxnorm") is not None:
                 maxnorm = resume["maxnorm"]
         if stage.max_norm is not None and maxnorm is None:
-            from bce3s.models import max_norm_thresholds
+            from bce3s.models import max_norm_threshold
 
-            maxnorm = max_norm_thresholds(model.head.weight.detach(), stage.max_norm)
+            maxnorm = max_norm_threshold(model.head.weight.detach(), stage.max_norm)
 
         run_model: nn.Module = model
         if d.distributed:
@@ -433,7 +443,7 @@ class _Run:
                 "step": step,
                 "partial": part.state_dict() if part is not None else None,
                 "model": _model_state(model),
-                "loss": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in loss_fn.state_dict().items()},
+                "loss": _cpu(dict(loss_fn.state_dict())),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -621,7 +631,7 @@ def train(
             torch.backends.cudnn.benchmark = False
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    from bce3s.data import build_data
+    from bce3s.data.splits import build_data
 
     data = build_data(cfg.data)
     for i, stage in enumerate(cfg.stages):

@@ -69,7 +69,7 @@ def evaluate_run(
     import yaml
 
     from bce3s.config import Config, config_from_dict
-    from bce3s.data import build_data
+    from bce3s.data.splits import build_data
     from bce3s.engine.checkpoint import load_checkpoint
     from bce3s.engine.distributed import init_distributed
     from bce3s.engine.loop import predict

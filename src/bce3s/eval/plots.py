@@ -42,6 +42,8 @@ __all__ = [
     "weight_norms",
 ]
 
+_WIDTH = 10.2  # inches: at 110 dpi the PNG is about as wide as the report's text column, so fonts are not shrunk
+
 MAX_CONFUSION_CLASSES = 100
 """Largest number of classes for which a confusion matrix is drawn (and stored by ``bce3s eval``)."""
 
@@ -88,6 +90,16 @@ def run_colors(labels: Sequence[str]) -> dict[str, str]:
 def _colors_for(labels: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:
     fallback = run_colors(labels)
     return {label: (colors or {}).get(label, fallback[label]) for label in labels}
+
+
+def _legend_above(fig: Figure, ax: Any, *, with_counts: bool = False) -> None:
+    """The run legend in one row above a single-axes figure (never over the data)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if with_counts:
+        handles.append(Patch(color=_COUNT_COLOR, alpha=0.5))
+        labels.append("training images (right axis)")
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4))
 
 
 def _figure_legend(fig: Figure, handles: list[Any], labels: list[str], title: str | None) -> None:
@@ -165,8 +177,10 @@ def _per_class_lines(ax: Any, values: Mapping[str, np.ndarray], order: np.ndarra
 def _count_axis(ax: Any, counts_sorted: np.ndarray) -> Any:
     """Training counts as grey bars on a log-scale right axis, drawn behind the main axis."""
     ax_counts = ax.twinx()
-    ax_counts.bar(np.arange(len(counts_sorted)), np.maximum(counts_sorted, 0.8), width=1.0, color=_COUNT_COLOR,
-                  alpha=0.35, lw=0, label="training images (right axis)")
+    edges = np.arange(len(counts_sorted) + 1) - 0.5
+    # one filled step patch instead of K bars (same picture, much cheaper to draw for K = 1000)
+    ax_counts.stairs(np.maximum(counts_sorted, 0.8), edges, baseline=0.5, fill=True, color=_COUNT_COLOR, alpha=0.35,
+                     lw=0, label="training images (right axis)")
     ax_counts.set_yscale("log")
     ax_counts.set_ylabel("training images per class (log scale)", color="#555555")
     ax_counts.tick_params(axis="y", colors="#555555")
@@ -184,7 +198,7 @@ def per_class_accuracy(
     *,
     groups: Mapping[str, Sequence[int]] | None = None,
     colors: Mapping[str, str] | None = None,
-    title: str = "Per-class accuracy, head to tail",
+    title: str | None = None,
     ylabel: str = "test accuracy of the class (%)",
 ) -> Figure:
     """Per-class accuracy against training count, classes sorted head -> tail, runs overlaid.
@@ -194,7 +208,7 @@ def per_class_accuracy(
         train_counts: training images per class, indexed by class id. (K,)
         groups: optional ``{"many", "medium", "few"} -> class ids`` (from ``metrics.shot_groups``) to shade.
         colors: run label -> colour.
-        title: axes title.
+        title: optional axes title.
         ylabel: label of the accuracy axis.
 
     Returns:
@@ -207,7 +221,7 @@ def per_class_accuracy(
     for label, v in values.items():
         _check_length(label, v, k)
     cols = _colors_for(list(values), colors)
-    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    fig = Figure(figsize=(_WIDTH, 4.6), layout="constrained")
     ax = fig.add_subplot()
     _count_axis(ax, np.asarray(train_counts, dtype=np.float64)[order])
     _mark_shot_groups(ax, order, groups)
@@ -216,11 +230,9 @@ def per_class_accuracy(
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel(ylabel)
     ax.set_xlabel("classes sorted by training images (0 = most images)")
-    ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    handles.append(Patch(color=_COUNT_COLOR, alpha=0.5))
-    labels.append("training images (right axis)")
-    ax.legend(handles, labels, loc="lower left")
+    if title:
+        ax.set_title(title)
+    _legend_above(fig, ax, with_counts=True)
     return fig
 
 
@@ -231,7 +243,7 @@ def weight_norms(
     *,
     groups: Mapping[str, Sequence[int]] | None = None,
     colors: Mapping[str, str] | None = None,
-    title: str = "Classifier weight norm per class, head to tail",
+    title: str | None = None,
 ) -> Figure:
     """Norm of each class's classifier weight vector ``||w_k||``, classes head -> tail, runs overlaid.
 
@@ -240,7 +252,7 @@ def weight_norms(
         train_counts: training images per class. (K,)
         groups: optional shot groups to shade.
         colors: run label -> colour.
-        title: axes title.
+        title: optional axes title.
     """
     k = len(train_counts)
     order = head_to_tail_order(train_counts)
@@ -248,7 +260,7 @@ def weight_norms(
     for label, v in values.items():
         _check_length(label, v, k)
     cols = _colors_for(list(values), colors)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(_WIDTH, 4.2), layout="constrained")
     ax = fig.add_subplot()
     _count_axis(ax, np.asarray(train_counts, dtype=np.float64)[order])
     _mark_shot_groups(ax, order, groups)
@@ -260,8 +272,9 @@ def weight_norms(
         ax.set_ylim(min(0.0, lo - pad), hi + 2.5 * pad + 0.12 * (hi - min(0.0, lo)))
     ax.set_ylabel("weight norm ||w_k||")
     ax.set_xlabel("classes sorted by training images (0 = most images)")
-    ax.set_title(title)
-    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    _legend_above(fig, ax, with_counts=True)
     return fig
 
 
@@ -285,8 +298,9 @@ def geometry_per_class(
     """Compactness, feature separability, classifier separability and feature norm per class, runs overlaid.
 
     Args:
-        geometry: run label -> ``geometry_summary`` dict (its per-class lists ``compactness``,
-            ``feature_separability``, ``classifier_separability``, ``feature_norm``; missing keys are skipped).
+        geometry: run label -> per-class lists ``{"compactness", "feature_separability",
+            "classifier_separability", "feature_norm": (K,)}`` (``geometry_summary(...)["per_class"]``; missing
+            keys are skipped).
         train_counts: training images per class. (K,)
         groups: optional shot groups to shade.
         colors: run label -> colour.
@@ -298,7 +312,7 @@ def geometry_per_class(
     panels = [p for p in _GEOMETRY_PANELS if any(p[0] in g for g in geometry.values())]
     ncols = 2
     nrows = max(1, math.ceil(len(panels) / ncols))
-    fig = Figure(figsize=(12, 3.6 * nrows + 0.6), layout="constrained")
+    fig = Figure(figsize=(_WIDTH, 3.4 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
     for ax, (key, name, ylabel) in zip(axes, panels):
         values = {label: _as_float(g[key]) for label, g in geometry.items() if key in g}
@@ -348,7 +362,8 @@ def shot_accuracy_bars(
     cols = _colors_for(labels, colors)
     n = max(len(labels), 1)
     width = 0.8 / n
-    fig = Figure(figsize=(max(6.0, 1.1 + 5.2 * len(panels) * max(1.0, n / 3)), 4.6), layout="constrained")
+    fig = Figure(figsize=(min(_WIDTH, max(5.5, 1.0 + 4.6 * len(panels) * max(1.0, n / 3))), 4.4),
+                 layout="constrained")
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False, sharey=True).ravel()
     ticks = []
     for key, name in _SHOT_CATEGORIES:
@@ -382,6 +397,12 @@ def shot_accuracy_bars(
                 leg_labels.append(lab)
     _figure_legend(fig, handles, leg_labels, title)
     return fig
+
+
+def _break_at(x: np.ndarray, y: np.ndarray, new_stage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Insert a NaN before each point that starts a new stage, so a line is not drawn across stages."""
+    cut = np.flatnonzero(new_stage)
+    return np.insert(x, cut, np.nan), np.insert(y, cut, np.nan)
 
 
 def _stage_boundaries(history: Sequence[Mapping[str, Any]]) -> list[tuple[float, str]]:
@@ -420,7 +441,7 @@ def training_curves(
     panels += [("lr", "Learning rate", "lr (log scale)"), ("val", "Validation accuracy", "accuracy (%)")]
     ncols = 3 if len(panels) > 4 else 2
     nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.4 * ncols + 0.6, 3.3 * nrows + 0.8), layout="constrained")
+    fig = Figure(figsize=(_WIDTH, 3.0 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     boundaries = list(dict.fromkeys(b for h in histories.values() for b in _stage_boundaries(h)))
     val_styles = (("mean_per_class", "-", "class mean"), ("top1", "--", "top-1"))
@@ -431,12 +452,14 @@ def training_curves(
             if not hist:
                 continue
             x = np.array([float(r["global_epoch"]) + 1 for r in hist])
+            new_stage = np.array([i > 0 and hist[i]["stage"] != hist[i - 1]["stage"] for i in range(len(hist))])
             marker = "o" if len(hist) <= 30 else None
             if key == "val":
                 for vkey, ls, _ in val_styles:
                     y = _as_float([(r.get("val") or {}).get(vkey) for r in hist])
                     ok = np.isfinite(y)
-                    ax.plot(x[ok], y[ok], ls=ls, marker=marker, ms=3, color=cols[label])
+                    xs, ys = _break_at(x[ok], y[ok], new_stage[ok])
+                    ax.plot(xs, ys, ls=ls, marker=marker, ms=3, color=cols[label])
                 continue
             if key == "loss" or key == "lr":
                 y = _as_float([r.get(key) for r in hist])
@@ -444,13 +467,14 @@ def training_curves(
                 term = key.split(":", 1)[1]
                 y = _as_float([(r.get("terms") or {}).get(term) for r in hist])
             positive = positive and bool(np.all(y[np.isfinite(y)] > 0))
-            ax.plot(x, y, marker=marker, ms=3, color=cols[label], label=label)
+            xs, ys = _break_at(x, y, new_stage)
+            ax.plot(xs, ys, marker=marker, ms=3, color=cols[label], label=label)
         if key == "lr" and positive:
             ax.set_yscale("log")
         if key == "val":
             handles = [Line2D([], [], color="#444444", ls=ls, label=lab)
                        for _, ls, lab in val_styles]
-            ax.legend(handles=handles, loc="lower right")
+            ax.legend(handles=handles, loc="best")
         ax.set_title(name)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("epoch (counted across stages)")
@@ -476,7 +500,7 @@ def reliability_diagram(
     *,
     ece: Mapping[str, float | None] | None = None,
     colors: Mapping[str, str] | None = None,
-    title: str = "Reliability diagram (softmax confidence)",
+    title: str | None = None,
 ) -> Figure:
     """Accuracy against confidence per confidence bin, runs overlaid, with the share of samples per bin below.
 
@@ -485,10 +509,10 @@ def reliability_diagram(
             accuracies and confidences as fractions in [0, 1]. Empty bins are left out.
         ece: optional run label -> ECE in percent, shown in the legend.
         colors: run label -> colour.
-        title: figure title.
+        title: optional axes title.
     """
     cols = _colors_for(list(reliability), colors)
-    fig = Figure(figsize=(6.6, 7.0), layout="constrained")
+    fig = Figure(figsize=(5.6, 6.6), layout="constrained")
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     ax.plot([0, 100], [0, 100], ls="--", color="#777777", lw=1, label="perfect calibration")
     for label, rel in reliability.items():
@@ -505,9 +529,9 @@ def reliability_diagram(
         ax_n.stairs(share, edges, color=cols[label], lw=1.6)
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
-    ax.set_aspect("equal")
     ax.set_ylabel("accuracy in the bin (%)")
-    ax.set_title(title)
+    if title:
+        ax.set_title(title)
     ax.legend(loc="upper left")
     ax_n.set_ylabel("samples (%)")
     ax_n.set_xlabel("confidence = max softmax probability (%)")
@@ -543,8 +567,8 @@ def confusion_matrix(
     m = m[np.ix_(order, order)]
     rows = m.sum(axis=1, keepdims=True)
     pct = np.divide(100 * m, rows, out=np.zeros_like(m), where=rows > 0)
-    size = 5.8 if k <= 20 else 7.6
-    fig = Figure(figsize=(size + 1.3, size), layout="constrained")
+    size = 4.6 if k <= 20 else 5.4
+    fig = Figure(figsize=(size + 1.0, size + 0.3), layout="constrained")
     ax = fig.add_subplot()
     # square-root colour scale: the few-percent confusions that matter stay visible next to a strong diagonal
     im = ax.imshow(pct, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=100), interpolation="nearest")
@@ -569,9 +593,9 @@ def confusion_matrix(
         ax.set_yticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("predicted class (rank by training images, 0 = most)")
         ax.set_ylabel("true class (rank by training images)")
-    cbar = fig.colorbar(im, ax=ax, shrink=0.85)
-    cbar.set_ticks([0, 1, 5, 10, 25, 50, 75, 100])
-    cbar.set_label("% of the true class's samples (square-root scale)")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+    cbar.set_ticks([0, 5, 10, 25, 50, 75, 100])
+    cbar.set_label("% of the true class (sqrt scale)")
     ax.set_title(title)
     return fig
 

@@ -80,7 +80,10 @@ class BceLoss(Loss):
         self.logit_clip = logit_clip
         self.sampler = PartialClassSampler(neg_class_ratio, seed)
 
-    def _compute(self, logits, target, *, view, embeddings, weight) -> LossOutput:  # noqa: D102
+    def _compute(
+        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        weight: Tensor | None,
+    ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)
         views = view_onehot(view, logits.shape[0], logits)
         joint = joint_term(logits, q, views, self.sampler, self.neg_weight, self.logit_clip)

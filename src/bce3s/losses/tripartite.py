@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bce3s.losses._validation import check_clip, check_positive
-from bce3s.losses._views import CLEAN, mean_of_view_means, view_onehot
+from bce3s.losses._validation import check_clip, check_positive, soft_targets
+from bce3s.losses._views import CLEAN, view_onehot
 from bce3s.losses.base import Loss, LossOutput
 from bce3s.losses.bce import joint_term
 from bce3s.losses.functional import _bce_rows, _cosine_logits, _uniform
@@ -14,8 +14,6 @@ from bce3s.losses.memory import ClassMemory
 from bce3s.losses.partial import PartialClassSampler
 
 __all__ = ["Bce3sLoss"]
-
-_ = mean_of_view_means  # re-exported helper used by tests through bce.joint_term
 
 
 def _contrastive_term(
@@ -126,21 +124,28 @@ class Bce3sLoss(Loss):
         """Write the clean view's embeddings into the class memory (last sample of a class wins)."""
         self.class_memory.update(embeddings, target)
 
-    def _compute(self, logits, target, *, view, embeddings, weight) -> LossOutput:  # noqa: D102
+    def _compute(
+        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        weight: Tensor | None,
+    ) -> LossOutput:
         assert embeddings is not None and weight is not None  # guaranteed by Loss._validate (needs)
         if embeddings.shape[1] != self.class_memory.dim:
             raise ValueError(
                 f"{type(self).__name__}: embeddings have size {embeddings.shape[1]} but embedding_dim is "
                 f"{self.class_memory.dim}; build the loss with embedding_dim={embeddings.shape[1]}"
             )
-        q = target_rows = _soft(target, self.num_classes, logits)
+        q = soft_targets(target, self.num_classes, logits)
         views = view_onehot(view, logits.shape[0], logits)
         joint = joint_term(logits, q, views, self.sampler, self.neg_weight, self.logit_clip)
         if self.contrastive_active:
-            q_emb = target_rows.to(embeddings.dtype)
             contrastive = _contrastive_term(
-                embeddings, q_emb, views.to(embeddings.dtype), self.class_memory, self.temperature,
-                self.neg_weight, self.logit_clip,
+                embeddings,
+                q.to(embeddings.dtype),
+                views.to(embeddings.dtype),
+                self.class_memory,
+                self.temperature,
+                self.neg_weight,
+                self.logit_clip,
             )
         else:
             contrastive = logits.new_zeros(())

@@ -1,0 +1,254 @@
+"""Benchmark of the BCE3S loss: forward+backward time by term, against plain CE and a ResNet-32 step.
+
+For each number of classes K and per-view batch B, the loss sees 3B rows (clean, mixup, cutmix views, as in
+training). Timed (median of ``--repeats`` after warm-up, device synchronised around each call):
+
+- ``bce3s``: the full :class:`~bce3s.losses.Bce3sLoss` (three terms, three views) forward + backward, plus the
+  class-memory update with the B clean rows (what one training step costs in loss code);
+- ``joint`` / ``contrastive`` / ``uniform``: each term alone, forward + backward; ``update``: the memory update;
+- ``ce``: :class:`~bce3s.losses.CrossEntropyLoss` on the same 3B rows (class ids), forward + backward.
+
+The acceptance figure is the full BCE3S loss at K = 100, B = 64 as a fraction of a ResNet-32 forward + backward
+on the same 3 x 64 images of 32 x 32 (CIFAR scale); the target is < 5 %.
+
+Usage::
+
+    python bench/losses.py [--quick] [--device cpu|cuda] [--repeats 5] [--threads N]
+                           [--out bench/results/losses.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_uniform
+from bce3s.losses._views import view_onehot
+from bce3s.losses.bce import joint_term
+from bce3s.losses.tripartite import _contrastive_term
+
+EMBEDDING_DIM = 128
+
+
+def feature_dim_for(num_classes: int) -> int:
+    """Feature size D of the classifier: 64 (ResNet-32) up to K = 100, 512 (ResNet-34 width) beyond."""
+    return 64 if num_classes <= 100 else 512
+
+
+# --------------------------------------------------------------------------------------------------- backbone
+
+
+def resnet32_model(num_classes: int) -> nn.Module:
+    """The library's ResNet-32 classifier with a projector, or a minimal local ResNet-32 if it is unavailable."""
+    try:
+        from bce3s.models import build_model
+    except ImportError:
+        return _LocalResNet32(num_classes)
+    return build_model("resnet32", num_classes=num_classes, projector_dim=EMBEDDING_DIM)
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.pad = cout - cin
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        short = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.pad:  # option-A shortcut: zero-pad channels
+            short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + short)
+
+
+class _LocalResNet32(nn.Module):
+    """He et al. CIFAR ResNet-32 (3 stages x 5 blocks, 16/32/64 channels) + linear head + projector."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+        cin = 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(5):
+                layers.append(_Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(64, num_classes)
+        self.projector = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, EMBEDDING_DIM))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.head(h), h, self.projector(h)
+
+
+# ----------------------------------------------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def make_inputs(num_classes: int, batch: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A 3-view batch: logits (3B, K), soft targets, view ids, embeddings (3B, P), weight (K, D), labels (B,)."""
+    g = torch.Generator().manual_seed(seed)
+    d = feature_dim_for(num_classes)
+    y = torch.randint(0, num_classes, (batch,), generator=g)
+    y2 = torch.randint(0, num_classes, (batch,), generator=g)
+    lam = 0.6
+    onehot = F.one_hot(y, num_classes).float()
+    mixed = lam * onehot + (1 - lam) * F.one_hot(y2, num_classes).float()
+    return {
+        "logits": torch.randn(3 * batch, num_classes, generator=g).to(device).requires_grad_(),
+        "target": torch.cat([onehot, mixed, mixed]).to(device),
+        "ids": torch.cat([y, y, y]).to(device),
+        "view": torch.arange(3).repeat_interleave(batch).to(device),
+        "embeddings": torch.randn(3 * batch, EMBEDDING_DIM, generator=g).to(device).requires_grad_(),
+        "weight": torch.randn(num_classes, d, generator=g).to(device).requires_grad_(),
+        "labels": y.to(device),
+    }
+
+
+def bench_losses(num_classes: int, batch: int, device: torch.device, repeats: int) -> dict[str, float]:
+    x = make_inputs(num_classes, batch, device)
+    loss = Bce3sLoss(num_classes, embedding_dim=EMBEDDING_DIM).to(device)
+    loss.update(torch.randn(num_classes, EMBEDDING_DIM, device=device), torch.arange(num_classes, device=device))
+    loss.set_epoch(1)  # contrastive term active, every class in the memory
+    ce = CrossEntropyLoss(num_classes).to(device)
+    clean_emb = x["embeddings"].detach()[:batch]
+    views = view_onehot(x["view"], 3 * batch, x["logits"])
+
+    def full() -> None:
+        out = loss(x["logits"], x["target"], view=x["view"], embeddings=x["embeddings"], weight=x["weight"])
+        out.loss.backward()
+        loss.update(clean_emb, x["labels"])
+
+    def joint() -> None:
+        joint_term(x["logits"], x["target"], views, loss.sampler, 1.0, None).backward()
+
+    def contrastive() -> None:
+        _contrastive_term(x["embeddings"], x["target"], views, loss.class_memory, 1.0, 1.0, None).backward()
+
+    def uniform() -> None:
+        bce_uniform(x["weight"]).backward()
+
+    def update() -> None:
+        loss.update(clean_emb, x["labels"])
+
+    def plain_ce() -> None:
+        ce(x["logits"], x["ids"]).loss.backward()
+
+    fns = {"bce3s": full, "joint": joint, "contrastive": contrastive, "uniform": uniform, "update": update,
+           "ce": plain_ce}
+    out = {name: time_ms(fn, device, repeats) for name, fn in fns.items()}
+    for t in ("logits", "embeddings", "weight"):
+        x[t].grad = None
+    return out
+
+
+def bench_backbone(device: torch.device, repeats: int, batch: int = 64, num_classes: int = 100) -> float:
+    model = resnet32_model(num_classes).to(device).train()
+    images = torch.randn(3 * batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def step() -> None:
+        out = model(images)
+        (out[0].float().sum() + out[2].float().sum()).backward()
+
+    return time_ms(step, device, repeats)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="K in {10, 100}, B = 64 only, 3 repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per entry (default 5, quick 3)")
+    parser.add_argument("--out", default="bench/results/losses.json", help="JSON output path")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    repeats = args.repeats or (3 if args.quick else 5)
+    classes = (10, 100) if args.quick else (10, 100, 1000, 8142)
+    batches = (64,) if args.quick else (64, 512)
+
+    rows = []
+    for k in classes:
+        for b in batches:
+            t = bench_losses(k, b, device, repeats)
+            row = {"K": k, "B": b, "rows": 3 * b, "D": feature_dim_for(k)}
+            rows.append(row | {f"{name}_ms": ms for name, ms in t.items()})
+    backbone_ms = bench_backbone(device, repeats)
+    ref = next(r for r in rows if r["K"] == 100 and r["B"] == 64)
+    fraction = ref["bce3s_ms"] / backbone_ms
+    result = {
+        "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "statistic": "median ms of forward+backward",
+        "rows": rows,
+        "backbone": {"model": "resnet32 (+projector)", "images": "3 x 64 x 3 x 32 x 32", "fwd_bwd_ms": backbone_ms},
+        "acceptance": {"K": 100, "B": 64, "bce3s_ms": ref["bce3s_ms"], "backbone_ms": backbone_ms,
+                       "fraction": fraction, "target": 0.05, "pass": fraction < 0.05},
+    }
+    print(format_table(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of the results plus the acceptance line."""
+    head = "| K | B (rows) | D | CE | BCE3S total | joint | contrastive | uniform | memory update | BCE3S / CE |"
+    lines = [head, "|" + "---|" * 10]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['K']} | {r['B']} ({r['rows']}) | {r['D']} | {r['ce_ms']:.3f} | {r['bce3s_ms']:.3f} | "
+            f"{r['joint_ms']:.3f} | {r['contrastive_ms']:.3f} | {r['uniform_ms']:.3f} | {r['update_ms']:.3f} | "
+            f"{r['bce3s_ms'] / r['ce_ms']:.1f}x |"
+        )
+    a = result["acceptance"]
+    lines.append("")
+    lines.append(
+        f"ResNet-32 (+projector) fwd+bwd on 3 x 64 CIFAR images: {a['backbone_ms']:.2f} ms; BCE3S loss at K = 100, "
+        f"B = 64: {a['bce3s_ms']:.3f} ms = {100 * a['fraction']:.2f} % of it (target < 5 %: "
+        f"{'pass' if a['pass'] else 'FAIL'}). Device: {result['device']}, torch {result['torch']}, "
+        f"{result['threads']} threads, median of {result['repeats']} (times in ms)."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

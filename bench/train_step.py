@@ -1,0 +1,162 @@
+"""Training-step benchmark: a CE step versus a full BCE3S step on the same backbone and the same images.
+
+(a) CE: 3B images through the backbone (linear head), cross-entropy, backward, SGD step.
+(b) BCE3S: a clean batch of B plus a second batch of B mixed into [clean, mixup, cutmix] (3B images through the
+    same backbone, normalized head + projector), the three BCE3S terms, backward, SGD step, memory update.
+
+Both see 3B images per step, so the ratio (b)/(a) is the cost of the method's own work (mixing, projector,
+losses, memory). Steps of (a) and (b) are interleaved so drift of a shared machine hits both alike; the table
+gives medians. Usage::
+
+    python bench/train_step.py                       # resnet32 + resnet34_cifar at batch 64 on CPU
+    python bench/train_step.py --models resnet32 --steps 20 --out bench/results/train_step.json
+    python bench/train_step.py --device cuda --variants all   # + channels_last / bf16 / compile, resnet50 at 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bce3s.data.mixing import glmc_mix
+from bce3s.losses import build_loss
+from bce3s.models import build_model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_steps(model_name: str, *, batch: int, size: int, num_classes: int, device: torch.device,
+               channels_last: bool, amp: str, compile_model: bool):
+    counts = [max(int(500 * 0.01 ** (i / (num_classes - 1))), 1) for i in range(num_classes)]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    x2 = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    y2 = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    x3 = torch.cat([x, x2, x]).contiguous()
+    y3 = torch.cat([y, y2, y])
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+    def autocast():
+        if dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=dtype)
+
+    torch.manual_seed(0)
+    ce_model = build_model(model_name, num_classes=num_classes, head="linear").to(device)
+    torch.manual_seed(0)
+    b_model = build_model(model_name, num_classes=num_classes, head="normalized", projector_dim=128).to(device)
+    if channels_last:
+        ce_model = ce_model.to(memory_format=torch.channels_last)
+        b_model = b_model.to(memory_format=torch.channels_last)
+    ce_run = torch.compile(ce_model) if compile_model else ce_model
+    b_run = torch.compile(b_model) if compile_model else b_model
+    ce_loss = build_loss("ce", num_classes=num_classes, class_counts=counts).to(device)
+    b_loss = build_loss("bce3s", num_classes=num_classes, class_counts=counts, neg_class_ratio=0.4).to(device)
+    b_loss.set_epoch(1)  # contrastive term on (epoch 0 only fills the memory)
+    ce_opt = torch.optim.SGD(ce_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
+    b_opt = torch.optim.SGD(b_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
+    step_i = [0]
+
+    def ce_step() -> None:
+        inp = x3.contiguous(memory_format=torch.channels_last) if channels_last else x3
+        with autocast():
+            out = ce_run(inp)
+        loss = ce_loss(out.logits.float(), y3).loss
+        ce_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ce_opt.step()
+
+    def bce3s_step() -> None:
+        g = torch.Generator().manual_seed(step_i[0])
+        step_i[0] += 1
+        mixed = glmc_mix(x, y, x2, y2, num_classes=num_classes, alpha=1.0, generator=g)
+        inp = mixed.images.contiguous(memory_format=torch.channels_last) if channels_last else mixed.images
+        with autocast():
+            out = b_run(inp)
+        lo = b_loss(out.logits.float(), mixed.target, view=mixed.view, embeddings=out.embeddings.float(),
+                    weight=b_model.head.weight)
+        b_opt.zero_grad(set_to_none=True)
+        lo.loss.backward()
+        b_opt.step()
+        b_loss.update(out.embeddings[mixed.view == 0].detach().float(), y)
+
+    # fill the memory once so the contrastive term has seen classes
+    bce3s_step()
+    return ce_step, bce3s_step
+
+
+def time_pair(ce_step, b_step, device: torch.device, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        ce_step()
+        b_step()
+    _sync(device)
+    ta, tb = [], []
+    for i in range(steps):
+        for fn, acc in (((ce_step, ta), (b_step, tb)) if i % 2 == 0 else ((b_step, tb), (ce_step, ta))):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - t)
+    return ta, tb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=None, help="default: resnet32 resnet34_cifar (+ resnet50 on CUDA)")
+    ap.add_argument("--batch", type=int, default=64, help="clean batch B (3B images go through the backbone)")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variants", default="base", choices=["base", "all"],
+                    help="all: also channels_last, bf16 autocast, torch.compile (CUDA)")
+    ap.add_argument("--quick", action="store_true", help="resnet32 only, few steps (smoke test)")
+    ap.add_argument("--out", default="bench/results/train_step.json")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    models = args.models or (["resnet32", "resnet34_cifar"] + (["resnet50"] if device.type == "cuda" else []))
+    if args.quick:
+        models, args.steps, args.warmup = ["resnet32"], 2, 1
+    variants = [("fp32", False, "none", False)]
+    if args.variants == "all" and device.type == "cuda":
+        variants += [("channels_last", True, "none", False), ("bf16", False, "bf16", False),
+                     ("channels_last+bf16", True, "bf16", False), ("channels_last+bf16+compile", True, "bf16", True)]
+    rows = []
+    for name in models:
+        size = 224 if name in ("resnet50", "resnext50_32x4d", "resnet152") else 32
+        batch = min(args.batch, 64) if size == 224 else args.batch
+        for vname, cl, amp, comp in variants:
+            ce_step, b_step = make_steps(name, batch=batch, size=size, num_classes=args.classes, device=device,
+                                         channels_last=cl, amp=amp, compile_model=comp)
+            ta, tb = time_pair(ce_step, b_step, device, args.steps, args.warmup)
+            a, b = statistics.median(ta), statistics.median(tb)
+            rows.append({"model": name, "variant": vname, "device": str(device), "batch": batch, "image_size": size,
+                         "images_per_step": 3 * batch, "ce_ms": 1e3 * a, "bce3s_ms": 1e3 * b, "ratio": b / a,
+                         "ce_img_s": 3 * batch / a, "bce3s_img_s": 3 * batch / b})
+    hdr = f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}{'CE img/s':>10}{'BCE3S img/s':>12}"
+    print(hdr)
+    for r in rows:
+        print(f"{r['model']:<16}{r['variant']:<28}{r['images_per_step']:>10}{r['ce_ms']:>10.1f}{r['bce3s_ms']:>10.1f}"
+              f"{r['ratio']:>8.3f}{r['ce_img_s']:>10.0f}{r['bce3s_img_s']:>12.0f}")
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "steps": args.steps, "warmup": args.warmup}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

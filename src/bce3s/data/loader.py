@@ -1,0 +1,295 @@
+"""Batch sources: what the engine iterates over (``make_batch_source``), GPU-resident or torch ``DataLoader``.
+
+``make_batch_source`` returns an object with ``set_epoch(epoch)``, ``__len__`` (batches per epoch on this rank)
+and ``__iter__`` yielding ``(images float (B, C, S, S) normalized, labels int64 (B,))`` on ``device``, plus
+``iter_from(step)`` (resume mid-epoch exactly) and ``indices()`` (the dataset indices this rank iterates).
+
+Two pipelines implement it:
+
+- ``gpu`` (:class:`bce3s.data.gpu_pipeline.GpuBatchSource`): the uint8 split lives on ``device`` and batches are
+  augmented batched; needs an in-memory split. Also the fast path on CPU.
+- ``loader`` (:class:`LoaderBatchSource`): a ``torch.utils.data.DataLoader`` applying the per-image
+  torchvision v2 transform of :func:`bce3s.data.transforms.build_transform`; works for file-based splits.
+
+Both take the epoch's index list from :func:`bce3s.data.samplers.epoch_indices` (same ``seed`` and ``epoch`` give
+the same images in the same order in both pipelines) and derive every random draw from ``(seed, epoch, step)``;
+the DataLoader path seeds torch's RNG per *sample* (from its position in the epoch), so its output does not
+depend on ``num_workers`` either. Training sources under DDP take this rank's slice from the sampler; evaluation
+sources (``train=False``) iterate the split in order, each rank a contiguous block without padding
+(:func:`eval_shard`), so gathering the ranks' outputs in rank order gives every item exactly once.
+
+A second source for mixing uses the same ``batch_size`` and ``num_samples = len(main epoch)``, so both yield the
+same number of batches; give it a different ``seed`` (e.g. ``seed + 1``) so it draws other images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from bce3s.data.gpu_pipeline import (
+    STREAM_AUGMENT,
+    BatchAugment,
+    GpuBatchSource,
+    eval_shard,
+    num_batches,
+    step_generator,
+    step_seed,
+)
+from bce3s.data.imageset import ImageSet
+from bce3s.data.samplers import epoch_indices
+from bce3s.data.transforms import PRESETS, build_transform
+from bce3s.errors import DataError
+
+__all__ = [
+    "PIPELINES",
+    "BatchSource",
+    "LoaderBatchSource",
+    "eval_shard",
+    "make_batch_source",
+    "step_generator",
+]
+
+PIPELINES = ("auto", "gpu", "loader")
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What the engine iterates over."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class _TransformedImages(Dataset):
+    """Items are ``(index, sample_seed)`` pairs; returns ``(transformed image, label)``.
+
+    The transform runs under a forked torch RNG seeded with ``sample_seed`` (-1: unseeded, for deterministic
+    eval transforms), so each image's augmentation depends only on its seed, not on the worker that runs it,
+    and the caller's global RNG is left untouched.
+    """
+
+    def __init__(self, split: ImageSet, transform: torch.nn.Module) -> None:
+        self.split = split
+        self.transform = transform
+        self.labels = split.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        index, sample_seed = key
+        image = self.split.load_image(index)
+        if sample_seed < 0:
+            out = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(sample_seed)
+                out = self.transform(image)
+        return out, self.labels[index]
+
+
+class _Batches:
+    """The batch list of one epoch from a given step: lists of ``(index, sample_seed)``."""
+
+    def __init__(self, batches: list[list[tuple[int, int]]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class LoaderBatchSource:
+    """A torch ``DataLoader`` over the split with a per-image torchvision v2 transform.
+
+    Args:
+        split: in-memory or file-based :class:`ImageSet`.
+        transform: per-image transform uint8 (C, H, W) -> float (C, S, S).
+        batch_size, device, train, sampler, rho, num_samples, seed, rank, world_size, drop_last: as in
+            :func:`make_batch_source`.
+        num_workers: DataLoader worker processes (0 = in the main process).
+    """
+
+    def __init__(
+        self,
+        split: ImageSet,
+        *,
+        transform: torch.nn.Module,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        sampler: str = "instance",
+        rho: float = 0.0,
+        num_samples: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        self.split = split
+        self.dataset = _TransformedImages(split, transform)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train = train
+        self.sampler = sampler
+        self.rho = rho
+        self.num_samples = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last and train
+        self.num_workers = num_workers
+        self.epoch = 0
+        self._cache: tuple[int, Tensor] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose index list and augmentation draws the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> Tensor:
+        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
+        if not self.train:
+            shard = eval_shard(len(self.split), self.rank, self.world_size)
+            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
+        if self._cache is None or self._cache[0] != self.epoch:
+            idx = epoch_indices(
+                self.split.labels,
+                kind=self.sampler,
+                rho=self.rho,
+                seed=self.seed,
+                epoch=self.epoch,
+                num_samples=self.num_samples,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def _batches(self, step: int) -> list[list[tuple[int, int]]]:
+        idx = self.indices().tolist()
+        if self.train:
+            # one seed per epoch position; +position keeps them distinct (mt19937 seeds need not be "random")
+            base = step_seed(self.seed, self.epoch, 0, self.rank, STREAM_AUGMENT) >> 2
+            seeds = [base + p for p in range(len(idx))]
+        else:
+            seeds = [-1] * len(idx)
+        b = self.batch_size
+        return [list(zip(idx[k * b : (k + 1) * b], seeds[k * b : (k + 1) * b])) for k in range(step, len(self))]
+
+    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate the current epoch from batch ``step`` on; batch k is identical to an uninterrupted epoch's.
+
+        Yields:
+            float32 (B, C, S, S) normalized images and int64 (B,) labels, on ``device``.
+        """
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=_Batches(self._batches(step)),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, 0, self.rank)),
+        )
+        non_blocking = self.device.type == "cuda"
+        for images, labels in loader:
+            yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
+
+
+def make_batch_source(
+    split: ImageSet,
+    *,
+    train: bool,
+    preset: str,
+    batch_size: int,
+    sampler: str = "instance",
+    rho: float = 0.0,
+    class_counts: Sequence[int] | None = None,
+    device: torch.device,
+    pipeline: str = "auto",
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    num_samples: int | None = None,
+    image_size: int | None = None,
+    autoaugment: bool = True,
+    cutout: int = 16,
+    randaugment: bool = False,
+    flip: bool | None = None,
+) -> GpuBatchSource | LoaderBatchSource:
+    """Build the batch source of one split.
+
+    Args:
+        split: the split; ``split.images`` must be set for ``pipeline="gpu"``.
+        train: sampled and augmented (True) or sequential and deterministic (False).
+        preset: ``cifar``, ``imagenet`` or ``gray`` (:mod:`bce3s.data.transforms`).
+        batch_size: images per batch (per rank).
+        sampler: ``instance``, ``class_balanced``, ``sqrt`` or ``power`` (training only).
+        rho: exponent of the ``power`` sampler (weight ∝ n_class^-rho).
+        class_counts: accepted for symmetry with the loss builders; the sampler derives counts from the labels.
+        device: where batches are produced.
+        pipeline: ``gpu``, ``loader`` or ``auto`` (``gpu`` when the split is in memory).
+        seed: base seed of sampling and augmentation (use a different one for a second, mixing source).
+        rank, world_size: DDP position.
+        drop_last: drop the last incomplete training batch (default False: the last batch may be smaller).
+        num_workers: DataLoader workers (``loader`` only).
+        num_samples: samples per epoch (all ranks together) for the sampler; ``None`` = len(split).
+        image_size: output side; ``None`` = the stored image side (in-memory) or 224 (files, ``imagenet``).
+        autoaugment, cutout, randaugment, flip: augmentation options (``DataConfig``; see ``build_transform``).
+
+    Returns:
+        A :class:`BatchSource` (with ``iter_from`` and ``indices``).
+
+    Raises:
+        DataError: ``pipeline="gpu"`` for a file-based split.
+        ValueError: unknown preset or pipeline.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; valid: {', '.join(PIPELINES)}")
+    device = torch.device(device)
+    if pipeline == "auto":
+        pipeline = "gpu" if split.images is not None else "loader"
+    if pipeline == "gpu" and split.images is None:
+        raise DataError("pipeline 'gpu' needs an in-memory split (images decoded into one tensor); use 'loader'")
+    if image_size is None:
+        image_size = int(split.images.shape[-1]) if split.images is not None else 224
+    common = {
+        "batch_size": batch_size,
+        "device": device,
+        "train": train,
+        "sampler": sampler,
+        "rho": rho,
+        "num_samples": num_samples,
+        "seed": seed,
+        "rank": rank,
+        "world_size": world_size,
+        "drop_last": drop_last,
+    }
+    options = {"autoaugment": autoaugment, "cutout": cutout, "randaugment": randaugment, "flip": flip}
+    if pipeline == "gpu":
+        augment = BatchAugment(preset, train=train, image_size=image_size, **options)
+        return GpuBatchSource(split.images, split.labels, augment=augment, **common)  # type: ignore[arg-type]
+    channels = int(split.images.shape[1]) if split.images is not None else (1 if split.mode == "L" else 3)
+    transform = build_transform(preset, train=train, image_size=image_size, channels=channels, **options)
+    return LoaderBatchSource(split, transform=transform, num_workers=num_workers, **common)

@@ -1,0 +1,169 @@
+"""Multi-seed comparison table: runs grouped by config, mean ± std over seeds, as Markdown or CSV.
+
+``bce3s compare RUN_DIR ...`` calls :func:`compare_runs` and prints :func:`format_markdown` (or
+:func:`format_csv`). Runs belong to one group when they share ``final.json["run"]["config_name"]`` *and* their
+resolved ``config.yaml`` is identical once ``runtime.seed`` is removed (compared by a SHA-256 of the canonical
+JSON of the config dict), so two runs of one config file with a changed ``--set`` are kept apart.
+
+Every number comes from the test split in ``final.json`` without TTA, for the checkpoints ``last`` and
+``best_val`` (one table row per group and checkpoint). Accuracies and ECE are in percent. The std is the sample
+standard deviation over seeds (``ddof = 1``); a group with a single run has no std (shown as ``–``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bce3s.errors import RunDirError
+
+__all__ = ["COMPARE_METRICS", "compare_runs", "config_hash", "format_csv", "format_markdown"]
+
+log = logging.getLogger(__name__)
+
+COMPARE_METRICS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"))
+"""(key in the METRICS dict, column name) of the compared quantities, in table order."""
+
+_CHECKPOINTS = ("last", "best_val")
+_DASH = "–"
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of the config dict without ``runtime.seed`` (canonical JSON)."""
+    cfg = copy.deepcopy(dict(config))
+    runtime = cfg.get("runtime")
+    if isinstance(runtime, dict):
+        runtime.pop("seed", None)
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Group runs by config and aggregate their test results over seeds.
+
+    Args:
+        run_dirs: run directories written by ``bce3s train``.
+
+    Returns:
+        One row per (config group, checkpoint), groups in order of first appearance, ``last`` before
+        ``best_val``. Each row: ``config_name``, ``config_hash``, ``dataset``, ``model``, ``loss`` (stage-1),
+        ``stages`` (``"a+b"``), ``checkpoint``, ``split`` (``"test"``), ``n`` (runs with results for this
+        checkpoint), ``seeds`` (list), ``run_dirs`` (list of str), and for each metric ``m`` in
+        :data:`COMPARE_METRICS` ``m_mean`` and ``m_std`` (``None`` when unavailable; ``m_std`` is ``None`` for
+        ``n < 2``). A run whose metric is missing is left out of that metric's mean (``m_n`` counts the runs
+        used).
+
+    Raises:
+        RunDirError: no run given, or a path that is not a finished run directory.
+    """
+    from bce3s.eval.report import load_run
+
+    if not run_dirs:
+        raise RunDirError("no run directory given; pass one or more directories written by 'bce3s train'")
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for path in run_dirs:
+        run = load_run(path)
+        meta = run.final.get("run") if isinstance(run.final.get("run"), dict) else {}
+        key = (str(meta.get("config_name") or _DASH), config_hash(run.config))
+        groups.setdefault(key, []).append(run)
+    rows: list[dict[str, Any]] = []
+    for (config_name, chash), runs in groups.items():
+        meta = runs[0].final.get("run") if isinstance(runs[0].final.get("run"), dict) else {}
+        seeds = [(r.final.get("run") or {}).get("seed") for r in runs]
+        dupes = {s for s in seeds if s is not None and seeds.count(s) > 1}
+        if dupes:
+            log.warning("config %s has several runs with seed(s) %s; each counts as one sample", config_name,
+                        sorted(dupes))
+        for ckpt in _CHECKPOINTS:
+            with_results = [r for r in runs if r.test_metrics(ckpt) is not None]
+            row: dict[str, Any] = {
+                "config_name": config_name,
+                "config_hash": chash,
+                "dataset": meta.get("dataset"),
+                "model": meta.get("model"),
+                "loss": meta.get("loss"),
+                "stages": "+".join(map(str, meta.get("stages") or [])),
+                "checkpoint": ckpt,
+                "split": "test",
+                "n": len(with_results),
+                "seeds": [(r.final.get("run") or {}).get("seed") for r in with_results],
+                "run_dirs": [str(r.path) for r in with_results],
+            }
+            for key, _ in COMPARE_METRICS:
+                vals = []
+                for r in with_results:
+                    v = r.test_metrics(ckpt).get(key)  # type: ignore[union-attr]
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        vals.append(float(v))
+                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(vals)
+                row[f"{key}_n"] = len(vals)
+            rows.append(row)
+    return rows
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return _DASH
+    return f"{mean:.2f} ± {_DASH if std is None else f'{std:.2f}'}"
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table (``mean ± std`` over seeds, 2 decimals; ``–`` = no std for n = 1)."""
+    header = ["Config", "Loss", "Checkpoint", "n"] + [name for _, name in COMPARE_METRICS]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---", "---", "---", "---:"] + ["---:"] * len(COMPARE_METRICS)) + " |",
+    ]
+    for row in rows:
+        name = f"{row['config_name']} ({row['config_hash'][:7]})"
+        cells = [name, str(row.get("loss") or _DASH), str(row["checkpoint"]), str(row["n"])]
+        cells += [_cell(row, key) for key, _ in COMPARE_METRICS]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += [
+        "",
+        "Test split, no TTA; accuracies and ECE (15 bins) in percent; mean ± sample std (ddof = 1) over seeds; "
+        "n = number of seeds; – = not available (no std with one seed).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV with one column per mean and std (4 decimals; empty when unavailable), seeds space-separated."""
+    cols = ["config_name", "config_hash", "dataset", "model", "loss", "stages", "checkpoint", "split", "n", "seeds"]
+    for key, _ in COMPARE_METRICS:
+        cols += [f"{key}_mean", f"{key}_std"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for row in rows:
+        out = []
+        for col in cols:
+            v = row.get(col)
+            if col == "seeds":
+                out.append(" ".join(str(s) for s in v or []))
+            elif v is None:
+                out.append("")
+            elif isinstance(v, float):
+                out.append(f"{v:.4f}")
+            else:
+                out.append(str(v))
+        writer.writerow(out)
+    return buf.getvalue()

@@ -1,0 +1,136 @@
+"""Tests of bce3s.eval.compare: grouping by config, mean ± sample std over seeds, Markdown and CSV output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from bce3s.errors import RunDirError
+from bce3s.eval.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
+
+METRICS = [key for key, _ in COMPARE_METRICS]
+
+
+@pytest.fixture(scope="module")
+def seeds_x_configs(tmp_path_factory: pytest.TempPathFactory, write_run: Callable[..., Path]) -> list[Path]:
+    """3 seeds x 2 configs (CE and BCE3S), interleaved so grouping cannot rely on order."""
+    root = tmp_path_factory.mktemp("compare")
+    runs = []
+    for seed in range(3):
+        for loss in ("ce", "bce3s"):
+            runs.append(write_run(root / f"{loss}_s{seed}", loss=loss, seed=seed, with_eval=False,
+                                  with_history=False))
+    return runs
+
+
+def _finals(runs: list[Path], loss: str) -> list[dict[str, Any]]:
+    finals = [json.loads((r / "final.json").read_text()) for r in runs]
+    return [f for f in finals if f["run"]["loss"] == loss]
+
+
+def test_mean_and_sample_std_over_seeds(seeds_x_configs: list[Path]) -> None:
+    rows = compare_runs(seeds_x_configs)
+    assert [(r["loss"], r["checkpoint"]) for r in rows] == [("ce", "last"), ("ce", "best_val"),
+                                                            ("bce3s", "last"), ("bce3s", "best_val")]
+    for row in rows:
+        finals = _finals(seeds_x_configs, row["loss"])
+        assert row["n"] == 3 and sorted(row["seeds"]) == [0, 1, 2]
+        assert row["config_name"] == f"configs/digits_lt/{row['loss']}.yaml"
+        for key in METRICS:
+            vals = np.array([f["test"][row["checkpoint"]][key] for f in finals], dtype=float)
+            assert row[f"{key}_mean"] == pytest.approx(vals.mean(), abs=1e-12)
+            assert row[f"{key}_std"] == pytest.approx(vals.std(ddof=1), abs=1e-12)
+            assert row[f"{key}_n"] == 3
+
+
+def test_config_hash_ignores_only_the_seed(seeds_x_configs: list[Path]) -> None:
+    cfgs = [yaml.safe_load((r / "config.yaml").read_text()) for r in seeds_x_configs]
+    ce = [c for c in cfgs if c["stages"][0]["loss"]["name"] == "ce"]
+    assert ce[0]["runtime"]["seed"] != ce[1]["runtime"]["seed"]
+    assert config_hash(ce[0]) == config_hash(ce[1])
+    changed = json.loads(json.dumps(ce[0]))
+    changed["stages"][0]["optim"]["lr"] = 0.1
+    assert config_hash(changed) != config_hash(ce[0])
+    assert ce[0]["runtime"]["seed"] is not None  # the input dict is not modified
+
+
+def test_same_config_file_with_changed_setting_is_its_own_group(tmp_path: Path,
+                                                                 write_run: Callable[..., Path]) -> None:
+    runs = [write_run(tmp_path / "a0", seed=0, lr=0.01), write_run(tmp_path / "a1", seed=1, lr=0.01),
+            write_run(tmp_path / "b0", seed=0, lr=0.1)]
+    rows = [r for r in compare_runs(runs) if r["checkpoint"] == "last"]
+    assert [r["n"] for r in rows] == [2, 1]
+    assert rows[0]["config_name"] == rows[1]["config_name"]
+    assert rows[0]["config_hash"] != rows[1]["config_hash"]
+    assert rows[1]["top1_std"] is None
+    top1 = json.loads((runs[2] / "final.json").read_text())["test"]["last"]["top1"]
+    assert rows[1]["top1_mean"] == pytest.approx(top1)
+    md = format_markdown(rows)
+    assert f"| {top1:.2f} ± – |" in md
+
+
+def test_markdown_format(seeds_x_configs: list[Path]) -> None:
+    rows = compare_runs(seeds_x_configs)
+    lines = format_markdown(rows).splitlines()
+    assert lines[0] == "| Config | Loss | Checkpoint | n | All | Many | Medium | Few | ECE |"
+    assert lines[1] == "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    table = [line for line in lines if line.startswith("| configs/")]
+    assert len(table) == 4
+    finals = _finals(seeds_x_configs, "bce3s")
+    cells = [c.strip() for c in table[3].strip("|").split("|")]
+    assert cells[:4] == [f"configs/digits_lt/bce3s.yaml ({rows[3]['config_hash'][:7]})", "bce3s", "best_val", "3"]
+    for key, cell in zip(METRICS, cells[4:]):
+        vals = np.array([f["test"]["best_val"][key] for f in finals], dtype=float)
+        assert cell == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}"
+    assert "sample std (ddof = 1)" in lines[-1]
+
+
+def test_csv_format(seeds_x_configs: list[Path]) -> None:
+    rows = compare_runs(seeds_x_configs)
+    parsed = list(csv.DictReader(io.StringIO(format_csv(rows))))
+    assert len(parsed) == 4
+    assert list(parsed[0])[:10] == ["config_name", "config_hash", "dataset", "model", "loss", "stages", "checkpoint",
+                                    "split", "n", "seeds"]
+    for rec in parsed:
+        assert rec["n"] == "3" and rec["seeds"] == "0 1 2" and rec["split"] == "test"
+        assert rec["stages"] == "stage1+stage2"
+        finals = _finals(seeds_x_configs, rec["loss"])
+        for key in METRICS:
+            vals = np.array([f["test"][rec["checkpoint"]][key] for f in finals], dtype=float)
+            assert float(rec[f"{key}_mean"]) == pytest.approx(vals.mean(), abs=5e-5)
+            assert float(rec[f"{key}_std"]) == pytest.approx(vals.std(ddof=1), abs=5e-5)
+
+
+def test_csv_leaves_std_empty_for_one_seed(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    parsed = list(csv.DictReader(io.StringIO(format_csv(compare_runs([write_run(tmp_path / "r")])))))
+    assert [p["n"] for p in parsed] == ["1", "1"]
+    assert all(p["top1_std"] == "" and p["top1_mean"] != "" for p in parsed)
+
+
+def test_missing_metric_is_left_out_of_its_mean(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    runs = [write_run(tmp_path / f"s{seed}", seed=seed) for seed in range(3)]
+    final = json.loads((runs[0] / "final.json").read_text())
+    final["test"]["last"]["ece"] = None  # NaN is stored as null
+    del final["test"]["best_val"]
+    (runs[0] / "final.json").write_text(json.dumps(final))
+    last, best = compare_runs(runs)
+    assert last["n"] == 3 and last["ece_n"] == 2 and last["top1_n"] == 3
+    eces = [json.loads((r / "final.json").read_text())["test"]["last"]["ece"] for r in runs[1:]]
+    assert last["ece_mean"] == pytest.approx(np.mean(eces))
+    assert best["n"] == 2 and best["seeds"] == [1, 2]
+
+
+def test_bad_input_raises(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="no run directory given"):
+        compare_runs([])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="missing final.json and config.yaml"):
+        compare_runs([tmp_path / "empty"])

@@ -1,0 +1,235 @@
+"""Tests of bce3s.eval.report (and the figure helpers it uses): content, numbers, offline-ness, missing inputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pytest
+
+from bce3s.errors import RunDirError
+from bce3s.eval import plots
+from bce3s.eval.report import SECTIONS, load_run, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMG_TAG = '<img src="data:image/png;base64,'
+KEYS = ("top1", "mean_per_class", "many", "medium", "few", "ece")
+
+
+class _Tables(HTMLParser):
+    """Collects every <table> as {"caption": str, "header": [str], "rows": [[str]]} (cell text only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict[str, Any]] = []
+        self._cell: list[str] | None = None
+        self._row: list[str] | None = None
+        self._in_caption = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append({"caption": "", "header": [], "rows": []})
+        elif tag == "caption":
+            self._in_caption = True
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "caption":
+            self._in_caption = False
+        elif tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            table = self.tables[-1]
+            if not table["header"]:
+                table["header"] = self._row
+            else:
+                table["rows"].append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._in_caption:
+            self.tables[-1]["caption"] += data
+
+
+def _tables(html_text: str) -> list[dict[str, Any]]:
+    parser = _Tables()
+    parser.feed(html_text)
+    return parser.tables
+
+
+def _table(tables: list[dict[str, Any]], caption_start: str) -> dict[str, Any]:
+    found = [t for t in tables if t["caption"].startswith(caption_start)]
+    assert len(found) == 1, [t["caption"] for t in tables]
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def two_run_report(tmp_path_factory: pytest.TempPathFactory, write_run: Callable[..., Path]) -> dict[str, Any]:
+    """One report of two complete fake runs (CE and BCE3S, 10 classes), rendered once for the module."""
+    root = tmp_path_factory.mktemp("report2")
+    runs = [write_run(root / "runs" / "ce_seed0", loss="ce", skill=0.8),
+            write_run(root / "runs" / "bce3s_seed0", loss="bce3s", skill=1.2)]
+    html_path, md_path = write_report(runs, root / "out")
+    return {"runs": runs, "html_path": html_path, "md_path": md_path, "html": html_path.read_text(),
+            "md": md_path.read_text(), "out": root / "out"}
+
+
+def test_every_section_and_figure_present(two_run_report: dict[str, Any]) -> None:
+    html_text, md = two_run_report["html"], two_run_report["md"]
+    for title in SECTIONS:
+        assert re.search(rf'<h2 id="[a-z0-9-]+">{re.escape(title)}</h2>', html_text), title
+        assert f"\n## {title}\n" in md, title
+    # per-class accuracy, shot bars, training curves, reliability, weight norms, geometry, 2 confusion matrices
+    assert html_text.count(IMG_TAG) == 8
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    assert len(embedded) == 8
+    pngs = {base64.b64decode(b) for b in embedded}
+    assert all(p.startswith(PNG_MAGIC) for p in pngs)
+    refs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert len(refs) == 8
+    files = {(two_run_report["out"] / ref).read_bytes() for ref in refs}
+    assert files == pngs  # the Markdown's PNG files are the figures embedded in the HTML
+
+
+def test_result_numbers_equal_final_json(two_run_report: dict[str, Any]) -> None:
+    tables = _tables(two_run_report["html"])
+    main = _table(tables, "Test accuracy (%), no TTA")
+    tta = _table(tables, "Flip-TTA rows")
+    assert main["header"][:4] == ["Run", "Checkpoint", "Split", "TTA"]
+    md = two_run_report["md"]
+    for run in two_run_report["runs"]:
+        final = json.loads((run / "final.json").read_text())
+        for ckpt in ("last", "best_val"):
+            for table, key, tta_name in ((main, ckpt, "none"), (tta, f"{ckpt}_tta_flip", "flip")):
+                expected = [run.name, ckpt, "test", tta_name] + [f"{final['test'][key][k]:.2f}" for k in KEYS]
+                assert expected in table["rows"]
+                assert "| " + " | ".join(expected) + " |" in md
+    # TTA rows never appear in the no-TTA table, and the other way round
+    assert {r[3] for r in main["rows"]} == {"none"}
+    assert {r[3] for r in tta["rows"]} == {"flip"}
+
+
+def test_geometry_table_matches_eval_json(two_run_report: dict[str, Any]) -> None:
+    table = _table(_tables(two_run_report["html"]), "Geometry per shot group")
+    for run in two_run_report["runs"]:
+        ev = json.loads((run / "eval_test_last.json").read_text())
+        counts = json.loads((run / "final.json").read_text())["train_counts"]
+        comp = np.array(ev["geometry"]["per_class"]["compactness"], dtype=float)
+        few = np.array(counts) < 20
+        row = next(r for r in table["rows"] if r[:2] == ["Compactness", run.name])
+        # independent reference: numpy over the per-class list (population std)
+        assert row[2] == f"{comp.mean():.3f} ± {comp.std():.3f}"
+        assert row[5] == f"{comp[few].mean():.3f} ± {comp[few].std():.3f}"
+
+
+def test_report_is_offline(two_run_report: dict[str, Any]) -> None:
+    html_text = two_run_report["html"]
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", html_text, flags=re.I)
+    assert refs  # the figures and the table of contents
+    for ref in refs:
+        assert ref.startswith(("data:image/png;base64,", "#")), ref[:80]
+    assert "http://" not in html_text and "https://" not in html_text
+    assert "<script" not in html_text.lower() and "<link" not in html_text.lower()
+    assert "@import" not in html_text and "url(" not in html_text
+
+
+def test_missing_inputs_reported_not_fatal(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    # two runs with the same directory name, without eval files, history, TTA rows or run.json
+    a = write_run(tmp_path / "a" / "seed0", loss="ce", with_eval=False, with_history=False, with_tta=False,
+                  with_run_json=False)
+    b = write_run(tmp_path / "b" / "seed0", loss="bce3s", with_eval=False, with_history=False, with_tta=False)
+    html_path, md_path = write_report([a, b], tmp_path / "out")
+    html_text, md = html_path.read_text(), md_path.read_text()
+    for title in SECTIONS:
+        assert f"## {title}\n" in md
+    assert html_text.count(IMG_TAG) == 2  # per-class accuracy and shot bars need only final.json
+    assert "a/seed0" in html_text and "b/seed0" in html_text  # clashing run names made unique
+    assert "eval_test_last.json is missing" in md
+    assert "No training history (metrics.jsonl) for: a/seed0, b/seed0." in md
+    assert "No flip-TTA rows" in md
+    assert "run.json is missing" in md
+
+
+def test_confusion_drawn_up_to_100_classes_and_skipped_above(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    k100 = write_run(tmp_path / "k100", num_classes=100, per_class_test=2, with_history=False, with_tta=False)
+    k120 = write_run(tmp_path / "k120", num_classes=120, per_class_test=2, with_history=False, with_tta=False)
+    assert "confusion" not in json.loads((k120 / "eval_test_last.json").read_text())
+    html_path, md_path = write_report([k100, k120], tmp_path / "out")
+    md = md_path.read_text()
+    figs = sorted(p.name for p in (tmp_path / "out" / "figures").glob("*.png"))
+    assert [f for f in figs if f.startswith("confusion")] == ["confusion_1_k100.png"]
+    assert "k120: 120 classes; confusion matrices are drawn only up to 100 classes." in md
+    # different class sets: one head-to-tail figure per class set
+    assert len([f for f in figs if f.startswith("per_class_accuracy")]) == 2
+    assert html_path.read_text().count(IMG_TAG) == len(figs)
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty", "no_final", "bad_json"])
+def test_bad_run_dir_raises_one_line(tmp_path: Path, write_run: Callable[..., Path], case: str) -> None:
+    path = tmp_path / "x"
+    if case == "file":
+        path.write_text("not a dir")
+    elif case == "empty":
+        path.mkdir()
+    elif case == "no_final":
+        write_run(path)
+        (path / "final.json").unlink()
+    elif case == "bad_json":
+        write_run(path)
+        (path / "final.json").write_text('{"run": ')
+    with pytest.raises(RunDirError) as err:
+        write_report([path], tmp_path / "out")
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    expected = {"missing": "not found", "file": "not a run directory", "empty": "final.json and config.yaml",
+                "no_final": "missing final.json", "bad_json": "not valid JSON"}[case]
+    assert expected in msg
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_no_run_dirs_raises(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="no run directory given"):
+        write_report([], tmp_path / "out")
+
+
+def test_load_run_notes_damaged_optional_files(make_run: Callable[..., Path]) -> None:
+    run_dir = make_run("r")
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"stage": "stage2", "epo')  # a line cut off mid-write
+    (run_dir / "eval_test_last.json").write_text("{")
+    run = load_run(run_dir)
+    assert len(run.history) == 6
+    assert any("1 unreadable line" in n for n in run.notes)
+    assert any("eval_test_last.json is not valid JSON" in n for n in run.notes)
+    assert run.best_eval() is None
+
+
+def test_plots_leave_matplotlib_state_alone() -> None:
+    before = dict(matplotlib.rcParams)
+    fig = plots.shot_accuracy_bars({"test": {"a": {"top1": 50.0, "many": 70.0, "medium": None, "few": 10.0}}})
+    assert plots.fig_to_png_bytes(fig).startswith(PNG_MAGIC)
+    assert dict(matplotlib.rcParams) == before
+
+
+def test_confusion_matrix_figure_rejects_more_than_100_classes() -> None:
+    with pytest.raises(ValueError, match="up to 100"):
+        plots.confusion_matrix(np.eye(101, dtype=int))
+    with pytest.raises(ValueError, match="square"):
+        plots.confusion_matrix(np.ones((3, 4), dtype=int))
+
+
+def test_head_to_tail_order_is_stable() -> None:
+    assert plots.head_to_tail_order([5, 500, 20, 500, 5]).tolist() == [1, 3, 2, 0, 4]
