@@ -34,8 +34,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_steps(model_name: str, *, batch: int, size: int, num_classes: int, device: torch.device,
-               channels_last: bool, amp: str, compile_model: bool):
+def make_steps(
+    model_name: str,
+    *,
+    batch: int,
+    size: int,
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    amp: str,
+    compile_model: bool,
+):
     counts = [max(int(500 * 0.01 ** (i / (num_classes - 1))), 1) for i in range(num_classes)]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
@@ -83,8 +92,13 @@ def make_steps(model_name: str, *, batch: int, size: int, num_classes: int, devi
         inp = mixed.images.contiguous(memory_format=torch.channels_last) if channels_last else mixed.images
         with autocast():
             out = b_run(inp)
-        lo = b_loss(out.logits.float(), mixed.target, view=mixed.view, embeddings=out.embeddings.float(),
-                    weight=b_model.head.weight)
+        lo = b_loss(
+            out.logits.float(),
+            mixed.target,
+            view=mixed.view,
+            embeddings=out.embeddings.float(),
+            weight=b_model.head.weight,
+        )
         b_opt.zero_grad(set_to_none=True)
         lo.loss.backward()
         b_opt.step()
@@ -102,7 +116,7 @@ def time_pair(ce_step, b_step, device: torch.device, steps: int, warmup: int) ->
     _sync(device)
     ta, tb = [], []
     for i in range(steps):
-        for fn, acc in (((ce_step, ta), (b_step, tb)) if i % 2 == 0 else ((b_step, tb), (ce_step, ta))):
+        for fn, acc in ((ce_step, ta), (b_step, tb)) if i % 2 == 0 else ((b_step, tb), (ce_step, ta)):
             _sync(device)
             t = time.perf_counter()
             fn()
@@ -119,8 +133,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--variants", default="base", choices=["base", "all"],
-                    help="all: also channels_last, bf16 autocast, torch.compile (CUDA)")
+    ap.add_argument(
+        "--variants",
+        default="base",
+        choices=["base", "all"],
+        help="all: also channels_last, bf16 autocast, torch.compile (CUDA)",
+    )
     ap.add_argument("--quick", action="store_true", help="resnet32 only, few steps (smoke test)")
     ap.add_argument("--out", default="bench/results/train_step.json")
     args = ap.parse_args()
@@ -130,28 +148,62 @@ def main() -> None:
         models, args.steps, args.warmup = ["resnet32"], 2, 1
     variants = [("fp32", False, "none", False)]
     if args.variants == "all" and device.type == "cuda":
-        variants += [("channels_last", True, "none", False), ("bf16", False, "bf16", False),
-                     ("channels_last+bf16", True, "bf16", False), ("channels_last+bf16+compile", True, "bf16", True)]
+        variants += [
+            ("channels_last", True, "none", False),
+            ("bf16", False, "bf16", False),
+            ("channels_last+bf16", True, "bf16", False),
+            ("channels_last+bf16+compile", True, "bf16", True),
+        ]
     rows = []
     for name in models:
         size = 224 if name in ("resnet50", "resnext50_32x4d", "resnet152") else 32
         batch = min(args.batch, 64) if size == 224 else args.batch
         for vname, cl, amp, comp in variants:
-            ce_step, b_step = make_steps(name, batch=batch, size=size, num_classes=args.classes, device=device,
-                                         channels_last=cl, amp=amp, compile_model=comp)
+            ce_step, b_step = make_steps(
+                name,
+                batch=batch,
+                size=size,
+                num_classes=args.classes,
+                device=device,
+                channels_last=cl,
+                amp=amp,
+                compile_model=comp,
+            )
             ta, tb = time_pair(ce_step, b_step, device, args.steps, args.warmup)
             a, b = statistics.median(ta), statistics.median(tb)
-            rows.append({"model": name, "variant": vname, "device": str(device), "batch": batch, "image_size": size,
-                         "images_per_step": 3 * batch, "ce_ms": 1e3 * a, "bce3s_ms": 1e3 * b, "ratio": b / a,
-                         "ce_img_s": 3 * batch / a, "bce3s_img_s": 3 * batch / b})
-    hdr = f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}{'CE img/s':>10}{'BCE3S img/s':>12}"
+            rows.append(
+                {
+                    "model": name,
+                    "variant": vname,
+                    "device": str(device),
+                    "batch": batch,
+                    "image_size": size,
+                    "images_per_step": 3 * batch,
+                    "ce_ms": 1e3 * a,
+                    "bce3s_ms": 1e3 * b,
+                    "ratio": b / a,
+                    "ce_img_s": 3 * batch / a,
+                    "bce3s_img_s": 3 * batch / b,
+                }
+            )
+    hdr = (
+        f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}"
+        f"{'CE img/s':>10}{'BCE3S img/s':>12}"
+    )
     print(hdr)
     for r in rows:
-        print(f"{r['model']:<16}{r['variant']:<28}{r['images_per_step']:>10}{r['ce_ms']:>10.1f}{r['bce3s_ms']:>10.1f}"
-              f"{r['ratio']:>8.3f}{r['ce_img_s']:>10.0f}{r['bce3s_img_s']:>12.0f}")
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "steps": args.steps, "warmup": args.warmup}
+        print(
+            f"{r['model']:<16}{r['variant']:<28}{r['images_per_step']:>10}{r['ce_ms']:>10.1f}{r['bce3s_ms']:>10.1f}"
+            f"{r['ratio']:>8.3f}{r['ce_img_s']:>10.0f}{r['bce3s_img_s']:>12.0f}"
+        )
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

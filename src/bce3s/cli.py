@@ -44,21 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a config (all its stages) and evaluate the test split once at the end",
-                       description="Train every stage of CONFIG into a run directory, select on the validation "
-                       "split, then evaluate the test split once for the last and best-val checkpoints.")
+    t = sub.add_parser(
+        "train",
+        help="train a config (all its stages) and evaluate the test split once at the end",
+        description="Train every stage of CONFIG into a run directory, select on the validation "
+        "split, then evaluate the test split once for the last and best-val checkpoints.",
+    )
     t.add_argument("config", nargs="?", help="YAML config file (optional with --resume: the run's own config)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set stages.0.epochs=5 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set stages.0.epochs=5 (repeatable)",
+    )
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    t.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume when --out holds an unfinished run of this config, else start it (for torchrun "
+        "--max-restarts and job schedulers that re-run the same command)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides runtime.device)")
     t.add_argument("--seed", type=int, help="run seed (overrides runtime.seed)")
     _add_common(t)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint of a run: metrics, calibration, geometry",
-                       description="Evaluate a run's checkpoint on a split and write eval_<split>_<checkpoint>.json.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint of a run: metrics, calibration, geometry",
+        description="Evaluate a run's checkpoint on a split and write eval_<split>_<checkpoint>.json.",
+    )
     e.add_argument("run_dir", help="a directory made by 'bce3s train'")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
     e.add_argument("--checkpoint", default="last", choices=["last", "best_val"], help="checkpoint (default last)")
@@ -68,34 +86,52 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-features", action="store_true", help="also save features, logits and labels (.pt)")
     _add_common(e)
 
-    r = sub.add_parser("report", help="write report.html and report.md for one or more runs",
-                       description="Write a self-contained HTML report and a Markdown report comparing runs.")
+    r = sub.add_parser(
+        "report",
+        help="write report.html and report.md for one or more runs",
+        description="Write a self-contained HTML report and a Markdown report comparing runs.",
+    )
     r.add_argument("run_dirs", nargs="+", help="run directories")
     r.add_argument("--out", help="output directory (default: the run directory, or report/ beside several runs)")
     _add_common(r)
 
-    c = sub.add_parser("compare", help="table of mean ± std over seeds, grouped by config",
-                       description="Group runs by config and print mean ± std over seeds (All, Many, Medium, Few, ECE).")
+    c = sub.add_parser(
+        "compare",
+        help="table of mean ± std over seeds, grouped by config",
+        description="Group runs by config and print mean ± std over seeds (All, Many, Medium, Few, ECE).",
+    )
     c.add_argument("run_dirs", nargs="+", help="run directories")
     c.add_argument("--format", default="md", choices=["md", "csv"], help="output format (default md)")
     c.add_argument("--out", help="also write the table to this file")
     _add_common(c)
 
-    s = sub.add_parser("sweep", help="run one config over several seeds, then write the compare table",
-                       description="Train CONFIG once per seed into OUT/seed<N>, then write OUT/compare.md.")
+    s = sub.add_parser(
+        "sweep",
+        help="run one config over several seeds, then write the compare table",
+        description="Train CONFIG once per seed into OUT/seed<N>, then write OUT/compare.md.",
+    )
     s.add_argument("config", help="YAML config file")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
     s.add_argument("--out", help="parent directory (default runs/<config name>_sweep)")
     s.add_argument("--jobs", type=int, default=1, help="seeds run in parallel as separate processes (default 1)")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--overwrite", action="store_true", help="replace runs already there")
     _add_common(s)
 
-    d = sub.add_parser("demo", help="CE vs BCE3S on the embedded Digits-LT set, with a report",
-                       description="Train a CE baseline (with its own class-balanced stage 2) and BCE3S (both "
-                       "stages) on Digits-LT with the same data, seeds and epochs; print a table and write a report.")
+    d = sub.add_parser(
+        "demo",
+        help="CE vs BCE3S on the embedded Digits-LT set, with a report",
+        description="Train a CE baseline (with its own class-balanced stage 2) and BCE3S (both "
+        "stages) on Digits-LT with the same data, seeds and epochs; print a table and write a report.",
+    )
     d.add_argument("--out", default="runs/demo", help="parent directory of the two runs (default runs/demo)")
     d.add_argument("--device", default="cpu", help="device (default cpu)")
     _add_common(d)
@@ -127,6 +163,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.device={args.device}")
     if args.seed is not None:
         overrides.append(f"runtime.seed={args.seed}")
+    if args.auto_resume and args.out:
+        from bce3s.engine.rundir import RunDir
+
+        rd = RunDir(Path(args.out))
+        if rd.is_run() and rd.checkpoint("last").is_file() and rd.read_run_info().get("status") != "finished":
+            args.resume = True
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
@@ -138,7 +180,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = train(cfg, args.out, resume=True, quiet=args.quiet, config_path=args.config, command=sys.argv)
     else:
         if not args.config:
-            raise ConfigError("train needs a CONFIG file (e.g. configs/digits_lt/bce3s.yaml), or --resume --out RUN_DIR")
+            raise ConfigError(
+                "train needs a CONFIG file (e.g. configs/digits_lt/bce3s.yaml), or --resume --out RUN_DIR"
+            )
         path = _config_path(args.config)
         cfg = load_config(path, overrides)
         out = Path(args.out) if args.out else _default_out(args.config)
@@ -158,31 +202,47 @@ def _print_final(final: dict[str, Any], run_dir: Path) -> None:
     for name, m in final.get("test", {}).items():
         label = name.replace("_tta_flip", " (flip TTA)")
         ece = m.get("ece")
-        print(f"{label:<22}{_fmt(m.get('top1')):>8}{_fmt(m.get('many')):>8}{_fmt(m.get('medium')):>8}"
-              f"{_fmt(m.get('few')):>8}{_fmt(None if ece is None else 100 * ece):>8}")
+        print(
+            f"{label:<22}{_fmt(m.get('top1')):>8}{_fmt(m.get('many')):>8}{_fmt(m.get('medium')):>8}"
+            f"{_fmt(m.get('few')):>8}{_fmt(ece):>8}"
+        )
     sel = final.get("selection", {}).get("best_val") or {}
     if sel.get("metric"):
-        print(f"best_val: {sel['stage']} epoch {sel['epoch'] + 1} (val {sel['metric']} {sel['value']:.2f}); "
-              "test split used only for these rows")
+        print(
+            f"best_val: {sel['stage']} epoch {sel['epoch'] + 1} (val {sel['metric']} {sel['value']:.2f}); "
+            "test split used only for these rows"
+        )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from bce3s.eval.evaluate import evaluate_run
 
-    res = evaluate_run(args.run_dir, split=args.split, checkpoint=args.checkpoint, tta=args.tta, device=args.device,
-                       geometry=not args.no_geometry, save_features=args.save_features)
+    res = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        tta=args.tta,
+        device=args.device,
+        geometry=not args.no_geometry,
+        save_features=args.save_features,
+    )
     m = res["metrics"]
     print(f"{args.run_dir}: {args.split} split, checkpoint {args.checkpoint}, TTA {args.tta}")
-    print(f"top1 {_fmt(m.get('top1'))}  mean per class {_fmt(m.get('mean_per_class'))}  many {_fmt(m.get('many'))}  "
-          f"medium {_fmt(m.get('medium'))}  few {_fmt(m.get('few'))}  ECE {_fmt(100 * m['ece'] if m.get('ece') is not None else None)}")
+    print(
+        f"top1 {_fmt(m.get('top1'))}  mean per class {_fmt(m.get('mean_per_class'))}  many {_fmt(m.get('many'))}  "
+        f"medium {_fmt(m.get('medium'))}  few {_fmt(m.get('few'))}  ECE {_fmt(m.get('ece'))}"
+    )
     g = res.get("geometry")
     if g:
+
         def mean_of(key: str) -> str:
             v = g.get("summary", {}).get(key, {}).get("all", {}).get("mean")
             return "–" if v is None else f"{v:.3f}"
 
-        print(f"geometry: compactness {mean_of('compactness')}  feature separability {mean_of('feature_separability')}  "
-              f"classifier separability {mean_of('classifier_separability')}")
+        print(
+            f"geometry: compactness {mean_of('compactness')}  feature separability {mean_of('feature_separability')}  "
+            f"classifier separability {mean_of('classifier_separability')}"
+        )
     suffix = "_tta_flip" if args.tta == "flip" else ""
     print(f"written: {Path(args.run_dir) / f'eval_{args.split}_{args.checkpoint}{suffix}.json'}")
     return 0
@@ -271,8 +331,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
         out = parent / name
         print(f"training {label} -> {out}", flush=True)
-        res = train(cfg, out, overwrite=True, quiet=args.quiet, config_path=f"configs/digits_lt/{name}.yaml",
-                    command=sys.argv)
+        res = train(
+            cfg, out, overwrite=True, quiet=args.quiet, config_path=f"configs/digits_lt/{name}.yaml", command=sys.argv
+        )
         evaluate_run(out, split="test", checkpoint="last", device=args.device)
         finals.append((label, res.final))
     print()
@@ -281,7 +342,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for label, final in finals:
         for ck in ("last", "best_val"):
             m = final["test"][ck]
-            print(f"{label:<26}{ck:<11}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}{_fmt(m['medium']):>8}{_fmt(m['few']):>7}")
+            print(
+                f"{label:<26}{ck:<11}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}{_fmt(m['medium']):>8}{_fmt(m['few']):>7}"
+            )
     html, _ = write_report([parent / name for _, name in DEMO_RUNS], parent / "report")
     print()
     print(f"runs: {', '.join(str(parent / name) for _, name in DEMO_RUNS)}")

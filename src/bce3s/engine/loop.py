@@ -200,8 +200,10 @@ def train_one_epoch(
         if bad:
             term = _first_bad_term(loss.detach(), loss_out.terms)
             if rt.nan_policy == "stop":
-                raise NonFiniteError(f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage "
-                                     f"{rt.stage_index} epoch {epoch} step {step} (term: {term})")
+                raise NonFiniteError(
+                    f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage "
+                    f"{rt.stage_index} epoch {epoch} step {step} (term: {term})"
+                )
             rt.optimizer.zero_grad(set_to_none=True)
             res.skipped += 1
         else:

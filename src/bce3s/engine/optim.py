@@ -57,6 +57,8 @@ def lr_factor(epoch: int, epochs: int, cfg: OptimConfig) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` stepped once per epoch, after the epoch's optimizer steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, epochs, cfg))

@@ -97,7 +97,8 @@ class RunDir:
             raise RunDirError(f"run directory not found: {self.root}")
         if not self.is_run():
             raise RunDirError(
-                f"{self.root} is not a bce3s run directory (no config.yaml/run.json); give a directory made by 'bce3s train'"
+                f"{self.root} is not a bce3s run directory (no config.yaml/run.json); "
+                "give a directory made by 'bce3s train'"
             )
 
     def read_run_info(self) -> dict[str, Any]:

@@ -370,7 +370,9 @@ class _Run:
             model.load_state_dict(state["model"])
             log.info("stage %s starts from %s.pt", stage.name, src)
         if resume is None and stage.reset_head:
-            gen = torch.Generator(device=model.head.weight.device).manual_seed(derive_seed(cfg.runtime.seed, "reset-head", si) % (2**31))
+            gen = torch.Generator(device=model.head.weight.device).manual_seed(
+                derive_seed(cfg.runtime.seed, "reset-head", si) % (2**31)
+            )
             model.reset_head(generator=gen)
         loss_fn = _build_loss(stage, si, cfg, self.data).to(d.device)
         needs = getattr(loss_fn, "needs", frozenset())
@@ -466,8 +468,13 @@ class _Run:
             if d.is_main and not self.quiet and sys.stderr.isatty():
                 from tqdm import tqdm
 
-                bar = tqdm(total=len(source), initial=start_step, desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
-                           leave=False, dynamic_ncols=True)
+                bar = tqdm(
+                    total=len(source),
+                    initial=start_step,
+                    desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             lr = optimizer.param_groups[0]["lr"]
             try:
                 res = train_one_epoch(
@@ -523,8 +530,16 @@ class _Run:
             self.log_epoch(rec)
             if d.is_main:
                 vtxt = f" val {val['mean_per_class']:.2f}" if val and val.get("mean_per_class") is not None else ""
-                log.info("%s epoch %d/%d loss %.4f lr %.3g%s (%.1fs)", stage.name, epoch + 1, stage.epochs,
-                         loss_mean, lr, vtxt, res.time_s)
+                log.info(
+                    "%s epoch %d/%d loss %.4f lr %.3g%s (%.1fs)",
+                    stage.name,
+                    epoch + 1,
+                    stage.epochs,
+                    loss_mean,
+                    lr,
+                    vtxt,
+                    res.time_s,
+                )
             self.save("last", full_state(epoch + 1, 0, None))
 
         if stage.logit_adjust_tau is not None:
@@ -534,9 +549,17 @@ class _Run:
             self.best[stage.name] = {"stage": stage.name, "epoch": stage.epochs - 1, "metric": None, "value": None}
             self.save(f"{stage.name}_best_val", self.model_ckpt(si, stage, stage.epochs - 1, loss_fn))
         # the next stage (or the end) resumes from here
-        nxt = {"kind": "resume", "stage_index": si + 1, "stage_name": None, "epoch": 0, "step": 0,
-               "model": _model_state(model), "best": copy.deepcopy(self.best),
-               "history": copy.deepcopy(self.history), "num_classes": self.data.num_classes}
+        nxt = {
+            "kind": "resume",
+            "stage_index": si + 1,
+            "stage_name": None,
+            "epoch": 0,
+            "step": 0,
+            "model": _model_state(model),
+            "best": copy.deepcopy(self.best),
+            "history": copy.deepcopy(self.history),
+            "num_classes": self.data.num_classes,
+        }
         self.save("last", nxt)
 
 
@@ -557,6 +580,17 @@ def _prepare_out(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> No
         hint = "use --resume to continue it" if same else "it holds a different run"
         raise RunDirError(f"{out} already holds a run ({hint}); pass --overwrite to replace it or choose another --out")
     check_writable(out)
+
+
+def _share(value: Any, dist: DistInfo) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not dist.distributed:
+        return value
+    import torch.distributed as tdist
+
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _clear_run_files(rd: RunDir) -> None:
@@ -604,17 +638,20 @@ def train(
 
         try:
             run_cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
-        except Exception as err:  # noqa: BLE001
-            raise RunDirError(f"cannot read {rd.config} ({str(err).splitlines()[0]}); the run directory is damaged") from None
+        except Exception as err:  # noqa: BLE001 - any unreadable config means a damaged run directory
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
         if cfg is None:
             cfg = run_cfg
         diffs = config_diff(run_cfg, cfg, ignore=_RESUME_FREE)
         if diffs:
             shown = "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else "")
-            raise ConfigError(f"cannot resume {out} with a different config ({shown}); drop the config/--set to resume as is")
+            raise ConfigError(
+                f"cannot resume {out} with a different config ({shown}); drop the config/--set to resume as is"
+            )
         resume_state = load_checkpoint(rd.checkpoint("last"))
-    else:
-        _prepare_out(out, cfg, resume=False, overwrite=overwrite)
+    elif cfg is None:
+        raise ConfigError("train needs a config (or resume=True with an existing run)")
 
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
@@ -625,6 +662,16 @@ def train(
                 f"stages.{i}.batch_size: {stage.batch_size} is not divisible by the world size {dist.world_size}; "
                 "use a multiple of the number of processes"
             )
+    if not resume:
+        problem = None
+        if dist.is_main:  # one process looks at the output directory, the others learn its verdict
+            try:
+                _prepare_out(out, cfg, resume=False, overwrite=overwrite)
+            except BCE3SError as err:
+                problem = str(err)
+        problem = _share(problem, dist)
+        if problem is not None:
+            raise RunDirError(problem)
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if dist.device.type == "cuda":
@@ -649,8 +696,12 @@ def train(
             info = rd.read_run_info()
             where = resume_state.get("stage_name") or f"stage index {resume_state['stage_index']}"
             info.setdefault("resumed_from", []).append(
-                {"stage": where, "epoch": int(resume_state["epoch"]), "step": int(resume_state["step"]),
-                 "at": _dt.datetime.now().isoformat(timespec="seconds")}
+                {
+                    "stage": where,
+                    "epoch": int(resume_state["epoch"]),
+                    "step": int(resume_state["step"]),
+                    "at": _dt.datetime.now().isoformat(timespec="seconds"),
+                }
             )
             info["status"] = "running"
             rd.write_run_info(info)
@@ -660,14 +711,16 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             rd.write_text(rd.config, dump_config(cfg))
             write_json(rd.data_json, data.record)
-            rd.write_run_info({
-                "status": "running",
-                "started": _dt.datetime.now().isoformat(timespec="seconds"),
-                "command": command or sys.argv,
-                "config_path": config_path,
-                "world_size": dist.world_size,
-                "resumed_from": [],
-            })
+            rd.write_run_info(
+                {
+                    "status": "running",
+                    "started": _dt.datetime.now().isoformat(timespec="seconds"),
+                    "command": command or sys.argv,
+                    "config_path": config_path,
+                    "world_size": dist.world_size,
+                    "resumed_from": [],
+                }
+            )
     barrier(dist)
     if dist.is_main and cfg.log.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -703,8 +756,11 @@ def train(
     try:
         with _StopFlag() as stop:
             for si in range(start_stage, len(cfg.stages)):
-                rs = resume_state if (resume_state is not None and si == start_stage
-                                      and resume_state.get("optimizer") is not None) else None
+                rs = (
+                    resume_state
+                    if (resume_state is not None and si == start_stage and resume_state.get("optimizer") is not None)
+                    else None
+                )
                 run.run_stage(si, rs, stop)
         final = _finish(run, t0, config_path)
         status = "finished"

@@ -127,5 +127,7 @@ def evaluate_run(
         name = f"eval_{split}_{checkpoint}" + ("_tta_flip" if tta == "flip" else "")
         write_json(rd.root / f"{name}.json", result)
         if save_features:
-            torch.save({"features": feats, "logits": logits, "labels": labels}, rd.root / f"features_{split}_{checkpoint}.pt")
+            torch.save(
+                {"features": feats, "logits": logits, "labels": labels}, rd.root / f"features_{split}_{checkpoint}.pt"
+            )
     return result
