@@ -166,8 +166,14 @@ def bench_losses(num_classes: int, batch: int, device: torch.device, repeats: in
     def plain_ce() -> None:
         ce(x["logits"], x["ids"]).loss.backward()
 
-    fns = {"bce3s": full, "joint": joint, "contrastive": contrastive, "uniform": uniform, "update": update,
-           "ce": plain_ce}
+    fns = {
+        "bce3s": full,
+        "joint": joint,
+        "contrastive": contrastive,
+        "uniform": uniform,
+        "update": update,
+        "ce": plain_ce,
+    }
     out = {name: time_ms(fn, device, repeats) for name, fn in fns.items()}
     for t in ("logits", "embeddings", "weight"):
         x[t].grad = None
@@ -218,8 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
         "statistic": "median ms of forward+backward",
         "rows": rows,
         "backbone": {"model": "resnet32 (+projector)", "images": "3 x 64 x 3 x 32 x 32", "fwd_bwd_ms": backbone_ms},
-        "acceptance": {"K": 100, "B": 64, "bce3s_ms": ref["bce3s_ms"], "backbone_ms": backbone_ms,
-                       "fraction": fraction, "target": 0.05, "pass": fraction < 0.05},
+        "acceptance": {
+            "K": 100,
+            "B": 64,
+            "bce3s_ms": ref["bce3s_ms"],
+            "backbone_ms": backbone_ms,
+            "fraction": fraction,
+            "target": 0.05,
+            "pass": fraction < 0.05,
+        },
     }
     print(format_table(result))
     out = Path(args.out)

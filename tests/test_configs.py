@@ -10,6 +10,8 @@ config header must resolve to a shipped file whose ``--set`` overrides are valid
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -67,8 +69,13 @@ PAIRS = [
 _CMD = re.compile(r"bce3s (?:train|sweep) (configs/\S+\.yaml)((?:\s+--(?:set|out)\s+\S+)*)")
 
 
-def _load(rel: str) -> Config:
+@functools.cache
+def _load_cached(rel: str) -> Config:
     return load_config(CONFIGS / rel)
+
+
+def _load(rel: str) -> Config:
+    return copy.deepcopy(_load_cached(rel))
 
 
 def _header(rel: str) -> str:

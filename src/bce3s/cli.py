@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run_dir", help="a directory made by 'bce3s train'")
     e.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
-    e.add_argument("--checkpoint", default="last", choices=["last", "best_val"], help="checkpoint (default last)")
+    e.add_argument("--checkpoint", default="last",
+                   help="last | best_val | <stage>_last | <stage>_best_val, e.g. stage1_last (default last)")
     e.add_argument("--tta", default="none", choices=["none", "flip"], help="test-time augmentation (default none)")
     e.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
     e.add_argument("--no-geometry", action="store_true", help="skip the feature/classifier geometry diagnostics")
@@ -163,12 +164,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.device={args.device}")
     if args.seed is not None:
         overrides.append(f"runtime.seed={args.seed}")
+    restart_unstarted = False
     if args.auto_resume and args.out:
         from bce3s.engine.rundir import RunDir
 
         rd = RunDir(Path(args.out))
-        if rd.is_run() and rd.checkpoint("last").is_file() and rd.read_run_info().get("status") != "finished":
-            args.resume = True
+        if rd.is_run() and rd.read_run_info().get("status") != "finished":
+            if rd.checkpoint("last").is_file():
+                args.resume = True
+            else:  # stopped before its first checkpoint: nothing to resume, start it again if it is this config
+                restart_unstarted = True
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
@@ -186,10 +191,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
         path = _config_path(args.config)
         cfg = load_config(path, overrides)
         out = Path(args.out) if args.out else _default_out(args.config)
+        if restart_unstarted and _same_run_config(out, cfg):
+            args.overwrite = True
         result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet, config_path=args.config, command=sys.argv)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_final(result.final, result.run_dir)
     return 0
+
+
+def _same_run_config(out: Path, cfg: Any) -> bool:
+    """Whether the run in ``out`` was started with ``cfg`` (up to the settings a resume may change)."""
+    from bce3s.config import load_config
+    from bce3s.engine.trainer import _RESUME_FREE, config_diff
+
+    try:
+        old = load_config(out / "config.yaml")
+    except BCE3SError:
+        return False
+    return not config_diff(old, cfg, ignore=_RESUME_FREE)
+
+
+def _one_line(err: BaseException) -> str:
+    """The one-line message of a user-facing error.
+
+    A DataLoader worker re-raises its error as ``Caught DataError in DataLoader worker process N.`` followed by
+    the worker's traceback; the line that matters (e.g. the path of an image that fails to decode) is the last.
+    """
+    lines = [x for x in str(err).strip().splitlines() if x.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        last = lines[-1].strip()
+        for prefix in (f"{type(err).__module__}.{type(err).__qualname__}: ", f"{type(err).__qualname__}: "):
+            if last.startswith(prefix):
+                return last[len(prefix) :]
+        return last
+    return lines[0]
 
 
 def _fmt(v: Any) -> str:
@@ -381,11 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     except BCE3SError as err:
         if args.debug:
             raise
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"bce3s: error: {msg}", file=sys.stderr)
+        print(f"bce3s: error: {_one_line(err)}", file=sys.stderr)
         return int(getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
-        print("bce3s: interrupted", file=sys.stderr)
+        hint = ""
+        out = getattr(args, "out", None)
+        if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").is_file():
+            hint = f"; resume with: bce3s train --resume --out {out}"
+        print(f"bce3s: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from bce3s.config import DataConfig
 from bce3s.data.digits import load_digits_arrays
 from bce3s.data.splits import build_data
 
+FIRST = [
+    [0, 0, 5, 13, 9, 1, 0, 0],
+    [0, 0, 13, 15, 10, 15, 5, 0],
+    [0, 3, 15, 2, 0, 11, 8, 0],
+    [0, 4, 12, 0, 0, 8, 8, 0],
+    [0, 5, 8, 0, 0, 9, 8, 0],
+    [0, 4, 11, 0, 1, 12, 7, 0],
+    [0, 2, 14, 5, 10, 12, 0, 0],
+    [0, 0, 6, 13, 10, 0, 0, 0],
+]  # fmt: skip  (load_digits().images[0], a "0")
 
+
+def test_arrays_pinned():
+    images, labels = load_digits_arrays()
+    assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
+    assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert labels[0] == 0
+    assert images[0].tolist() == [[round(v * 255 / 16) for v in row] for row in FIRST]
+    # sha256 of the uint8 array as produced from sklearn.datasets.load_digits (see the slow test below)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == (
+        "b41ca9fd335466eee997366c2e6f6bbe0a1b4582afe091fc4eba35f4a254182f"
+    )
+
+
+@pytest.mark.slow  # importing scikit-learn takes seconds
 def test_arrays_match_sklearn():
     from sklearn.datasets import load_digits
 

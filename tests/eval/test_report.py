@@ -180,6 +180,28 @@ def test_confusion_drawn_up_to_100_classes_and_skipped_above(tmp_path: Path, wri
     assert html_path.read_text().count(IMG_TAG) == len(figs)
 
 
+def test_bare_minimum_run_renders(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "final.json").write_text("{}")
+    (run / "config.yaml").write_text("")
+    html_path, md_path = write_report([run], tmp_path / "out")
+    md = md_path.read_text()
+    assert IMG_TAG not in html_path.read_text()
+    assert "final.json has no test results for the last checkpoint" in md
+    assert "| bare | last | test | none | – | – | – | – | – | – |" in md
+
+
+def test_inconsistent_inputs_become_notes(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    run = make_run("r", with_eval=False, with_history=False)
+    final = json.loads((run / "final.json").read_text())
+    final["test"]["last"]["per_class"] = [50.0, 60.0]  # 2 values for 10 classes
+    (run / "final.json").write_text(json.dumps(final))
+    html_path, md_path = write_report([run], tmp_path / "out")
+    assert "Figure 'per_class_accuracy' could not be drawn from these inputs" in md_path.read_text()
+    assert html_path.read_text().count(IMG_TAG) == 1  # the shot bars still come
+
+
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "no_final", "bad_json"])
 def test_bad_run_dir_raises_one_line(tmp_path: Path, write_run: Callable[..., Path], case: str) -> None:
     path = tmp_path / "x"
@@ -236,3 +258,32 @@ def test_confusion_matrix_figure_rejects_more_than_100_classes() -> None:
 
 def test_head_to_tail_order_is_stable() -> None:
     assert plots.head_to_tail_order([5, 500, 20, 500, 5]).tolist() == [1, 3, 2, 0, 4]
+
+
+@pytest.mark.slow
+def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
+    """End to end on the engine's own files: train CE and BCE3S on Digits-LT briefly, evaluate one, report both."""
+    from bce3s.config import load_config
+    from bce3s.engine.trainer import train
+    from bce3s.eval.evaluate import evaluate_run
+
+    repo = Path(__file__).resolve().parents[2]
+    runs = []
+    for loss in ("ce", "bce3s"):
+        config = repo / "configs" / "digits_lt" / f"{loss}.yaml"
+        cfg = load_config(config, overrides=["stages.0.epochs=2", "stages.1.epochs=1", "runtime.device=cpu"])
+        train(cfg, tmp_path / loss, config_path=str(config), quiet=True)
+        runs.append(tmp_path / loss)
+    evaluate_run(runs[0], split="test", checkpoint="last")
+    html_path, md_path = write_report(runs, tmp_path / "out")
+    html_text, md = html_path.read_text(), md_path.read_text()
+    # per-class, shot bars, curves, reliability, weight norms, geometry, one confusion matrix (only CE was evaluated)
+    assert html_text.count(IMG_TAG) == 7
+    main = _table(_tables(html_text), "Test accuracy (%), no TTA")
+    for run in runs:
+        final = json.loads((run / "final.json").read_text())
+        for ckpt in ("last", "best_val"):
+            expected = [run.name, ckpt, "test", "none"] + [f"{final['test'][ckpt][k]:.2f}" for k in KEYS]
+            assert expected in main["rows"]
+            assert "| " + " | ".join(expected) + " |" in md
+    assert "bce3s: eval_test_last.json is missing" in md

@@ -29,8 +29,9 @@ def test_equals_bce_with_logits():
 def test_mean_over_views_present():
     g = torch.Generator().manual_seed(1)
     z = torch.randn(5, 4, generator=g, dtype=torch.float64)
-    q = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.2, 0.8], [0, 0, 0.2, 0.8]],
-                     dtype=torch.float64)
+    q = torch.tensor(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.2, 0.8], [0, 0, 0.2, 0.8]], dtype=torch.float64
+    )
     view = torch.tensor([0, 0, 2, 2, 2])  # no mixup rows: mean of the clean and cutmix views
     out = BceLoss(4)(z, q, view=view).loss
     expected = (bce_sum(z[:2], q[:2]) + bce_sum(z[2:], q[2:])) / 2

@@ -74,9 +74,7 @@ def test_bce_sum_equals_bce_with_logits_hard(device, dtype):
 def test_bce_sum_hand_constants():
     t = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float64)
     pos = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    expected = (
-        softplus(-2) + softplus(-1) + softplus(0.5) + softplus(0) + softplus(-3) + softplus(-2)
-    ) / 2
+    expected = (softplus(-2) + softplus(-1) + softplus(0.5) + softplus(0) + softplus(-3) + softplus(-2)) / 2
     assert bce_sum(t, pos).item() == pytest.approx(expected, abs=1e-12)
     # neg_weight scales the negative terms only
     negatives = softplus(-1) + softplus(0.5) + softplus(0) + softplus(-2)

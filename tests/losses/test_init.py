@@ -10,8 +10,17 @@ import bce3s.losses as losses
 from bce3s.losses import LOSSES, Loss, LossOutput, build_loss, loss_params
 
 NAMES = [
-    "bce3s", "bce", "ce", "focal", "cb_softmax", "cb_sigmoid", "cb_focal", "balanced_softmax", "logit_adjusted",
-    "ldam", "cb_bce",
+    "bce3s",
+    "bce",
+    "ce",
+    "focal",
+    "cb_softmax",
+    "cb_sigmoid",
+    "cb_focal",
+    "balanced_softmax",
+    "logit_adjusted",
+    "ldam",
+    "cb_bce",
 ]
 K, P, D = 5, 3, 4
 COUNTS = [40, 20, 8, 3, 1]
@@ -44,8 +53,9 @@ def test_class_counts_length_checked():
 
 
 def test_params_reach_the_loss():
-    loss = build_loss("bce3s", num_classes=K, class_counts=COUNTS, neg_class_ratio=1.0, temperature=0.2,
-                      embedding_dim=P)
+    loss = build_loss(
+        "bce3s", num_classes=K, class_counts=COUNTS, neg_class_ratio=1.0, temperature=0.2, embedding_dim=P
+    )
     assert loss.sampler.ratio == 1.0 and loss.temperature == 0.2
     assert build_loss("ldam", num_classes=K, class_counts=COUNTS, drw_epoch=3).drw_epoch == 3
     assert loss_params("bce")["neg_class_ratio"] == 1.0

@@ -34,9 +34,7 @@ def naive_bce3s(z, q, view, emb, memory, seen, weight, clean_columns, tau, cw, u
     """Loop reference: L = mean_v L_sc^v + cw * sum_{mixed v} L_ss^v + uw * L_cc (SPEC 1.5, fixes of SPEC 7)."""
     k = z.shape[1]
     rows = {v: [i for i in range(z.shape[0]) if int(view[i]) == v] for v in range(3)}
-    joint_views = [
-        naive_view_bce(z, q, rows[v], clean_columns if v == 0 else range(k)) for v in range(3) if rows[v]
-    ]
+    joint_views = [naive_view_bce(z, q, rows[v], clean_columns if v == 0 else range(k)) for v in range(3) if rows[v]]
     joint = sum(joint_views) / len(joint_views)
     contrastive = 0.0
     if active:
@@ -97,8 +95,19 @@ def test_matches_naive_reference_three_views(ratio):
     out = loss(z, batch["q"], view=batch["view"], embeddings=batch["emb"], weight=batch["w"])
     columns = partial_class_set(clean_labels, 6, ratio, generator=torch.Generator().manual_seed(11)).tolist()
     total, joint, contrastive, uniform = naive_bce3s(
-        z, batch["q"], batch["view"], batch["emb"], loss.class_memory.memory.double(), loss.class_memory.seen,
-        batch["w"], columns, 0.5, 0.1, 1.0, 1.0, True,
+        z,
+        batch["q"],
+        batch["view"],
+        batch["emb"],
+        loss.class_memory.memory.double(),
+        loss.class_memory.seen,
+        batch["w"],
+        columns,
+        0.5,
+        0.1,
+        1.0,
+        1.0,
+        True,
     )
     assert out.loss.item() == pytest.approx(total, rel=1e-10)
     assert out.terms["joint"].item() == pytest.approx(joint, rel=1e-10)
@@ -118,8 +127,10 @@ def test_reduces_to_bce_joint_when_other_terms_off():
     (ga,) = torch.autograd.grad(a, z)
     (gb,) = torch.autograd.grad(b, z)
     # == the mean over views of bce_joint on the same features (the model's normalized head)
-    per_view = [bce_joint(batch["h"][batch["view"] == v], batch["w"], batch["bias"], batch["q"][batch["view"] == v])
-                for v in range(3)]
+    per_view = [
+        bce_joint(batch["h"][batch["view"] == v], batch["w"], batch["bias"], batch["q"][batch["view"] == v])
+        for v in range(3)
+    ]
     torch.testing.assert_close(a, sum(per_view) / 3)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(ga, gb)
@@ -152,8 +163,10 @@ def test_contrastive_schedule_and_anchors():
     loss.update(batch["emb"][:6], torch.arange(6))
     mem, seen = loss.class_memory.memory.double(), loss.class_memory.seen
     out = loss(z, batch["q"], view=batch["view"], **args)
-    mixed = [bce_contrastive(batch["emb"][batch["view"] == v], mem, batch["q"][batch["view"] == v], seen=seen)
-             for v in (1, 2)]
+    mixed = [
+        bce_contrastive(batch["emb"][batch["view"] == v], mem, batch["q"][batch["view"] == v], seen=seen)
+        for v in (1, 2)
+    ]
     torch.testing.assert_close(out.terms["contrastive"], mixed[0] + mixed[1])  # SUM over mixed views
     # no mixed rows: the clean rows are the anchors
     clean = batch["view"] == 0
@@ -185,8 +198,13 @@ def test_row_permutation_invariant():
         loss = Bce3sLoss(6, embedding_dim=3, neg_class_ratio=0.5, seed=2)
         loss.update(batch["emb"][:6], torch.arange(6))
         loss.set_epoch(1)
-        out = loss(logits_of(batch)[order], batch["q"][order], view=batch["view"][order],
-                   embeddings=batch["emb"][order], weight=batch["w"])
+        out = loss(
+            logits_of(batch)[order],
+            batch["q"][order],
+            view=batch["view"][order],
+            embeddings=batch["emb"][order],
+            weight=batch["w"],
+        )
         results.append(out.loss)
     torch.testing.assert_close(results[0], results[1])
 
@@ -262,5 +280,6 @@ def test_errors():
     with pytest.raises(ValueError, match="contrastive_start_epoch"):
         Bce3sLoss(5, contrastive_start_epoch=-1)
     with pytest.raises(ValueError, match="embedding_dim=4"):
-        Bce3sLoss(5, embedding_dim=3)(torch.zeros(2, 5), torch.tensor([0, 1]), embeddings=torch.zeros(2, 4),
-                                      weight=torch.ones(5, 2))
+        Bce3sLoss(5, embedding_dim=3)(
+            torch.zeros(2, 5), torch.tensor([0, 1]), embeddings=torch.zeros(2, 4), weight=torch.ones(5, 2)
+        )

@@ -56,7 +56,7 @@ def read_digits(cfg: DataConfig) -> SourceData:
     images, labels = load_digits_arrays()
     x = torch.from_numpy(images).unsqueeze(1)
     y = torch.from_numpy(labels)
-    full = ImageSet(x, None, y)
+    full = ImageSet(x, None, y, mode="L")
     rest, test_idx = per_class_carve(y, TEST_PER_CLASS, seed=SPLIT_SEED)
     val_per_class = VAL_PER_CLASS if cfg.val_per_class is None else cfg.val_per_class
     val = None

@@ -116,7 +116,7 @@ def _read(cfg: DataConfig, title: str, folder: str, names: list[str]) -> SourceD
         if y.size and y.max() >= len(names):
             raise DataError(f"{title}: {files[f'{part}-labels-idx1-ubyte']} has labels >= {len(names)}")
         images = torch.from_numpy(x.copy()).unsqueeze(1)
-        splits.append(ImageSet(images, None, torch.from_numpy(y.astype(np.int64))))
+        splits.append(ImageSet(images, None, torch.from_numpy(y.astype(np.int64)), mode="L"))
     return SourceData(
         name=cfg.dataset,
         class_names=list(names),

@@ -76,8 +76,7 @@ def _resolve_root(root: Path) -> Path:
         if len(subs) == 1 and (root / subs[0] / "train").is_dir():
             return root / subs[0]
     raise DataError(
-        f"image folder not found: expected {root}/train/<class>/<image> and {root}/test/<class>/<image>; "
-        f"set data.root"
+        f"image folder not found: expected {root}/train/<class>/<image> and {root}/test/<class>/<image>; set data.root"
     )
 
 

@@ -54,13 +54,13 @@ def class_counts(n_max: int, num_classes: int, imbalance_factor: float, profile:
     """
     if profile not in PROFILES:
         raise DataError(f"unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise DataError(f"number of classes must be an integer >= 1 (got {num_classes!r})")
     if not isinstance(n_max, (int, np.integer)) or n_max < 1:
         raise DataError(f"head-class count n_max must be an integer >= 1 (got {n_max!r})")
     if not imbalance_factor >= 1:  # also rejects NaN
         raise DataError(f"imbalance factor must be >= 1 (got {imbalance_factor})")
-    n_max = int(n_max)
+    n_max, num_classes = int(n_max), int(num_classes)
     if num_classes == 1:
         return [n_max]
     if profile == "exp":

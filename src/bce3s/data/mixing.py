@@ -23,7 +23,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["MixedBatch", "VIEW_CLEAN", "VIEW_CUTMIX", "VIEW_MIXUP", "cutmix_box", "glmc_mix", "sample_lambda"]
+__all__ = [
+    "VIEW_CLEAN",
+    "VIEW_CUTMIX",
+    "VIEW_MIXUP",
+    "MixedBatch",
+    "cutmix_box",
+    "cutmix_box_at",
+    "glmc_mix",
+    "sample_lambda",
+]
 
 VIEW_CLEAN = 0
 VIEW_MIXUP = 1
@@ -65,22 +74,27 @@ def sample_lambda(alpha: float, generator: torch.Generator) -> float:
     return random.Random(seed).betavariate(alpha, alpha)
 
 
-def cutmix_box(lam: float, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
-    """The CutMix box for ``lam``: nominal sides ``ceil(H sqrt(1-lam))``, ``ceil(W sqrt(1-lam))``.
+def cutmix_box_at(lam: float, height: int, width: int, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """The CutMix box for ``lam`` around centre (cy, cx).
 
-    The centre (cy, cx) is uniform over the pixels; the box is ``[cy - c_h // 2, cy + c_h // 2)`` x
-    ``[cx - c_w // 2, cx + c_w // 2)`` clipped to the image.
+    Nominal sides ``c_h = ceil(H sqrt(1 - lam))``, ``c_w = ceil(W sqrt(1 - lam))``; the box is
+    ``[cy - c_h // 2, cy + c_h // 2)`` x ``[cx - c_w // 2, cx + c_w // 2)`` clipped to the image.
 
     Returns:
         (y1, y2, x1, x2), half-open.
     """
     cut = math.sqrt(max(0.0, 1.0 - lam))
     ch, cw = math.ceil(height * cut), math.ceil(width * cut)
-    cy = int(torch.randint(height, (1,), generator=generator))
-    cx = int(torch.randint(width, (1,), generator=generator))
     y1, y2 = min(max(cy - ch // 2, 0), height), min(max(cy + ch // 2, 0), height)
     x1, x2 = min(max(cx - cw // 2, 0), width), min(max(cx + cw // 2, 0), width)
     return y1, y2, x1, x2
+
+
+def cutmix_box(lam: float, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+    """:func:`cutmix_box_at` around a centre drawn uniformly over the pixels (cy first, then cx)."""
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    return cutmix_box_at(lam, height, width, cy, cx)
 
 
 def glmc_mix(

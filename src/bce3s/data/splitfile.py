@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def _to_imageset(root: Path, lst: SplitList, num_classes: int) -> ImageSet:
             f"{lst.file}:{int(lst.line_numbers[0])}: image {first} not found; data.root must be the folder the "
             f"list's relative paths start from"
         )
-    return ImageSet(None, [str(root / p) for p in lst.rel_paths], lst.labels, lst.line_numbers - 1)
+    prefix = str(root) + os.sep  # plain concatenation: Path joins cost seconds on iNat's 437k lines
+    return ImageSet(None, [prefix + p for p in lst.rel_paths], lst.labels, lst.line_numbers - 1)
 
 
 def _list_path(root: Path, given: str | None, default: str | None) -> Path | None:

@@ -152,6 +152,9 @@ def build_data(cfg: DataConfig) -> DataSplits:
         val = None
     if src.val_mode == "given":
         val = None if cfg.val_per_class == 0 else src.val
+        if cfg.val_per_class and src.n_max is None:
+            log.info("%s: data.val_per_class=%d ignored: the validation split is the given list", src.name,
+                     cfg.val_per_class)  # fmt: skip
     elif src.val_mode == "carve" and val_per_class > 0:
         train_pos, val_pos = per_class_carve(train.labels, val_per_class, seed=cfg.subset_seed)
         train, val = train.subset(train_pos), train.subset(val_pos)

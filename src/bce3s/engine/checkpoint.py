@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bce3s.engine import faults
 from bce3s.errors import CheckpointError
 
 __all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
@@ -31,7 +32,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            faults.during_write(path)  # test-only fault injection point (no-op unless BCE3S_FAULT_INJECT is set)
+            f.write(memoryview(data)[half:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bce3s.config import MixingConfig
+from bce3s.engine import faults
 from bce3s.engine.distributed import DistInfo, all_gather_cat, all_reduce_flag
 from bce3s.engine.seeding import make_generator
 from bce3s.errors import BCE3SError
@@ -24,9 +25,26 @@ __all__ = ["EpochResult", "NonFiniteError", "StepRuntime", "predict", "train_one
 
 
 class NonFiniteError(BCE3SError):
-    """A loss or gradient became NaN/inf (``runtime.nan_policy: stop``)."""
+    """A loss, gradient or weight became NaN/inf (``runtime.nan_policy: stop``), or a checkpoint would hold one.
+
+    Attributes:
+        stage_index, epoch, step: where it happened (``step`` = 0-based index of the step in the epoch).
+        term: the first non-finite loss term, ``total``, ``gradient`` or ``weights``.
+    """
 
     exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage_index: int | None = None,
+        epoch: int | None = None,
+        step: int | None = None,
+        term: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage_index, self.epoch, self.step, self.term = stage_index, epoch, step, term
 
 
 @dataclass
@@ -128,6 +146,19 @@ def _iterate(source: Any, start_step: int) -> Iterator[tuple[torch.Tensor, torch
     return it
 
 
+def _global_order(t: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    """Rank-major gathered rows (r0: s0..sB, r1: s0..sB, ...) back into the global batch order.
+
+    Samplers give rank r the positions r, r + W, r + 2W, ... of the epoch's index list, so the global batch is the
+    rank-interleaved sequence. Restoring it makes the memory's "last sample of a class wins" rule pick the same
+    sample as a single-process run with the same global batch.
+    """
+    w = dist.world_size
+    if w == 1 or t.shape[0] % w:
+        return t
+    return t.reshape(w, t.shape[0] // w, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
 def _first_bad_term(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> str:
     for name, value in terms.items():
         if not torch.isfinite(value).all():
@@ -162,6 +193,9 @@ def train_one_epoch(
     it = _iterate(source, start_step)
     mix_it = _iterate(mix_source, start_step) if (rt.mixing.enabled and mix_source is not None) else None
     params = [p for g in rt.optimizer.param_groups for p in g["params"]]
+    # a skipped step must leave no trace: the forward pass already updated the BatchNorm statistics (with NaN
+    # when the batch or the activations were not finite), so the buffers are restored when a step is skipped
+    buffers = list(rt.raw_model.buffers()) if rt.nan_policy == "skip" else []
     step = start_step
     total = len(source)
     while step < total:
@@ -178,6 +212,7 @@ def train_one_epoch(
             x, target, view = mixed.images, mixed.target, mixed.view
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        saved = [b.detach().clone() for b in buffers]
         with rt.autocast():
             out = rt.model(x)
         logits = out.logits.float()
@@ -202,20 +237,24 @@ def train_one_epoch(
             if rt.nan_policy == "stop":
                 raise NonFiniteError(
                     f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage "
-                    f"{rt.stage_index} epoch {epoch} step {step} (term: {term})"
+                    f"{rt.stage_index} epoch {epoch} step {step} (term: {term})",
+                    stage_index=rt.stage_index,
+                    epoch=epoch,
+                    step=step,
+                    term=term,
                 )
             rt.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buf, old in zip(buffers, saved):
+                    buf.copy_(old)
             res.skipped += 1
         else:
             rt.scaler.step(rt.optimizer)
             rt.scaler.update()
-            if out.embeddings is not None and view is not None and rt.needs_embeddings:
-                clean = view == 0
-                emb = all_gather_cat(out.embeddings[clean].detach().float(), rt.dist)
-                lab = all_gather_cat(y, rt.dist)
-                rt.loss_fn.update(emb, lab)
-            elif out.embeddings is not None and rt.needs_embeddings:
-                rt.loss_fn.update(all_gather_cat(out.embeddings.detach().float(), rt.dist), all_gather_cat(y, rt.dist))
+            if out.embeddings is not None and rt.needs_embeddings:
+                emb = out.embeddings if view is None else out.embeddings[view == 0]
+                emb = _global_order(all_gather_cat(emb.detach().float(), rt.dist), rt.dist)
+                rt.loss_fn.update(emb, _global_order(all_gather_cat(y, rt.dist), rt.dist))
             res.loss_sum += float(loss.detach())
             for name, value in loss_out.terms.items():
                 res.term_sums[name] = res.term_sums.get(name, 0.0) + float(value)
@@ -224,6 +263,7 @@ def train_one_epoch(
         step += 1
         if progress is not None:
             progress(1)
+        faults.at_step(rt.stage_index, epoch, step, should_stop)  # test-only hook, no-op unless BCE3S_FAULT_INJECT
         if all_reduce_flag(should_stop(), rt.dist) and step < total:
             res.stopped_at = step
             break

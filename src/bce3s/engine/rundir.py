@@ -44,8 +44,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Raise :class:`RunDirError` unless a file can be created in ``path`` (created if missing)."""
+    """Raise :class:`RunDirError` unless a file can be created in ``path``.
+
+    Directories created for the test are removed again, so a run that fails later checks (data, batch size)
+    leaves nothing behind; the trainer creates the directory when it writes the run's first file.
+    """
     path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test.")
@@ -53,6 +58,12 @@ def check_writable(path: Path) -> None:
         os.unlink(tmp)
     except OSError as err:
         raise RunDirError(f"output directory {path} is not writable ({err.strerror}); choose another --out") from None
+    finally:
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 class RunDir:

@@ -27,8 +27,8 @@ from torch import nn
 
 from bce3s.config import Config, StageConfig, config_from_dict, config_to_dict, dump_config
 from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
-from bce3s.engine.distributed import DistInfo, barrier, init_distributed
-from bce3s.engine.loop import EpochResult, StepRuntime, predict, train_one_epoch
+from bce3s.engine.distributed import DistInfo, all_reduce_flag, barrier, init_distributed
+from bce3s.engine.loop import EpochResult, NonFiniteError, StepRuntime, predict, train_one_epoch
 from bce3s.engine.optim import build_optimizer, build_scheduler
 from bce3s.engine.rundir import RunDir, check_writable, write_json
 from bce3s.engine.seeding import derive_seed, seed_everything
@@ -39,7 +39,14 @@ __all__ = ["Interrupted", "TrainResult", "build_run_model", "config_diff", "eval
 log = logging.getLogger(__name__)
 
 # Keys that may differ between the config a run was started with and the one it is resumed with.
-_RESUME_FREE = ("runtime.device", "runtime.num_workers", "runtime.threads", "log.tensorboard", "runtime.pipeline")
+_RESUME_FREE = (
+    "runtime.device",
+    "runtime.num_workers",
+    "runtime.threads",
+    "log.tensorboard",
+    "runtime.pipeline",
+    "runtime.nan_policy",  # changes nothing for finite steps; lets a run that hit a NaN continue with "skip"
+)
 
 
 class Interrupted(BCE3SError):
@@ -50,8 +57,19 @@ class Interrupted(BCE3SError):
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        final: the content of ``final.json``.
+        model: the trained model (final stage, ``last``), on its device, unwrapped from DDP.
+        losses: each stage's loss module by stage name (its state, e.g. the class memory, as at the stage's end).
+    """
+
     run_dir: Path
     final: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+    losses: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -257,6 +275,14 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return _cpu(dict(model.state_dict()))
 
 
+def _nonfinite_key(state: dict[str, Any] | None) -> str | None:
+    """The first floating-point tensor of a model state that holds NaN/inf, or None."""
+    for key, value in (state or {}).items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 class _Run:
     """State shared by the stages of one training run (one per process)."""
 
@@ -270,6 +296,8 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}  # stage name -> {"epoch", "metric", "value"}
         self.tb: Any = None
+        self.last_saved: str | None = None  # where checkpoints/last.pt was last written by this process
+        self.losses: dict[str, nn.Module] = {}
 
     # -- sources -----------------------------------------------------------------------------------------
     def _source(self, split: Any, *, train: bool, stage: StageConfig | None, stage_index: int, mixing: bool = False):
@@ -325,9 +353,36 @@ class _Run:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write ``checkpoints/<name>.pt`` (rank 0), refusing model weights that hold NaN/inf (every rank agrees)."""
+        bad = _nonfinite_key(state.get("model"))
+        if all_reduce_flag(bad is not None, self.dist):
+            where = state.get("stage_name") or f"stage index {state.get('stage_index')}"
+            raise NonFiniteError(
+                f"the model holds NaN/inf values ({bad or 'on another rank'}) at {where} epoch {state.get('epoch')}; "
+                f"{name}.pt was not written. {self.last_good()}",
+                term="weights",
+            )
         if self.dist.is_main:
             save_checkpoint(self.rd.checkpoint(name), {"config": config_to_dict(self.cfg), **state})
         barrier(self.dist)
+        if name == "last":
+            where = state.get("stage_name")
+            self.last_saved = (
+                f"{where} epoch {state.get('epoch')} step {state.get('step')}"
+                if where
+                else f"start of stage index {state.get('stage_index')}"
+            )
+
+    def last_good(self) -> str:
+        """Where the last good checkpoint is, and how to go on from it (for error messages)."""
+        path = self.rd.checkpoint("last")
+        if self.last_saved is None:
+            return f"No checkpoint was written by this process ({path} is as it was)."
+        return (
+            f"Last good checkpoint: {path} ({self.last_saved}), not overwritten; lower the learning rate and train "
+            f"again, or resume skipping such steps: bce3s train --resume --out {self.rd.root} "
+            "--set runtime.nan_policy=skip"
+        )
 
     def model_ckpt(self, stage_index: int, stage: StageConfig, epoch: int, loss_fn: nn.Module) -> dict[str, Any]:
         assert self.model is not None
@@ -375,6 +430,7 @@ class _Run:
             )
             model.reset_head(generator=gen)
         loss_fn = _build_loss(stage, si, cfg, self.data).to(d.device)
+        self.losses[stage.name] = loss_fn
         needs = getattr(loss_fn, "needs", frozenset())
         _set_trainable(model, stage, "embeddings" in needs)
         if stage.freeze_backbone:
@@ -487,6 +543,16 @@ class _Run:
                     should_stop=stop,
                     progress=bar.update if bar is not None else None,
                 )
+            except NonFiniteError as err:
+                what = "gradient" if err.term == "gradient" else "loss"
+                raise NonFiniteError(
+                    f"non-finite {what} (term: {err.term}) at stage {stage.name} epoch {err.epoch} step {err.step} "
+                    f"(runtime.nan_policy: stop). {self.last_good()}",
+                    stage_index=si,
+                    epoch=err.epoch,
+                    step=err.step,
+                    term=err.term,
+                ) from None
             finally:
                 if bar is not None:
                     bar.close()
@@ -563,6 +629,42 @@ class _Run:
         self.save("last", nxt)
 
 
+def _load_resume_state(rd: RunDir) -> dict[str, Any]:
+    """``checkpoints/last.pt`` of a run to resume, with messages that say what to do when it is unusable."""
+    path = rd.checkpoint("last")
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume {rd.root}: {path} not found (the run stopped before its first checkpoint); "
+            "start it again with --overwrite"
+        )
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume {rd.root}: {err}; or start the run again with --overwrite") from None
+
+
+def _check_loss_configs(cfg: Config) -> None:
+    """Build every stage's loss once on dummy class counts, so unknown or invalid loss parameters are reported
+    (with the closest valid name) before any data is loaded or any file is written."""
+    import difflib
+    from types import SimpleNamespace
+
+    from bce3s.losses import loss_params
+
+    dummy = SimpleNamespace(num_classes=10, train_counts=list(range(100, 0, -10)))
+    for i, stage in enumerate(cfg.stages):
+        valid = sorted(loss_params(stage.loss.name))
+        for key in stage.loss.params:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"stages.{i}.loss.params.{key}: unknown parameter of loss '{stage.loss.name}';{hint} "
+                    f"valid: {', '.join(valid)}"
+                )
+        _build_loss(stage, i, cfg, dummy)
+
+
 def _prepare_out(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> None:
     rd = RunDir(out)
     if resume:
@@ -632,6 +734,7 @@ def train(
     out = Path(out)
     rd = RunDir(out)
     resume_state = None
+    changed: list[str] = []
     if resume:
         rd.require_run()
         import yaml
@@ -649,19 +752,23 @@ def train(
             raise ConfigError(
                 f"cannot resume {out} with a different config ({shown}); drop the config/--set to resume as is"
             )
-        resume_state = load_checkpoint(rd.checkpoint("last"))
+        changed = config_diff(run_cfg, cfg)
+        resume_state = _load_resume_state(rd)
     elif cfg is None:
         raise ConfigError("train needs a config (or resume=True with an existing run)")
+    _check_loss_configs(cfg)
+    # the world size comes from torchrun's environment: check it before joining the process group
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or "1")
+    for i, stage in enumerate(cfg.stages):
+        if stage.batch_size % world_size:
+            raise ConfigError(
+                f"stages.{i}.batch_size: {stage.batch_size} is not divisible by the world size {world_size}; "
+                "use a multiple of the number of processes"
+            )
 
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     dist = init_distributed(cfg.runtime.device)
-    for i, stage in enumerate(cfg.stages):
-        if stage.batch_size % dist.world_size:
-            raise ConfigError(
-                f"stages.{i}.batch_size: {stage.batch_size} is not divisible by the world size {dist.world_size}; "
-                "use a multiple of the number of processes"
-            )
     if not resume:
         problem = None
         if dist.is_main:  # one process looks at the output directory, the others learn its verdict
@@ -701,8 +808,11 @@ def train(
                     "epoch": int(resume_state["epoch"]),
                     "step": int(resume_state["step"]),
                     "at": _dt.datetime.now().isoformat(timespec="seconds"),
+                    "changed": changed,
                 }
             )
+            for stale in [*rd.checkpoints.glob(".*.tmp"), *rd.root.glob(".*.tmp")]:
+                stale.unlink(missing_ok=True)  # temporary files of writes that a crash cut short
             info["status"] = "running"
             rd.write_run_info(info)
         else:
@@ -764,7 +874,7 @@ def train(
                 run.run_stage(si, rs, stop)
         final = _finish(run, t0, config_path)
         status = "finished"
-        return TrainResult(run_dir=out, final=final)
+        return TrainResult(run_dir=out, final=final, model=model, losses=run.losses)
     except Interrupted:
         status = "interrupted"
         raise

@@ -57,7 +57,8 @@ def evaluate_run(
     Args:
         run_dir: a directory made by ``bce3s train``.
         split: ``test`` or ``val``.
-        checkpoint: ``last`` or ``best_val``.
+        checkpoint: ``last`` or ``best_val`` (the run's), or ``<stage>_last`` / ``<stage>_best_val`` (a stage's,
+            e.g. ``stage1_last`` for the representation before classifier re-training).
         tta: ``none`` or ``flip`` (averaged logits of the image and its flip; labelled in the output).
         device: override of the run's ``runtime.device``.
         geometry: compute the feature/classifier geometry diagnostics.
@@ -79,13 +80,14 @@ def evaluate_run(
 
     if split not in ("test", "val"):
         raise ConfigError(f"--split: unknown split {split!r}; valid: test, val")
-    if checkpoint not in ("last", "best_val"):
-        raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: last, best_val")
     if tta not in ("none", "flip"):
         raise ConfigError(f"--tta: unknown TTA mode {tta!r}; valid: none, flip")
     rd = RunDir(Path(run_dir))
     rd.require_run()
     cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
+    valid = ["last", "best_val"] + [f"{s.name}_{k}" for s in cfg.stages for k in ("last", "best_val")]
+    if checkpoint not in valid:
+        raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
     if device is not None:
         cfg.runtime.device = device
     cfg.check()

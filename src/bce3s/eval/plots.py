@@ -96,7 +96,7 @@ def _legend_above(fig: Figure, ax: Any, *, with_counts: bool = False) -> None:
     """The run legend in one row above a single-axes figure (never over the data)."""
     handles, labels = ax.get_legend_handles_labels()
     if with_counts:
-        handles.append(Patch(color=_COUNT_COLOR, alpha=0.5))
+        handles.append(Patch(color=_COUNT_COLOR, alpha=0.35))
         labels.append("training images (right axis)")
     if handles:
         fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 4))
@@ -152,9 +152,10 @@ def _mark_shot_groups(ax: Any, order: np.ndarray, groups: Mapping[str, Sequence[
         lo, hi = rank[ids].min() - 0.5, rank[ids].max() + 0.5
         if shades[key] > 0:
             ax.axvspan(lo, hi, color="k", alpha=shades[key], lw=0, zorder=0)
+        narrow = (hi - lo) / len(order) < 0.15  # a label across a narrow band would spill into its neighbours
         ax.text((lo + hi) / 2, 0.985, f"{name} ({ids.size})", transform=trans, ha="center", va="top",
-                fontsize=8.5, color="#333333", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
-                                                    "alpha": 0.7})
+                rotation=90 if narrow else 0, fontsize=8, color="#333333",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
 def _per_class_lines(ax: Any, values: Mapping[str, np.ndarray], order: np.ndarray,
@@ -178,10 +179,14 @@ def _count_axis(ax: Any, counts_sorted: np.ndarray) -> Any:
     """Training counts as grey bars on a log-scale right axis, drawn behind the main axis."""
     ax_counts = ax.twinx()
     edges = np.arange(len(counts_sorted) + 1) - 0.5
+    positive = counts_sorted[counts_sorted > 0]
+    low = 0.5 * float(positive.min()) if positive.size else 0.5
+    high = 1.6 * float(positive.max()) if positive.size else 1.0
     # one filled step patch instead of K bars (same picture, much cheaper to draw for K = 1000)
-    ax_counts.stairs(np.maximum(counts_sorted, 0.8), edges, baseline=0.5, fill=True, color=_COUNT_COLOR, alpha=0.35,
-                     lw=0, label="training images (right axis)")
+    ax_counts.stairs(np.maximum(counts_sorted, low), edges, baseline=low, fill=True, color=_COUNT_COLOR, alpha=0.25,
+                     lw=0)
     ax_counts.set_yscale("log")
+    ax_counts.set_ylim(low, high)
     ax_counts.set_ylabel("training images per class (log scale)", color="#555555")
     ax_counts.tick_params(axis="y", colors="#555555")
     ax_counts.spines["right"].set_visible(True)
@@ -368,7 +373,8 @@ def shot_accuracy_bars(
     ticks = []
     for key, name in _SHOT_CATEGORIES:
         if group_sizes and key in group_sizes:
-            name = f"{name}\n({group_sizes[key]} classes)"
+            n_cls = group_sizes[key]
+            name = f"{name}\n({n_cls} class{'es' if n_cls != 1 else ''})"
         ticks.append(name)
     x = np.arange(len(_SHOT_CATEGORIES))
     for ax, (panel, runs) in zip(axes, panels.items()):
@@ -482,7 +488,8 @@ def training_curves(
         trans = blended_transform_factory(ax.transData, ax.transAxes)
         for xb, stage in boundaries:
             ax.axvline(xb, color="#555555", ls=":", lw=1.2)
-            ax.text(xb, 0.98, f" {stage}", transform=trans, ha="left", va="top", fontsize=8, color="#555555")
+            ax.text(xb, 0.98, f" {stage}", transform=trans, ha="left", va="top", fontsize=8, color="#555555",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75})
     xs = [float(r["global_epoch"]) + 1 for h in histories.values() for r in h]
     if xs:
         for ax in axes[: len(panels)]:

@@ -35,8 +35,13 @@ Files read (all written by the engine or ``bce3s eval``; JSON numbers that were 
 ``eval_<split>_<checkpoint>[_tta_flip].json`` (optional, from ``bce3s eval``)::
 
     {"split": "test" | "val", "checkpoint": "last" | "best_val", "tta": "none" | "flip",
-     "metrics": METRICS, "geometry": geometry_summary(...) (optional), "confusion": [[int]] (K <= 100 only),
-     "reliability": {"bin_edges": [...], "bin_acc": [...], "bin_conf": [...], "bin_count": [...]}}
+     "metrics": METRICS, "geometry": GEOMETRY (optional), "confusion": [[int]] (K <= 100 only),
+     "reliability": {"bin_edges": [B+1], "bin_acc": [B], "bin_conf": [B], "bin_count": [B]}}
+
+  GEOMETRY is :func:`bce3s.eval.geometry.geometry_summary`: ``{"per_class": {metric: [K]}, "summary": {metric:
+  {"all" | "many" | "medium" | "few": {"mean", "std", "num_classes"}}}, ...}`` with metric in
+  ``compactness``, ``feature_separability``, ``classifier_separability``, ``feature_norm``, ``weight_norm``.
+  Reliability accuracies and confidences are fractions in [0, 1] (``null`` for empty bins).
 
 Which numbers come from where: the results table and the per-class / shot-group figures use the test split
 from ``final.json`` (checkpoints ``last`` and ``best_val``, no TTA; flip-TTA rows are a separate table). The
@@ -103,6 +108,7 @@ class RunData:
         data_record: ``data.json`` (or ``final.json["data"]``) or ``None``.
         history: records of ``metrics.jsonl`` (unreadable lines skipped).
         evals: ``eval_*.json`` contents keyed by ``(split, checkpoint, tta)``.
+        eval_files: the file name of each entry of ``evals``.
         notes: what was missing or unreadable, one sentence each.
     """
 
@@ -120,7 +126,11 @@ class RunData:
     @property
     def train_counts(self) -> list[int] | None:
         counts = self.final.get("train_counts")
-        return [int(c) for c in counts] if isinstance(counts, list) and counts else None
+        if not isinstance(counts, list) or not counts:
+            return None
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return None
+        return [int(c) for c in counts]
 
     def test_metrics(self, checkpoint: str, tta: bool = False) -> dict[str, Any] | None:
         """``final.json["test"][checkpoint(+_tta_flip)]`` or ``None``."""
@@ -192,7 +202,8 @@ def load_run(run_dir: str | Path) -> RunData:
     info_path = path / "run.json"
     if info_path.is_file():
         try:
-            run.info = _read_json(info_path)
+            info = _read_json(info_path)
+            run.info = info if isinstance(info, dict) else None
         except RunDirError as err:
             run.notes.append(str(err))
     else:
@@ -201,7 +212,8 @@ def load_run(run_dir: str | Path) -> RunData:
     data_path = path / "data.json"
     if data_path.is_file():
         try:
-            run.data_record = _read_json(data_path)
+            record = _read_json(data_path)
+            run.data_record = record if isinstance(record, dict) else None
         except RunDirError as err:
             run.notes.append(str(err))
     if run.data_record is None and isinstance(final.get("data"), dict):
@@ -328,7 +340,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
 
-def fmt(value: Any, digits: int = 2) -> str:
+def _fmt(value: Any, digits: int = 2) -> str:
     """A number with ``digits`` decimals; ``None``/NaN/missing as an en dash."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return _DASH
@@ -472,12 +484,12 @@ def _shot_groups(counts: Sequence[int]) -> dict[str, list[int]]:
 
 
 def _figure(name: str, caption: str, make: Callable[[], Any], notes: list[_Block]) -> _Figure | None:
-    """Draw one figure; a ValueError from inconsistent inputs becomes a note instead of a crash."""
+    """Draw one figure; inconsistent inputs (e.g. a per-class list of the wrong length) become a note, not a crash."""
     try:
         fig = make()
     except (ValueError, KeyError, TypeError) as err:
         log.warning("figure %s skipped: %s", name, err)
-        notes.append(_Para(f"Figure '{caption}' could not be drawn: {err}", note=True))
+        notes.append(_Para(f"Figure '{name}' could not be drawn from these inputs: {err}", note=True))
         return None
     return _Figure(name, caption, plots.fig_to_png_bytes(fig))
 
@@ -507,7 +519,7 @@ def _run_fields(run: RunData) -> dict[str, str]:
         "Directory": str(run.path),
         "Config file": str(r.get("config_name") or _DASH),
         "Dataset": str(r.get("dataset") or _DASH),
-        "Model": str(r.get("model") or (run.config.get("model") or {}).get("name") or _DASH),
+        "Model": str(r.get("model") or _get(run.config, "model.name") or _DASH),
         "Stage-1 loss": str(r.get("loss") or _DASH),
         "Stages": " → ".join(map(str, r.get("stages") or [])) or _DASH,
         "Seed": str(r.get("seed", _DASH)),
@@ -551,14 +563,14 @@ _RESULT_COLS = (
 )
 
 
-def ece_percent(metrics: Mapping[str, Any]) -> float | None:
+def _ece(metrics: Mapping[str, Any]) -> float | None:
     """The ECE of a METRICS dict in percent (``summarize`` already stores it in percent)."""
     value = metrics.get("ece")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _metric_cells(m: Mapping[str, Any]) -> list[str]:
-    return [fmt(ece_percent(m)) if key == "ece" else fmt(m.get(key)) for key, _ in _RESULT_COLS]
+    return [_fmt(_ece(m)) if key == "ece" else _fmt(m.get(key)) for key, _ in _RESULT_COLS]
 
 
 def _selection_text(run: RunData) -> str:
@@ -566,10 +578,11 @@ def _selection_text(run: RunData) -> str:
     best = sel.get("best_val") if isinstance(sel.get("best_val"), dict) else None
     if best is None:
         return f"{run.label}: best_val selection not recorded"
-    where = f"{best.get('stage', '?')} epoch index {best.get('epoch', '?')} (0-based)"
+    epoch = best.get("epoch")
+    where = f"{best.get('stage', '?')} epoch {epoch + 1 if isinstance(epoch, int) else '?'} (1-based)"
     if best.get("metric") is None:
         return f"{run.label}: best_val = {where}; no validation split, so best_val is the last epoch"
-    return f"{run.label}: best_val = {where}, chosen by validation {best['metric']} = {fmt(best.get('value'))}"
+    return f"{run.label}: best_val = {where}, chosen by validation {best['metric']} = {_fmt(best.get('value'))}"
 
 
 def _section_results(runs: Sequence[RunData], blocks: list[_Block]) -> None:
@@ -703,10 +716,6 @@ def _section_curves(runs: Sequence[RunData], colors: Mapping[str, str], blocks: 
     blocks += notes
 
 
-def _eval_source(run: RunData) -> tuple[str, dict[str, Any]] | None:
-    return run.best_eval()
-
-
 def _eval_desc(ev: Mapping[str, Any], name: str) -> str:
     tta = "flip TTA" if ev.get("tta") == "flip" else "no TTA"
     return f"{name}: {ev.get('split', '?')} split, {ev.get('checkpoint', '?')} checkpoint, {tta}"
@@ -717,13 +726,13 @@ def _section_calibration(runs: Sequence[RunData], colors: Mapping[str, str], blo
     notes: list[_Block] = []
     rel, ece, sources = {}, {}, []
     for run in runs:
-        src = _eval_source(run)
+        src = run.best_eval()
         if src is None or not isinstance(src[1].get("reliability"), dict):
             continue
         name, ev = src
         rel[run.label] = ev["reliability"]
         if isinstance(ev.get("metrics"), dict):
-            ece[run.label] = ece_percent(ev["metrics"])
+            ece[run.label] = _ece(ev["metrics"])
         sources.append(f"{run.label}: {_eval_desc(ev, name)}")
     if rel:
         fig = _figure(
@@ -744,10 +753,10 @@ def _section_calibration(runs: Sequence[RunData], colors: Mapping[str, str], blo
             if m is None:
                 continue
             by_shot = m.get("calibration_by_shot") if isinstance(m.get("calibration_by_shot"), dict) else {}
-            shots = [fmt(ece_percent(by_shot[g])) if isinstance(by_shot.get(g), dict) else _DASH
+            shots = [_fmt(_ece(by_shot[g])) if isinstance(by_shot.get(g), dict) else _DASH
                      for g in ("many", "medium", "few")]
-            rows.append([run.label, ckpt, fmt(ece_percent(m))] + shots + [fmt(m.get("nll"), 3),
-                                                                           fmt(m.get("brier"), 3)])
+            rows.append([run.label, ckpt, _fmt(_ece(m))] + shots + [_fmt(m.get("nll"), 3),
+                                                                           _fmt(m.get("brier"), 3)])
     if rows:
         blocks.append(_Table(header, rows, frozenset(range(2, 8)),
                              caption="Calibration on the test split (final.json, no TTA; ECE in percent, NLL in "
@@ -822,7 +831,7 @@ def _mean_std(stats: Any) -> str:
     """'mean ± std' of one ``geometry_summary`` summary cell ``{"mean", "std", "num_classes"}``."""
     if not isinstance(stats, dict) or not isinstance(stats.get("mean"), (int, float)):
         return _DASH
-    return f"{fmt(stats['mean'], 3)} ± {fmt(stats.get('std'), 3)}"
+    return f"{_fmt(stats['mean'], 3)} ± {_fmt(stats.get('std'), 3)}"
 
 
 def _section_geometry(runs: Sequence[RunData], colors: Mapping[str, str], blocks: list[_Block]) -> None:
@@ -882,7 +891,7 @@ def _section_confusion(runs: Sequence[RunData], blocks: list[_Block]) -> None:
             notes.append(_Para(f"{run.label}: {k} classes; confusion matrices are drawn only up to "
                                f"{plots.MAX_CONFUSION_CLASSES} classes.", note=True))
             continue
-        src = _eval_source(run)
+        src = run.best_eval()
         if src is None or not isinstance(src[1].get("confusion"), list):
             notes.append(_Para(f"{run.label}: no confusion matrix (it comes from eval_test_last.json; run "
                                "'bce3s eval RUN_DIR').", note=True))
@@ -1069,5 +1078,5 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: 
     html_path, md_path = out / "report.html", out / "report.md"
     _atomic_write(md_path, _render_md(title, subtitle, blocks).encode("utf-8"))
     _atomic_write(html_path, _render_html(title, subtitle, blocks).encode("utf-8"))
-    log.info("report written to %s", html_path)
+    log.debug("report written to %s", html_path)
     return html_path, md_path

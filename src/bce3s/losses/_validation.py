@@ -1,9 +1,10 @@
 """Argument checks and target conversion shared by the loss functions and modules (private).
 
 Checks that only look at shapes, dtypes and Python numbers are free and always run. Checks that read tensor
-values need a host-device synchronisation on an accelerator; the label-range check is always done (one sync,
-because an out-of-range label would otherwise end in a device-side assert), the NaN/inf scan only when the
-caller asks for it (``check_inputs=True``).
+values would need a host-device synchronisation on an accelerator, which stalls the training step. So, as
+``torch.nn.functional.one_hot`` does, the range of class ids is checked for CPU tensors always and for
+accelerator tensors only when the caller asks (``check_inputs=True``; otherwise a bad id ends in a device-side
+assert); the NaN/inf scan runs only on request.
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ def is_hard(target: Tensor) -> bool:
     return not target.is_floating_point() and target.dtype != torch.bool
 
 
-def check_labels(where: str, labels: Tensor, num_classes: int) -> None:
-    """Raise ValueError if any class id is outside [0, num_classes) (one sync)."""
-    if labels.numel() == 0:
+def values_checked(t: Tensor, force: bool) -> bool:
+    """Whether value checks run for ``t``: always on the CPU (free), on accelerators only when forced."""
+    return force or t.device.type == "cpu"
+
+
+def check_labels(where: str, labels: Tensor, num_classes: int, *, force: bool = False) -> None:
+    """Raise ValueError if any class id is outside [0, num_classes) (CPU tensors, or any device with ``force``)."""
+    if labels.numel() == 0 or not values_checked(labels, force):
         return
     lo, hi = torch.stack([labels.min(), labels.max()]).tolist()
     if lo < 0 or hi >= num_classes:
@@ -79,7 +85,9 @@ def check_labels(where: str, labels: Tensor, num_classes: int) -> None:
         )
 
 
-def check_target(where: str, target: Tensor, num_rows: int, num_classes: int, *, labels: bool = True) -> None:
+def check_target(
+    where: str, target: Tensor, num_rows: int, num_classes: int, *, labels: bool = True, force: bool = False
+) -> None:
     """Shape/dtype check of a target: (N,) integer class ids or (N, K) float soft targets.
 
     Args:
@@ -87,17 +95,16 @@ def check_target(where: str, target: Tensor, num_rows: int, num_classes: int, *,
         target: the target tensor.
         num_rows: N, the number of rows it must have.
         num_classes: K.
-        labels: also check the range of class ids (one sync).
+        labels: also check the range of class ids (see :func:`check_labels`).
+        force: check the range on accelerators too (one sync).
     """
     if not isinstance(target, Tensor):
         raise ValueError(f"{where}: target must be a tensor (got {type(target).__name__})")
     if is_hard(target):
         if target.dim() != 1 or target.shape[0] != num_rows:
-            raise ValueError(
-                f"{where}: class-id target must have shape ({num_rows},), got {shape_str(target)}"
-            )
+            raise ValueError(f"{where}: class-id target must have shape ({num_rows},), got {shape_str(target)}")
         if labels:
-            check_labels(where, target, num_classes)
+            check_labels(where, target, num_classes, force=force)
     elif target.is_floating_point():
         if target.dim() != 2 or tuple(target.shape) != (num_rows, num_classes):
             raise ValueError(

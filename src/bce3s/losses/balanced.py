@@ -79,7 +79,12 @@ class ClassBalancedSoftmaxLoss(_ClassBalancedLoss):
         super().__init__(num_classes, class_counts, beta)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)
@@ -103,7 +108,12 @@ class ClassBalancedSigmoidLoss(_ClassBalancedLoss):
         super().__init__(num_classes, class_counts, beta)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)
@@ -132,7 +142,12 @@ class ClassBalancedFocalLoss(_ClassBalancedLoss):
         self.gamma = float(gamma)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)
@@ -159,7 +174,12 @@ class BalancedSoftmaxLoss(_CountsLoss):
     """
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         loss = _mean(ce_rows(logits + self._log_prior().to(logits.dtype), target))
@@ -184,7 +204,12 @@ class LogitAdjustedLoss(_CountsLoss):
         self.tau = float(tau)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         shift = self.tau * self._log_prior().to(logits.dtype)
@@ -226,7 +251,12 @@ class ClassBalancedBCELoss(_ClassBalancedLoss):
         self.sampler = PartialClassSampler(neg_class_ratio, seed)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)
@@ -238,5 +268,3 @@ class ClassBalancedBCELoss(_ClassBalancedLoss):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, beta={self.beta}, neg_class_ratio={self.sampler.ratio}"
-
-

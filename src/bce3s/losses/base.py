@@ -1,8 +1,9 @@
 """The loss contract: :class:`LossOutput`, the :class:`Loss` base class and :func:`as_soft_targets`.
 
 Every loss has one call signature, ``loss(logits, target, *, view=None, embeddings=None, weight=None)``, and
-returns a :class:`LossOutput`. The base class validates the inputs once (shapes always, the label range with
-one host sync, NaN/inf only when ``check_inputs`` is set) and then calls the subclass's ``_compute``.
+returns a :class:`LossOutput`. The base class validates the inputs once and then calls the subclass's
+``_compute``: shapes and dtypes always; the range of class and view ids on the CPU always and on accelerators
+only with ``check_inputs`` (it needs a host sync there); NaN/inf only with ``check_inputs``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bce3s.losses._validation import (
     require_float,
     shape_str,
     soft_targets,
+    values_checked,
 )
 
 __all__ = ["Loss", "LossOutput", "as_soft_targets", "NUM_VIEWS"]
@@ -74,7 +76,8 @@ class Loss(nn.Module):
 
     Attributes:
         num_classes: K.
-        check_inputs: when True, :meth:`forward` also rejects NaN/inf inputs (one sync per tensor). Default False.
+        check_inputs: when True, :meth:`forward` also rejects NaN/inf inputs and checks the range of class and
+            view ids of accelerator tensors (host syncs; CPU tensors are always range-checked). Default False.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -166,9 +169,13 @@ class Loss(nn.Module):
             require_2d("weight", weight, where)
             if weight.shape[0] != k:
                 raise ValueError(f"{where}: weight has {weight.shape[0]} rows but logits have {k} classes")
-        # One sync for both range checks: class ids in [0, K), view ids in [0, 3).
-        checks = [(name, t, hi) for name, t, hi in (("target", target, k), ("view", view, NUM_VIEWS))
-                  if t is not None and is_hard(t) and t.numel() > 0]
+        # Range checks of class ids in [0, K) and view ids in [0, 3): free on the CPU; on an accelerator they cost
+        # one host sync, so they run there only with check_inputs (as torch's one_hot does).
+        checks = [
+            (name, t, hi)
+            for name, t, hi in (("target", target, k), ("view", view, NUM_VIEWS))
+            if t is not None and is_hard(t) and t.numel() > 0 and values_checked(t, self.check_inputs)
+        ]
         if checks:
             ends = [e.long().to(logits.device) for _, t, _ in checks for e in (t.min(), t.max())]
             bounds = torch.stack(ends).tolist()

@@ -81,7 +81,12 @@ class BceLoss(Loss):
         self.sampler = PartialClassSampler(neg_class_ratio, seed)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)

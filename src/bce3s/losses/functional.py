@@ -78,7 +78,13 @@ def _partial_class_mask(present: Tensor, ratio: float, generator: torch.Generato
     if ratio >= 1.0:
         return torch.ones(num_classes, dtype=torch.bool, device=present.device)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    keys = torch.rand(num_classes, generator=generator, device=gen_device).to(present.device)
+    keys = torch.rand(num_classes, generator=generator, device=gen_device)
+    if keys.device != present.device:
+        if keys.device.type == "cpu" and present.device.type == "cuda":
+            # pinned + non_blocking: the copy does not wait for the device (no host sync in the training step)
+            keys = keys.pin_memory().to(present.device, non_blocking=True)
+        else:
+            keys = keys.to(present.device)
     keys = keys.masked_fill(present, -1.0)
     order = torch.argsort(keys)
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(num_classes, device=present.device))
@@ -133,7 +139,7 @@ def bce_sum(
         neg_weight: weight of the negative terms (the code's ``l``).
         logit_clip: if given, clamp t to [-logit_clip, logit_clip] first (the official code uses 64; gradients
             are zero beyond). Default None: no clamp, which is stable for |t| up to 1e4 and beyond.
-        check_inputs: also raise ValueError if any input holds NaN or inf (costs a sync).
+        check_inputs: also raise ValueError if any input holds NaN or inf (costs a sync per tensor).
 
     Returns:
         Scalar loss (0 for an empty batch).
@@ -176,7 +182,8 @@ def partial_class_set(
         ratio: r in (0, 1]; 1 returns all classes (and draws nothing).
         generator: source of randomness. The draw happens on the generator's device (the default generator is
             the CPU one), so a seeded CPU generator gives the same set whatever device ``present`` is on.
-        check_inputs: unused for class ids beyond the range check (kept for a uniform signature).
+        check_inputs: accepted for a uniform signature; the class-id range is always checked here, because
+            building the sorted id list syncs anyway.
 
     Returns:
         Sorted int64 class ids, on ``present``'s device.
@@ -195,7 +202,7 @@ def partial_class_set(
         raise ValueError(f"{where}: present must hold int class ids or be a bool mask (got dtype {present.dtype})")
     else:
         ids = present.reshape(-1).long()
-        check_labels(where, ids, num_classes)
+        check_labels(where, ids, num_classes, force=True)  # nonzero() below syncs anyway
         mask = torch.zeros(num_classes, dtype=torch.bool, device=present.device)
         mask[ids] = True
     return _partial_class_mask(mask, ratio, generator).nonzero().squeeze(1)
@@ -230,7 +237,8 @@ def bce_joint(
         generator: randomness of the partial class set (see :func:`partial_class_set`).
         neg_weight: weight of the negative terms.
         logit_clip: optional clamp of the logits (official: 64).
-        check_inputs: also reject NaN/inf inputs.
+        check_inputs: also reject NaN/inf inputs, and check the class-id range on accelerators too (the
+            range is always checked on the CPU); costs host syncs.
 
     Returns:
         Scalar loss (sum over classes, mean over samples).
@@ -247,7 +255,7 @@ def bce_joint(
         )
     if bias is not None and tuple(bias.shape) != (num_classes,):
         raise ValueError(f"{where}: bias must have shape ({num_classes},), got {shape_str(bias)}")
-    check_target(where, target, features.shape[0], num_classes)
+    check_target(where, target, features.shape[0], num_classes, force=check_inputs)
     check_ratio(where, neg_class_ratio)
     check_positive(where, "neg_weight", neg_weight, allow_zero=True)
     check_clip(where, logit_clip)
@@ -289,7 +297,8 @@ def bce_contrastive(
         seen: (K,) bool; None means all classes are in the memory.
         neg_weight: weight of the negative terms.
         logit_clip: optional clamp of the logits.
-        check_inputs: also reject NaN/inf inputs.
+        check_inputs: also reject NaN/inf inputs, and check the class-id range on accelerators too (the
+            range is always checked on the CPU); costs host syncs.
 
     Returns:
         Scalar loss (sum over classes, mean over samples).
@@ -306,7 +315,7 @@ def bce_contrastive(
         )
     if seen is not None and (seen.dtype != torch.bool or tuple(seen.shape) != (num_classes,)):
         raise ValueError(f"{where}: seen must be a bool tensor of shape ({num_classes},)")
-    check_target(where, target, embeddings.shape[0], num_classes)
+    check_target(where, target, embeddings.shape[0], num_classes, force=check_inputs)
     check_positive(where, "temperature", temperature)
     check_positive(where, "neg_weight", neg_weight, allow_zero=True)
     check_clip(where, logit_clip)
@@ -331,7 +340,8 @@ def bce_uniform(weight: Tensor, *, scale: float = 1.0, check_inputs: bool = Fals
     Args:
         weight: raw classifier weight W, (K, D).
         scale: s (the code's ``cc_s``), > 0.
-        check_inputs: also reject NaN/inf inputs.
+        check_inputs: also reject NaN/inf inputs, and check the class-id range on accelerators too (the
+            range is always checked on the CPU); costs host syncs.
 
     Returns:
         Scalar loss.

@@ -77,7 +77,12 @@ class LDAMLoss(Loss):
         self.class_weight.copy_(self.drw_weights(self.epoch))
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)

@@ -26,6 +26,8 @@ class ClassMemory(nn.Module):
     Attributes:
         memory: float32 buffer (K, P), unnormalized projections.
         seen: bool buffer (K,).
+        check_inputs: also check the class-id range of accelerator tensors in :meth:`update` (a host sync; the
+            range of CPU tensors is always checked). Default False.
     """
 
     memory: Tensor
@@ -38,6 +40,7 @@ class ClassMemory(nn.Module):
             raise ValueError(f"{type(self).__name__}: dim must be an int >= 1 (got {dim!r})")
         self.num_classes = num_classes
         self.dim = dim
+        self.check_inputs = False
         self.register_buffer("memory", torch.zeros(num_classes, dim, dtype=torch.float32))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 
@@ -60,7 +63,7 @@ class ClassMemory(nn.Module):
         n = embeddings.shape[0]
         if n == 0:
             return
-        check_labels(where, target, self.num_classes)
+        check_labels(where, target, self.num_classes, force=self.check_inputs)
         device = self.memory.device
         target = target.to(device=device, dtype=torch.long)
         # Index of the last occurrence of each class (-1 if absent): max of the positions is order-independent,

@@ -41,7 +41,12 @@ class CrossEntropyLoss(Loss):
     """
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         loss = _mean(ce_rows(logits, target))
@@ -65,7 +70,12 @@ class FocalLoss(Loss):
         self.gamma = float(gamma)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         q = soft_targets(target, self.num_classes, logits)

@@ -122,10 +122,16 @@ class Bce3sLoss(Loss):
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:
         """Write the clean view's embeddings into the class memory (last sample of a class wins)."""
+        self.class_memory.check_inputs = self.check_inputs
         self.class_memory.update(embeddings, target)
 
     def _compute(
-        self, logits: Tensor, target: Tensor, *, view: Tensor | None, embeddings: Tensor | None,
+        self,
+        logits: Tensor,
+        target: Tensor,
+        *,
+        view: Tensor | None,
+        embeddings: Tensor | None,
         weight: Tensor | None,
     ) -> LossOutput:
         assert embeddings is not None and weight is not None  # guaranteed by Loss._validate (needs)

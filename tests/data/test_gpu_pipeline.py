@@ -1,0 +1,232 @@
+"""Batched augmentation: exact per-op equality with torchvision v2, parameter distributions, preset statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from bce3s.data import gpu_autoaugment as ga
+from bce3s.data.gpu_pipeline import BatchAugment, eval_shard, num_batches, step_generator, step_seed
+from bce3s.data.transforms import build_transform, cutout_box
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Noise, smooth gradients and constant images (edge cases of autocontrast / equalize)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randint(0, 256, (n // 2, c, h, w), dtype=torch.uint8, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    base = torch.rand(n - n // 2 - 1, c, 1, 1, generator=g) * 120
+    slope = torch.rand(n - n // 2 - 1, c, 1, 1, generator=g) * 6
+    smooth = (base + slope * (yy + 0.5 * xx)).clamp(0, 255).to(torch.uint8)
+    const = torch.full((1, c, h, w), 77, dtype=torch.uint8)
+    return torch.cat([noise, smooth, const])
+
+
+def _torchvision_op(image: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+    """Naive reference: torchvision's own AutoAugment op dispatch, one image at a time."""
+    aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    if hasattr(aa, "_apply_image_or_video_transform"):
+        return aa._apply_image_or_video_transform(image, name, magnitude, interpolation=aa.interpolation,
+                                                  fill=aa._fill)
+    return ga.apply_op(image, name, magnitude)  # pragma: no cover - older torchvision
+
+
+def test_policy_table_matches_torchvision() -> None:
+    aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    assert [tuple(map(tuple, p)) for p in aa._policies] == [tuple(map(tuple, p)) for p in ga.CIFAR10_POLICY]
+    for name, (fn, _signed) in aa._AUGMENTATION_SPACE.items():
+        mags = fn(10, 32, 24)
+        for b in range(10):
+            expected = 0.0 if mags is None else float(mags[b])
+            assert ga.op_magnitude(name, b, 32, 24) == expected, name
+    ra = v2.RandAugment()
+    assert tuple(ra._AUGMENTATION_SPACE) == ga.RANDAUGMENT_OPS
+
+
+@pytest.mark.parametrize(("c", "h", "w"), [(3, 32, 32), (1, 28, 28), (3, 9, 7)])
+def test_every_op_variant_equals_torchvision_per_image(c: int, h: int, w: int) -> None:
+    x = _images(12, c, h, w)
+    for table in (ga.autoaugment_table(h, w)[0], ga.randaugment_table(h, w)[0]):
+        fast = ga.BatchedOps(table, c, h, w, torch.device("cpu"))
+        n = x.shape[0]
+        for vid, (name, magnitude) in enumerate(table.variants):
+            expected = torch.stack([_torchvision_op(x[i], name, magnitude) for i in range(n)])
+            variants = torch.full((n, 1), vid)
+            assert torch.equal(fast.apply(x, variants), expected), (name, magnitude)
+            assert torch.equal(ga.apply_op_slots(x, variants, table), expected), (name, magnitude)
+
+
+def test_mixed_variants_and_two_slots_equal_sequential_reference() -> None:
+    x = _images(40, 3, 32, 32, seed=1)
+    table, ids, probs = ga.autoaugment_table(32, 32)
+    variants = ga.sample_autoaugment(40, ids, probs, torch.Generator().manual_seed(3))
+    expected = []
+    for i in range(40):
+        img = x[i]
+        for vid in variants[i].tolist():
+            if vid >= 0:
+                img = _torchvision_op(img, *table.variants[vid])
+        expected.append(img)
+    out = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+    assert torch.equal(out, torch.stack(expected))
+
+
+def test_autoaugment_draw_frequencies() -> None:
+    """Sub-policies uniform, each op applied with its probability, signs 50/50: marginal variant frequencies."""
+    n = 40000
+    table, ids, probs = ga.autoaugment_table(32, 32)
+    draws = ga.sample_autoaugment(n, ids, probs, torch.Generator().manual_seed(0))
+    for slot in range(2):
+        expected = torch.zeros(len(table.variants) + 1, dtype=torch.float64)  # last = not applied
+        for p in range(25):
+            pr = probs[p, slot].item() / 25
+            expected[ids[p, slot, 0]] += pr / 2
+            expected[ids[p, slot, 1]] += pr / 2
+            expected[-1] += (1 - probs[p, slot].item()) / 25
+        col = draws[:, slot]
+        observed = torch.bincount(torch.where(col < 0, len(table.variants), col), minlength=len(expected)) / n
+        sigma = (expected * (1 - expected) / n).sqrt()
+        assert ((observed - expected).abs() <= 4.5 * sigma + 1e-12).all()
+
+
+def _crop_probe() -> torch.Tensor:
+    """(1, 3, 32, 32): channel 0 = row + 1, channel 1 = col + 1, channel 2 = 255 (padding is 0 everywhere)."""
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    return torch.stack([rows + 1, cols + 1, torch.full_like(rows, 255)]).to(torch.uint8)[None]
+
+
+def test_crop_offsets_uniform_and_flip_rate() -> None:
+    aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=0)
+    n = 6000
+    x = _crop_probe().expand(n, -1, -1, -1).contiguous()
+    out = aug._crop_flip(x, torch.Generator().manual_seed(0))
+    # output pixel (16, 16) always comes from inside the image: row = oy + 12, col = ox + 12 (+ flip)
+    oy = out[:, 0, 16, 16].long() - 1 - 12
+    flipped = out[:, 1, 16, 17] < out[:, 1, 16, 16]
+    col16 = out[:, 1, 16, 16].long() - 1
+    ox = torch.where(flipped, col16 - 11, col16 - 12)  # flipped: output col 16 = crop col 15
+    assert abs(flipped.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
+    for offs in (oy, ox):
+        assert offs.min() == 0 and offs.max() == 8
+        freq = torch.bincount(offs, minlength=9).double() / n
+        assert (freq - 1 / 9).abs().max() < 4 * math.sqrt((1 / 9) * (8 / 9) / n)
+    # every output equals the naive per-image crop of the zero-padded probe at its offsets
+    padded = torch.nn.functional.pad(x[:50], (4, 4, 4, 4))
+    for i in range(50):
+        crop = padded[i, :, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flipped[i] else crop)
+    assert not BatchAugment("gray", train=True, image_size=8).flip
+
+
+def test_cutout_boxes_follow_official_rule() -> None:
+    aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=16)
+    n = 3000
+    x = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)
+    out = aug._cutout(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    cy, cx = torch.randint(32, (n,), generator=g), torch.randint(32, (n,), generator=g)
+    for i in range(200):
+        y1, y2, x1, x2 = cutout_box(int(cy[i]), int(cx[i]), 16, 32, 32)
+        expected = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+        expected[:, y1:y2, x1:x2] = 0
+        assert torch.equal(out[i], expected)
+    # area distribution: E[side] = mean over centres of the clipped extent
+    side = torch.tensor([min(c + 8, 32) - max(c - 8, 0) for c in range(32)], dtype=torch.float64).mean()
+    area = (out[:, 0] == 0).sum(dim=(1, 2)).double()
+    assert abs(area.mean().item() - side.item() ** 2) < 4 * area.std().item() / math.sqrt(n)
+    assert area.max() == 256 and area.min() >= 64
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
+    x = _images(64, 3, 32, 32, seed=2)[32:]  # smooth images: ops change their statistics visibly
+    reps = 20  # 640 augmented images per pipeline
+    batch = x.repeat(reps, 1, 1, 1)
+    aug = BatchAugment("cifar", train=True, image_size=32)
+    ours = torch.cat([aug(batch[i : i + 320], step_generator(0, 0, i)) for i in range(0, len(batch), 320)])
+    torch.manual_seed(0)
+    t = build_transform("cifar", train=True, image_size=32)
+    ref = torch.stack([t(img) for img in batch])
+    (m1, s1), (m2, s2) = _stats(ours), _stats(ref)
+    per_image = ref.mean(dim=(2, 3))
+    tol = 5 * per_image.std(dim=0) * math.sqrt(2 / len(batch))
+    assert ((m1 - m2).abs() < tol).all(), (m1, m2, tol)
+    # the pixel spread is the sensitive statistic: without AutoAugment it is ~10 % lower
+    assert ((s1 - s2).abs() < 0.03 * s2).all(), (s1, s2)
+    assert ours.shape == ref.shape and ours.dtype == torch.float32
+
+
+def test_gray_and_imagenet_presets_batched() -> None:
+    x = _images(40, 1, 28, 28)
+    aug = BatchAugment("gray", train=True, image_size=28)
+    out = aug(x, step_generator(0, 0, 0))
+    assert out.shape == (40, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
+    rgb = _images(16, 3, 40, 48)
+    im = BatchAugment("imagenet", train=True, image_size=24)
+    out = im(rgb, step_generator(0, 0, 0))
+    assert out.shape == (16, 3, 24, 24) and torch.isfinite(out).all()
+    ra = BatchAugment("imagenet", train=True, image_size=24, randaugment=True)
+    assert ra(rgb, step_generator(0, 0, 1)).shape == (16, 3, 24, 24)
+    with pytest.raises(ValueError, match="Generator"):
+        im(rgb)
+
+
+@pytest.mark.parametrize(("preset", "shape", "size"), [("cifar", (3, 32, 32), 32), ("gray", (1, 8, 8), 8),
+                                                        ("imagenet", (3, 40, 52), 32)])
+def test_eval_batch_equals_per_image_transform(preset: str, shape: tuple[int, int, int], size: int) -> None:
+    x = _images(10, *shape)
+    ours = BatchAugment(preset, train=False, image_size=size)(x)
+    t = build_transform(preset, train=False, image_size=size, channels=shape[0])
+    assert torch.equal(ours, torch.stack([t(img) for img in x]))
+
+
+def test_determinism_and_seeding() -> None:
+    x = _images(32, 3, 32, 32)
+    aug = BatchAugment("cifar", train=True, image_size=32)
+    a = aug(x, step_generator(1, 2, 3))
+    assert torch.equal(a, aug(x, step_generator(1, 2, 3)))
+    assert not torch.equal(a, aug(x, step_generator(1, 2, 4)))
+    assert step_seed(0, 0, 1) != step_seed(0, 1, 0) != step_seed(1, 0, 0)
+    with pytest.raises(ValueError):
+        step_seed(-1, 0, 0)
+
+
+def test_eval_shard_and_num_batches() -> None:
+    shards = [eval_shard(10, r, 3) for r in range(3)]
+    assert [list(s) for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert list(eval_shard(2, 2, 3)) == []
+    assert num_batches(10, 4, False) == 3 and num_batches(10, 4, True) == 2
+
+
+@pytest.mark.gpu
+def test_gpu_output_identical_to_cpu() -> None:
+    x = _images(64, 3, 32, 32)
+    for preset, kwargs in (("cifar", {}), ("gray", {"flip": True})):
+        xx = x if preset == "cifar" else x[:, :1]
+        aug = BatchAugment(preset, train=True, image_size=32, **kwargs)
+        cpu = aug(xx, step_generator(0, 0, 0))
+        gpu = aug(xx.cuda(), step_generator(0, 0, 0))
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
+    table, _ids, _probs = ga.autoaugment_table(32, 32)
+    fast = ga.BatchedOps(table, 3, 32, 32, torch.device("cuda"))
+    for vid in range(len(table.variants)):
+        variants = torch.full((64, 1), vid)
+        ref = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+        assert torch.equal(fast.apply(x.cuda(), variants).cpu(), ref), table.variants[vid]
+    assert F.to_dtype(x.cuda(), torch.float32, scale=True).is_cuda

@@ -1,0 +1,165 @@
+"""Batch sources: shapes, epochs, exact mid-epoch resume, eval sharding, both pipelines, file-based splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bce3s.data.gpu_pipeline import GpuBatchSource
+from bce3s.data.imageset import ImageSet
+from bce3s.data.loader import BatchSource, LoaderBatchSource, make_batch_source
+from bce3s.data.samplers import epoch_indices
+from bce3s.errors import DataError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _split(n: int = 45, c: int = 3, size: int = 32, k: int = 5) -> ImageSet:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % k
+    return ImageSet(images=images, paths=None, labels=labels)
+
+
+def _collect(source) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    xs, ys = [], []
+    for x, y in source:
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+@pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
+def test_train_source_shapes_order_and_last_batch(pipeline: str) -> None:
+    split = _split()
+    src = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
+                            pipeline=pipeline, seed=3)
+    assert isinstance(src, BatchSource)
+    assert isinstance(src, GpuBatchSource if pipeline == "gpu" else LoaderBatchSource)
+    src.set_epoch(2)
+    xs, ys = _collect(src)
+    assert len(src) == len(xs) == 3
+    assert [len(y) for y in ys] == [16, 16, 13]  # no drop_last: the last batch is smaller
+    assert all(x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) for x in xs)
+    idx = epoch_indices(split.labels, kind="instance", seed=3, epoch=2)
+    assert torch.equal(src.indices(), idx)
+    assert torch.equal(torch.cat(ys), split.labels[idx])
+    dropped = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
+                                pipeline=pipeline, drop_last=True)
+    assert len(dropped) == 2 and [len(y) for _x, y in dropped] == [16, 16]
+
+
+@pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
+def test_epochs_are_reproducible_and_resume_is_exact(pipeline: str) -> None:
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 8, "device": torch.device("cpu"), "pipeline": pipeline}
+    src = make_batch_source(_split(30), **kwargs)
+    src.set_epoch(1)
+    full_x, full_y = _collect(src)
+    again = make_batch_source(_split(30), **kwargs)
+    again.set_epoch(1)
+    tail = list(again.iter_from(2))
+    assert len(tail) == len(full_x) - 2
+    for (x, y), fx, fy in zip(tail, full_x[2:], full_y[2:]):
+        assert torch.equal(x, fx) and torch.equal(y, fy)
+    again.set_epoch(2)
+    other_x, _ = _collect(again)
+    assert not torch.equal(other_x[0], full_x[0])
+
+
+def test_loader_output_independent_of_workers_and_global_rng() -> None:
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 10, "device": torch.device("cpu"), "pipeline": "loader"}
+    state = torch.get_rng_state()
+    a, _ = _collect(make_batch_source(_split(20), num_workers=0, **kwargs))
+    assert torch.equal(torch.get_rng_state(), state)  # the per-sample seeding forks the global RNG
+    b, _ = _collect(make_batch_source(_split(20), num_workers=1, **kwargs))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_eval_sources_are_sequential_sharded_and_pipeline_independent() -> None:
+    split = _split(23)
+    outs = {}
+    for pipeline in ("gpu", "loader"):
+        parts = []
+        for rank in range(3):
+            src = make_batch_source(split, train=False, preset="cifar", batch_size=4, device=torch.device("cpu"),
+                                    pipeline=pipeline, rank=rank, world_size=3, drop_last=True)
+            xs, ys = _collect(src)
+            idx = src.indices()
+            assert torch.equal(torch.cat(ys), split.labels[idx])
+            parts.append((idx, torch.cat(xs)))
+        idx = torch.cat([p[0] for p in parts])
+        assert idx.tolist() == list(range(23))  # disjoint, no padding, rank order = dataset order
+        outs[pipeline] = torch.cat([p[1] for p in parts])
+    assert torch.equal(outs["gpu"], outs["loader"])
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+    torch.testing.assert_close(outs["gpu"], (split.images.float() / 255 - mean) / std)
+
+
+def test_mixing_source_matches_main_length() -> None:
+    split = _split(45)
+    main = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"))
+    second = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
+                               sampler="power", rho=0.5, seed=1, num_samples=len(main.indices()))
+    assert len(second) == len(main) == 3
+    sizes = [(len(y1), len(y2)) for (_a, y1), (_b, y2) in zip(main, second)]
+    assert sizes == [(16, 16), (16, 16), (13, 13)]
+
+
+def test_ddp_training_slices_are_disjoint() -> None:
+    split = _split(40)
+    idx = [make_batch_source(split, train=True, preset="cifar", batch_size=8, device=torch.device("cpu"),
+                             rank=r, world_size=2).indices() for r in range(2)]
+    assert len(idx[0]) == len(idx[1]) == 20
+    assert sorted(torch.cat(idx).tolist()) == list(range(40))
+
+
+def test_file_based_split_uses_loader(tmp_path) -> None:
+    from PIL import Image
+
+    split = _split(6, size=20)
+    paths = []
+    for i, img in enumerate(split.images):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(p)
+        paths.append(str(p))
+    files = ImageSet(images=None, paths=paths, labels=split.labels)
+    src = make_batch_source(files, train=False, preset="imagenet", batch_size=4, device=torch.device("cpu"),
+                            image_size=16)
+    assert isinstance(src, LoaderBatchSource)
+    xs, _ = _collect(src)
+    ref = make_batch_source(split, train=False, preset="imagenet", batch_size=4, device=torch.device("cpu"),
+                            pipeline="gpu", image_size=16)
+    assert torch.equal(torch.cat(xs), torch.cat(_collect(ref)[0]))  # PNG is lossless
+    train = make_batch_source(files, train=True, preset="imagenet", batch_size=4, device=torch.device("cpu"),
+                              image_size=16)
+    assert [x.shape for x, _ in train] == [(4, 3, 16, 16), (2, 3, 16, 16)]
+    with pytest.raises(DataError, match="in-memory"):
+        make_batch_source(files, train=True, preset="imagenet", batch_size=4, device=torch.device("cpu"),
+                          pipeline="gpu")
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="pipeline"):
+        make_batch_source(_split(4), train=True, preset="cifar", batch_size=2, device=torch.device("cpu"),
+                          pipeline="fast")
+    with pytest.raises(ValueError, match="preset"):
+        make_batch_source(_split(4), train=True, preset="svhn", batch_size=2, device=torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_gpu_source_on_cuda_matches_cpu() -> None:
+    split = _split(40)
+    cpu = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"))
+    cuda = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cuda"))
+    for (xc, yc), (xg, yg) in zip(cpu, cuda):
+        assert xg.is_cuda and yg.is_cuda
+        torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)
+        assert torch.equal(yg.cpu(), yc)
