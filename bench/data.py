@@ -141,7 +141,8 @@ def main() -> None:
                 name = "DataLoader + v2" if p == "loader" else "GPU-resident"
                 rows.append({"device": d, "mixing": m, "pipeline": p, "num_workers": w, "threads": t,
                              "images_per_s": round(v, 1), "speedup_vs_best_loader": round(v / loader_best, 2)})
-                lines.append(f"| {d} | {'yes' if m else 'no'} | {name} | {setting} | {v:,.0f} | {v / loader_best:.2f}x |")
+                mixing = "yes" if m else "no"
+                lines.append(f"| {d} | {mixing} | {name} | {setting} | {v:,.0f} | {v / loader_best:.2f}x |")
             rows.append({"device": dev, "mixing": mix, "best_gpu_over_best_loader": round(gpu_best / loader_best, 2)})
     table = "\n".join(lines)
     print()

@@ -191,6 +191,17 @@ def bench_backbone(device: torch.device, repeats: int, batch: int = 64, num_clas
     return time_ms(step, device, repeats)
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo on Linux), for the record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="K in {10, 100}, B = 64 only, 3 repeats")
@@ -217,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     fraction = ref["bce3s_ms"] / backbone_ms
     result = {
         "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": repeats,

@@ -75,8 +75,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch appends advice about miniz internals
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({first[:120]}); delete it to fall back to an earlier one"
+            f"checkpoint {path} is truncated or corrupt ({first[:120]}); it was damaged after it was written "
+            "(bce3s writes checkpoints atomically): restore it from a copy or re-create it"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a bce3s checkpoint (format {CHECKPOINT_FORMAT} expected)")

@@ -640,7 +640,7 @@ def _load_resume_state(rd: RunDir) -> dict[str, Any]:
     try:
         return load_checkpoint(path)
     except CheckpointError as err:
-        raise CheckpointError(f"cannot resume {rd.root}: {err}; or start the run again with --overwrite") from None
+        raise CheckpointError(f"cannot resume {rd.root}: {err}, or start the run again with --overwrite") from None
 
 
 def _check_loss_configs(cfg: Config) -> None:
@@ -678,9 +678,16 @@ def _prepare_out(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> No
             old = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
         except (OSError, BCE3SError, Exception):  # noqa: BLE001 - any unreadable config counts as "different"
             old = None
-        same = old is not None and not config_diff(old, cfg)
-        hint = "use --resume to continue it" if same else "it holds a different run"
-        raise RunDirError(f"{out} already holds a run ({hint}); pass --overwrite to replace it or choose another --out")
+        diffs = ["unreadable config.yaml"] if old is None else config_diff(old, cfg, ignore=_RESUME_FREE)
+        if not diffs:
+            raise RunDirError(
+                f"{out} already holds a run of this config; continue it with --resume (or --auto-resume), pass "
+                "--overwrite to replace it, or choose another --out"
+            )
+        shown = "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+        raise RunDirError(
+            f"{out} already holds a different run ({shown}); pass --overwrite to replace it or choose another --out"
+        )
     check_writable(out)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bce3s.errors import CheckpointError, ConfigError
+from bce3s.errors import CheckpointError, ConfigError, RunDirError
 
 __all__ = ["evaluate_run", "reliability_bins"]
 
@@ -84,7 +84,12 @@ def evaluate_run(
         raise ConfigError(f"--tta: unknown TTA mode {tta!r}; valid: none, flip")
     rd = RunDir(Path(run_dir))
     rd.require_run()
-    cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
+    try:
+        cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
+        cfg.check()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
     valid = ["last", "best_val"] + [f"{s.name}_{k}" for s in cfg.stages for k in ("last", "best_val")]
     if checkpoint not in valid:
         raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
@@ -107,8 +112,12 @@ def evaluate_run(
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
+        # torch lists the mismatches on the lines after "Error(s) in loading state_dict for ...:"
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
         raise CheckpointError(
-            f"{rd.checkpoint(checkpoint)} does not match the run's model ({str(err).splitlines()[0][:150]})"
+            f"{rd.checkpoint(checkpoint)} does not match the run's model ({detail[:200]}); evaluate it with the "
+            "run it was trained in"
         ) from None
     pred = predict(model, eval_source(cfg, data, part, dist), dist, tta_flip=tta == "flip", with_features=True)
     logits, labels, feats = pred["logits"], pred["labels"], pred["features"]
