@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,8 +69,15 @@ def measure(
     """Clean images per second over ``steps`` batches after ``warmup`` batches."""
     torch.set_num_threads(threads)
     n = (steps + warmup) * batch
-    kwargs = {"train": True, "preset": "cifar", "batch_size": batch, "device": device, "pipeline": pipeline,
-              "num_workers": workers, "num_samples": n}
+    kwargs = {
+        "train": True,
+        "preset": "cifar",
+        "batch_size": batch,
+        "device": device,
+        "pipeline": pipeline,
+        "num_workers": workers,
+        "num_samples": n,
+    }
     main = make_batch_source(split, seed=0, **kwargs)
     second = make_batch_source(split, seed=1, sampler="power", rho=0.0, **kwargs) if mix else None
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -77,8 +86,9 @@ def measure(
     start = 0.0
     for step, ((x, y), other) in enumerate(it):
         if other is not None:
-            out = glmc_mix(x, y, other[0], other[1], num_classes=10,
-                           generator=step_generator(0, 0, step, stream=STREAM_MIX))
+            out = glmc_mix(
+                x, y, other[0], other[1], num_classes=10, generator=step_generator(0, 0, step, stream=STREAM_MIX)
+            )
             x = out.images
         if step == warmup - 1:
             sync()
@@ -120,16 +130,30 @@ def main() -> None:
     for r in range(args.rounds):
         for cfg in configs:
             dev, mix, pipeline, workers, threads = cfg
-            ips = measure(split, device=torch.device(dev), pipeline=pipeline, workers=workers, threads=threads, mix=mix,
-                          batch=args.batch, steps=args.steps, warmup=args.warmup)
+            ips = measure(
+                split,
+                device=torch.device(dev),
+                pipeline=pipeline,
+                workers=workers,
+                threads=threads,
+                mix=mix,
+                batch=args.batch,
+                steps=args.steps,
+                warmup=args.warmup,
+            )
             best[cfg] = max(best.get(cfg, 0.0), ips)
-            print(f"round {r}: {dev:4s} mix={mix!s:5s} {pipeline:6s} workers={workers} threads={threads}: "
-                  f"{ips:9.0f} img/s", flush=True)
+            print(
+                f"round {r}: {dev:4s} mix={mix!s:5s} {pipeline:6s} workers={workers} threads={threads}: "
+                f"{ips:9.0f} img/s",
+                flush=True,
+            )
     torch.set_num_threads(default_threads)
 
     rows = []
-    lines = ["| device | mixing | pipeline | setting | clean images/s | speed-up vs best DataLoader |",
-             "|---|---|---|---|---:|---:|"]
+    lines = [
+        "| device | mixing | pipeline | setting | clean images/s | speed-up vs best DataLoader |",
+        "|---|---|---|---|---:|---:|",
+    ]
     for dev in devices:
         for mix in (False, True):
             loader_best = max(v for (d, m, p, _w, _t), v in best.items() if d == dev and m == mix and p == "loader")
@@ -139,8 +163,17 @@ def main() -> None:
                     continue
                 setting = f"num_workers={w}" if p == "loader" else f"torch threads={t}"
                 name = "DataLoader + v2" if p == "loader" else "GPU-resident"
-                rows.append({"device": d, "mixing": m, "pipeline": p, "num_workers": w, "threads": t,
-                             "images_per_s": round(v, 1), "speedup_vs_best_loader": round(v / loader_best, 2)})
+                rows.append(
+                    {
+                        "device": d,
+                        "mixing": m,
+                        "pipeline": p,
+                        "num_workers": w,
+                        "threads": t,
+                        "images_per_s": round(v, 1),
+                        "speedup_vs_best_loader": round(v / loader_best, 2),
+                    }
+                )
                 mixing = "yes" if m else "no"
                 lines.append(f"| {d} | {mixing} | {name} | {setting} | {v:,.0f} | {v / loader_best:.2f}x |")
             rows.append({"device": dev, "mixing": mix, "best_gpu_over_best_loader": round(gpu_best / loader_best, 2)})
@@ -148,17 +181,19 @@ def main() -> None:
     print()
     print(table)
     meta = {
-        "command": "python bench/data.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python bench/data.py", *sys.argv[1:]]),
         "data": data_desc,
         "preset": "cifar (RandomCrop 32 pad 4, flip, AutoAugment CIFAR10, Cutout 16, Normalize)",
         "batch": args.batch,
         "steps": args.steps,
         "rounds": args.rounds,
         "torch": torch.__version__,
-        "cpu_count": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "default_torch_threads": default_threads,
         "machine": platform.machine(),
-        "device_names": {d: (torch.cuda.get_device_name() if d == "cuda" else platform.processor() or "cpu")
-                         for d in devices},
+        "device_names": {
+            d: (torch.cuda.get_device_name() if d == "cuda" else platform.processor() or "cpu") for d in devices
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

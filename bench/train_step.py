@@ -125,6 +125,12 @@ def time_pair(ce_step, b_step, device: torch.device, steps: int, warmup: int) ->
     return ta, tb
 
 
+def _write(path: str, rows: list[dict], meta: dict | None = None) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta or {}, "rows": rows}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=None, help="default: resnet32 resnet34_cifar (+ resnet50 on CUDA)")
@@ -159,6 +165,8 @@ def main() -> None:
         size = 224 if name in ("resnet50", "resnext50_32x4d", "resnet152") else 32
         batch = min(args.batch, 64) if size == 224 else args.batch
         for vname, cl, amp, comp in variants:
+            if comp and name != models[0]:
+                continue  # compile once (first model): compilation costs ~1 min per model
             ce_step, b_step = make_steps(
                 name,
                 batch=batch,
@@ -186,6 +194,7 @@ def main() -> None:
                     "bce3s_img_s": 3 * batch / b,
                 }
             )
+            _write(args.out, rows)
     hdr = (
         f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}"
         f"{'CE img/s':>10}{'BCE3S img/s':>12}"

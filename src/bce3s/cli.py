@@ -364,6 +364,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     parent = Path(args.out)
     finals = []
+    if not args.quiet:  # one line per run instead of one per epoch
+        logging.getLogger("bce3s.engine").setLevel(logging.WARNING)
+        logging.getLogger("bce3s.data").setLevel(logging.WARNING)
     for label, name in DEMO_RUNS:
         cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
         out = parent / name

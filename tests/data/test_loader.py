@@ -163,3 +163,11 @@ def test_gpu_source_on_cuda_matches_cpu() -> None:
         assert xg.is_cuda and yg.is_cuda
         torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)
         assert torch.equal(yg.cpu(), yc)
+
+
+def test_package_exports_resolve() -> None:
+    import bce3s.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    assert data.make_batch_source is make_batch_source

@@ -19,17 +19,20 @@ from PIL import Image
 from reliability_helpers import tiny, write_cfg
 
 from bce3s.cli import main
-from bce3s.config import config_from_dict, dump_config
-from bce3s.config import Config as _Config
+from bce3s.config import Config, config_from_dict, dump_config
 from bce3s.engine.checkpoint import save_checkpoint
 from bce3s.engine.rundir import RunDir, write_json
 from bce3s.models import build_model
 
-OPTIM_KEYS = "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
+OPTIM_KEYS = (
+    "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
+)
 MODEL_KEYS = "name, head, projector_dim, sync_bn, channels_last, compile"
 LOSSES = "bce3s, bce, ce, focal, cb_softmax, cb_sigmoid, cb_focal, balanced_softmax, logit_adjusted, ldam, cb_bce"
 MODELS = "small_cnn, resnet32, resnet34_cifar, resnet50, resnext50_32x4d, resnet152"
-DATASETS = "digits_lt, fashion_mnist_lt, mnist_lt, cifar10_lt, cifar100_lt, imagefolder_lt, imagenet_lt, places_lt, inat2018"
+DATASETS = (
+    "digits_lt, fashion_mnist_lt, mnist_lt, cifar10_lt, cifar100_lt, imagefolder_lt, imagenet_lt, places_lt, inat2018"
+)
 BCE3S_PARAMS = (
     "contrastive_start_epoch, contrastive_weight, embedding_dim, logit_clip, neg_class_ratio, neg_weight, seed, "
     "temperature, uniform_scale, uniform_weight"
@@ -67,7 +70,7 @@ class Env:
         """A run directory as ``bce3s train`` leaves it (config.yaml, run.json), without checkpoints."""
         rd = RunDir(root)
         root.mkdir(parents=True, exist_ok=True)
-        rd.write_text(rd.config, dump_config(config_from_dict(_Config, tiny(**changes))))
+        rd.write_text(rd.config, dump_config(config_from_dict(Config, tiny(**changes))))
         write_json(rd.run_json, {"status": status, "resumed_from": []})
         return rd
 
@@ -124,9 +127,7 @@ E = "bce3s: error: "
 @case
 def unknown_key_with_suggestion(env: Env) -> Case:
     cfg = env.config("c.yaml", **{"stages.0.optim": {"lrr": 0.1}})
-    return Case(
-        env.train(cfg=cfg), f"{E}stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}"
-    )
+    return Case(env.train(cfg=cfg), f"{E}stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}")
 
 
 @case
@@ -140,9 +141,7 @@ def unknown_key_in_set(env: Env) -> Case:
 @case
 def unknown_section(env: Env) -> Case:
     cfg = env.yaml("c.yaml", "trainer:\n  epochs: 3\n")
-    return Case(
-        env.train(cfg=cfg), f"{E}trainer: unknown key; valid keys: data, model, stages, eval, log, runtime"
-    )
+    return Case(env.train(cfg=cfg), f"{E}trainer: unknown key; valid keys: data, model, stages, eval, log, runtime")
 
 
 @case
@@ -200,9 +199,7 @@ def temperature_zero(env: Env) -> Case:
 
 @case
 def imbalance_factor_below_one(env: Env) -> Case:
-    return Case(
-        env.train("--set", "data.imbalance_factor=0.5"), f"{E}data.imbalance_factor: must be >= 1 (got 0.5)"
-    )
+    return Case(env.train("--set", "data.imbalance_factor=0.5"), f"{E}data.imbalance_factor: must be >= 1 (got 0.5)")
 
 
 @case
@@ -304,9 +301,7 @@ def yaml_syntax_error(env: Env) -> Case:
 @case
 def yaml_top_level_not_a_mapping(env: Env) -> Case:
     cfg = env.yaml("c.yaml", "- data\n- model\n")
-    return Case(
-        env.train(cfg=cfg), f"{E}{cfg}: the top level must be a mapping of sections (data, model, stages, ...)"
-    )
+    return Case(env.train(cfg=cfg), f"{E}{cfg}: the top level must be a mapping of sections (data, model, stages, ...)")
 
 
 @case
@@ -353,9 +348,7 @@ def out_under_a_regular_file(env: Env) -> Case:
     blocker = env.tmp / "a_file"
     blocker.write_text("x")
     env.out = blocker / "run"
-    return Case(
-        env.train(), f"{E}output directory {env.out} is not writable (Not a directory); choose another --out"
-    )
+    return Case(env.train(), f"{E}output directory {env.out} is not writable (Not a directory); choose another --out")
 
 
 @case
@@ -614,8 +607,7 @@ def eval_missing_checkpoint(env: Env) -> Case:
     rd = env.fake_run(env.out)
     return Case(
         ["eval", str(env.out), "--checkpoint", "best_val"],
-        f"{E}checkpoint not found: {rd.checkpoint('best_val')} (was the run started? train first, or pick another "
-        "run)",
+        f"{E}checkpoint not found: {rd.checkpoint('best_val')} (was the run started? train first, or pick another run)",
         creates_out=True,
     )
 

@@ -1,16 +1,20 @@
-"""Batched AutoAugment / RandAugment with torchvision's op semantics, for the GPU-resident pipeline.
+"""Batched AutoAugment / RandAugment with torchvision's exact op semantics, for the GPU-resident pipeline.
 
-``torchvision.transforms.v2.AutoAugment`` draws one sub-policy per call, i.e. per image. Here every image of a
-batch gets its own draw, and the images that share an op *variant* (operation, magnitude and sign) are gathered
-into one contiguous sub-batch and transformed by a single call of the torchvision v2 functional kernel with
-exactly the arguments ``AutoAugment`` would pass (nearest interpolation, ``fill=None`` i.e. 0 outside the image).
-Every op is per-image (``equalize``/``autocontrast``/``adjust_contrast`` compute their statistics per image), so
-the result equals what ``AutoAugment`` produces image by image for the same draws. Per slot (first op, second
-op) there is one gather and one scatter; the number of kernel calls is the number of distinct variants present
-in the batch (at most 45 per slot for the CIFAR-10 policy), independent of the batch size.
+``torchvision.transforms.v2.AutoAugment`` draws one sub-policy per call, i.e. per image, and applies each op with
+one scalar parameter set. Here every image of a batch gets its own draw (:func:`sample_autoaugment`,
+:func:`sample_randaugment`: an op *variant* id per image and slot, i.e. operation, magnitude and sign), and the
+batch is transformed slot after slot, images independently of each other:
 
-Parameters are drawn on the CPU from an explicit ``torch.Generator`` (see :func:`sample_autoaugment`), so a batch
-is augmented identically on every device and can be re-created from its seed.
+- :class:`BatchedOps` (the fast path) needs one call per op *family* present in a slot: geometric ops become a
+  gather through per-variant source-pixel maps, pointwise ops a per-variant lookup table, colour and sharpness a
+  per-variant two-input lookup table; contrast, equalize and autocontrast run torchvision's kernel on the
+  sub-batch of each variant. Every table is built from torchvision's own kernels or op sequences, so the output
+  equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and ``fill=None``, i.e. 0) image
+  by image, bit for bit, on every device (the tests check every variant).
+- :func:`apply_op_slots` (the reference) calls :func:`apply_op` once per variant present.
+
+Parameters are drawn on the CPU from an explicit ``torch.Generator``, so a batch is augmented identically on every
+device and can be re-created from its seed.
 """
 
 from __future__ import annotations

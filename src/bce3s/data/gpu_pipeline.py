@@ -5,11 +5,12 @@ slice of the epoch's index list (from :func:`bce3s.data.samplers.epoch_indices`)
 device and applies the preset (:mod:`bce3s.data.transforms`) to the whole batch with per-image random parameters:
 
 - random crop with zero padding and horizontal flip in one gather (per-image offsets and flip bits);
-- AutoAugment CIFAR-10 / RandAugment through :func:`bce3s.data.gpu_autoaugment.apply_op_slots` (torchvision v2
-  kernels on groups of images that share an op variant, so every op has torchvision's exact semantics);
+- AutoAugment CIFAR-10 / RandAugment through :class:`bce3s.data.gpu_autoaugment.BatchedOps` (one call per op
+  family, built from torchvision's v2 kernels, so every op equals torchvision's bit for bit);
 - ``RandomResizedCrop`` + ``ColorJitter`` for the ``imagenet`` preset (bilinear ``grid_sample`` without
   antialiasing; colour ops per image with torchvision's blend formulas, random order per image);
-- ``ToDtype(float32, scale=True)``, Cutout (official box rule), ``Normalize`` (torchvision kernels, batched).
+- Cutout (official box rule; zeroed in uint8, which equals zeroing after ``ToDtype``), then
+  ``ToDtype(float32, scale=True)`` and ``Normalize`` (torchvision kernels, batched).
 
 All random parameters of a step are drawn on the CPU from a generator seeded by ``(seed, epoch, step, rank)``
 (:func:`step_generator`), then moved to the device: the batches are identical on every device and resuming at
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -409,8 +409,3 @@ class GpuBatchSource:
             batch = images.index_select(0, rows)
             gen = step_generator(self.seed, self.epoch, k, self.rank) if self.augment.train else None
             yield self.augment(batch, gen), labels.index_select(0, rows)
-
-    def state(self) -> dict[str, Any]:
-        """A JSON-able description (for logs)."""
-        return {"pipeline": "gpu", "augment": repr(self.augment), "batch_size": self.batch_size,
-                "sampler": self.sampler, "rho": self.rho, "seed": self.seed, "epoch": self.epoch}

@@ -25,6 +25,15 @@ __all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "load_checkpoint", "save_c
 CHECKPOINT_FORMAT = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
@@ -38,6 +47,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(memoryview(data)[half:])
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes the file owner-only; give it the mode open() would
         os.replace(tmp, path)
     except BaseException:
         try:

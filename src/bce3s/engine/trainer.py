@@ -145,8 +145,12 @@ def default_preset(cfg: Config, data: Any) -> str:
 
 
 def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
+    """Augmentation keywords of ``make_batch_source``; horizontal flips follow the dataset (never for digits)."""
+    from bce3s.data.transforms import DATASET_PRESETS
+
     c = cfg.data
     return {
+        "flip": DATASET_PRESETS.get(c.dataset, ("", True))[1],
         "autoaugment": c.autoaugment,
         "cutout": c.cutout,
         "randaugment": c.randaugment,
@@ -808,7 +812,8 @@ def train(
     if dist.is_main:
         if resume:
             info = rd.read_run_info()
-            where = resume_state.get("stage_name") or f"stage index {resume_state['stage_index']}"
+            si = int(resume_state["stage_index"])  # a state saved between stages has no stage name
+            where = resume_state.get("stage_name") or (cfg.stages[si].name if si < len(cfg.stages) else "end")
             info.setdefault("resumed_from", []).append(
                 {
                     "stage": where,
@@ -882,7 +887,7 @@ def train(
         final = _finish(run, t0, config_path)
         status = "finished"
         return TrainResult(run_dir=out, final=final, model=model, losses=run.losses)
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt):
         status = "interrupted"
         raise
     finally:
