@@ -62,7 +62,6 @@ def main() -> int:
         "data.imbalance_factor=100",
         f"runtime.device={args.device}",
         "eval.tta_flip=true",
-        *args.sets,
     ]
     if args.smoke:
         base += [
@@ -76,6 +75,7 @@ def main() -> int:
         args.epochs1, args.epochs2 = 1, 1
     else:
         base += ["data.val_per_class=50"]
+    base += args.sets  # last, so they win
     paper1, paper2 = 320, 10
     e1 = args.epochs1 or paper1
     e2 = args.epochs2 or paper2
@@ -115,7 +115,7 @@ def main() -> int:
         f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, seed 0, stage-1 epochs {e1} (paper {paper1}), stage-2 "
         f"epochs {e2}; both runs concurrently on one device; test accuracy (%)"
     )
-    hdr = f"{'run':<26}{'wall s':>8}{'img/s':>8}{'ckpt':<16}{'All':>7}{'Many':>7}{'Med':>7}{'Few':>7}"
+    hdr = f"{'run':<26}{'wall s':>8}{'img/s':>8}  {'checkpoint':<18}{'All':>7}{'Many':>7}{'Med':>7}{'Few':>7}"
     print(hdr)
     summary = {"epochs1": e1, "epochs2": e2, "paper_epochs": [paper1, paper2], "runs": {}}
     for label, name, _ in RUNS:
@@ -140,7 +140,7 @@ def main() -> int:
                 continue
             print(
                 f"{label if ck == 'last' else '':<26}{(f'{wall:.0f}' if ck == 'last' else ''):>8}"
-                f"{(f'{ips:.0f}' if ck == 'last' else ''):>8}  {ck:<14}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}"
+                f"{(f'{ips:.0f}' if ck == 'last' else ''):>8}  {ck:<18}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}"
                 f"{_fmt(m['medium']):>7}{_fmt(m['few']):>7}"
             )
         if s1 and e1 < paper1:
