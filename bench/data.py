@@ -5,14 +5,19 @@ flip, AutoAugment CIFAR-10, Cutout 16, Normalize) from an in-memory uint8 (N, 3,
 device. "mix" adds the second (re-balanced) batch source and ``glmc_mix`` (clean + mixup + cutmix views), as a
 BCE3S training step consumes it. Throughput is **clean images per second** (B per step; the mixed step also
 delivers the 2B mixed views). The DataLoader path is tried with ``num_workers`` in {0, 1, 2} and the GPU-resident
-path with 1 and the default number of torch threads; the table shows each setting and the speed-up of the best
-GPU-resident setting over the best DataLoader setting. Rounds are interleaved and the best of the rounds is
-kept, so drift of a shared machine hits both pipelines alike.
+path with 1 and the default number of torch threads, with its default chunks (the parameters of 8192 images drawn
+at once, the images augmented in as few calls as the device allows) and with ``chunk_images=0`` (one call per
+batch, the behaviour before chunking); the table shows each setting and the speed-up of the best GPU-resident
+setting over the best DataLoader setting. Each measurement warms up on a few batches of epoch 0 and then times
+one whole epoch of ``--steps`` batches, from creating its iterator (DataLoader worker start-up, the GPU-resident
+path's first chunk) to its last batch. Rounds are interleaved and the best of the rounds is kept, so drift of a
+shared machine hits both pipelines alike.
 
 Usage::
 
     python bench/data.py                        # CPU (and CUDA when available), random CIFAR-size data
     python bench/data.py --quick                # fewer steps and rounds (smoke test)
+    python bench/data.py --quick --batch 64     # the BCE3S recipe's batch
     python bench/data.py --data ../shared/data/cifar10-jpeg   # the extracted CIFAR-10 JPEG tree (train/)
 """
 
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bce3s.data.gpu_pipeline import STREAM_MIX, step_generator
+from bce3s.data.gpu_pipeline import DEFAULT_CHUNK_IMAGES, STREAM_MIX, step_generator
 from bce3s.data.imageset import ImageSet
 from bce3s.data.loader import make_batch_source
 from bce3s.data.mixing import glmc_mix
@@ -65,10 +70,10 @@ def measure(
     batch: int,
     steps: int,
     warmup: int,
+    chunk_images: int | None = None,
 ) -> float:
-    """Clean images per second over ``steps`` batches after ``warmup`` batches."""
+    """Clean images per second over one epoch of ``steps`` batches, after ``warmup`` batches of another epoch."""
     torch.set_num_threads(threads)
-    n = (steps + warmup) * batch
     kwargs = {
         "train": True,
         "preset": "cifar",
@@ -76,25 +81,32 @@ def measure(
         "device": device,
         "pipeline": pipeline,
         "num_workers": workers,
-        "num_samples": n,
+        "num_samples": steps * batch,
+        "chunk_images": chunk_images,
     }
     main = make_batch_source(split, seed=0, **kwargs)
     second = make_batch_source(split, seed=1, sampler="power", rho=0.0, **kwargs) if mix else None
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    it = zip(main, second) if second is not None else ((b, None) for b in main)
-    count = 0
-    start = 0.0
-    for step, ((x, y), other) in enumerate(it):
-        if other is not None:
-            out = glmc_mix(
-                x, y, other[0], other[1], num_classes=10, generator=step_generator(0, 0, step, stream=STREAM_MIX)
-            )
-            x = out.images
-        if step == warmup - 1:
-            sync()
-            start = time.perf_counter()
-        elif step >= warmup:
+
+    def epoch(index: int, limit: int) -> int:
+        for source in (main, second):
+            if source is not None:
+                source.set_epoch(index)
+        it = zip(main, second) if second is not None else ((b, None) for b in main)
+        count = 0
+        for step, ((x, y), other) in enumerate(it):
+            if step == limit:
+                break
+            if other is not None:
+                gen = step_generator(0, index, step, stream=STREAM_MIX)
+                x = glmc_mix(x, y, other[0], other[1], num_classes=10, generator=gen).images
             count += len(y)
+        return count
+
+    epoch(0, warmup)  # builds the lookup tables and warms the allocator
+    sync()
+    start = time.perf_counter()
+    count = epoch(1, steps)  # the whole epoch: worker start-up, every chunk of the GPU-resident path
     sync()
     return count / (time.perf_counter() - start)
 
@@ -108,6 +120,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--chunk-images",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_CHUNK_IMAGES, 0],
+        help="GPU-resident chunk sizes to try (0 = one call per batch)",
+    )
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     ap.add_argument("--quick", action="store_true", help="few steps, one round (smoke test)")
     ap.add_argument("--out", default="bench/results/data.json")
@@ -124,12 +143,12 @@ def main() -> None:
         for mix in (False, True):
             # the DataLoader path runs its per-image transforms with one torch thread per process (more threads
             # only add contention on tiny tensors; DataLoader workers use one thread anyway)
-            configs += [(dev, mix, "loader", w, 1) for w in args.workers]
-            configs += [(dev, mix, "gpu", 0, t) for t in threads_options]
+            configs += [(dev, mix, "loader", w, 1, None) for w in args.workers]
+            configs += [(dev, mix, "gpu", 0, t, c) for t in threads_options for c in args.chunk_images]
     best: dict[tuple, float] = {}
     for r in range(args.rounds):
         for cfg in configs:
-            dev, mix, pipeline, workers, threads = cfg
+            dev, mix, pipeline, workers, threads, chunk = cfg
             ips = measure(
                 split,
                 device=torch.device(dev),
@@ -140,10 +159,12 @@ def main() -> None:
                 batch=args.batch,
                 steps=args.steps,
                 warmup=args.warmup,
+                chunk_images=chunk,
             )
             best[cfg] = max(best.get(cfg, 0.0), ips)
             print(
-                f"round {r}: {dev:4s} mix={mix!s:5s} {pipeline:6s} workers={workers} threads={threads}: "
+                f"round {r}: {dev:4s} mix={mix!s:5s} {pipeline:6s} workers={workers} threads={threads} "
+                f"chunk_images={chunk}: "
                 f"{ips:9.0f} img/s",
                 flush=True,
             )
@@ -156,12 +177,13 @@ def main() -> None:
     ]
     for dev in devices:
         for mix in (False, True):
-            loader_best = max(v for (d, m, p, _w, _t), v in best.items() if d == dev and m == mix and p == "loader")
-            gpu_best = max(v for (d, m, p, _w, _t), v in best.items() if d == dev and m == mix and p == "gpu")
-            for (d, m, p, w, t), v in best.items():
+            loader_best = max(v for (d, m, p, *_), v in best.items() if d == dev and m == mix and p == "loader")
+            gpu_best = max(v for (d, m, p, *_), v in best.items() if d == dev and m == mix and p == "gpu")
+            for (d, m, p, w, t, c), v in best.items():
                 if d != dev or m != mix:
                     continue
-                setting = f"num_workers={w}" if p == "loader" else f"torch threads={t}"
+                chunking = "per batch" if c == 0 else f"chunks of {c}"
+                setting = f"num_workers={w}" if p == "loader" else f"torch threads={t}, {chunking}"
                 name = "DataLoader + v2" if p == "loader" else "GPU-resident"
                 rows.append(
                     {
@@ -170,6 +192,7 @@ def main() -> None:
                         "pipeline": p,
                         "num_workers": w,
                         "threads": t,
+                        "chunk_images": c,
                         "images_per_s": round(v, 1),
                         "speedup_vs_best_loader": round(v / loader_best, 2),
                     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -10,8 +11,17 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from bce3s.data import gpu_autoaugment as ga
-from bce3s.data.gpu_pipeline import BatchAugment, eval_shard, num_batches, step_generator, step_seed
-from bce3s.data.transforms import build_transform, cutout_box
+from bce3s.data.gpu_pipeline import (
+    BatchAugment,
+    GpuBatchSource,
+    block_images,
+    eval_shard,
+    num_batches,
+    slice_params,
+    step_generator,
+    step_seed,
+)
+from bce3s.data.transforms import build_transform, cutout_box, preset_stats
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,11 +118,23 @@ def _crop_probe() -> torch.Tensor:
     return torch.stack([rows + 1, cols + 1, torch.full_like(rows, 255)]).to(torch.uint8)[None]
 
 
-def test_crop_offsets_uniform_and_flip_rate() -> None:
+def _to_uint8(x: torch.Tensor, preset: str = "cifar") -> torch.Tensor:
+    """Undo Normalize and ToDtype: the uint8 image behind a normalized float batch."""
+    mean, std = preset_stats(preset, x.shape[1])
+    m, sd = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return (x * sd + m).mul(255).round().to(torch.uint8)
+
+
+def test_crop_offsets_uniform_and_flip_rate_through_chunks() -> None:
+    """Crop offsets and flips as a chunked source draws them: 6 chunks of 10 batches, 3 blocks per chunk."""
     aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=0)
     n = 6000
     x = _crop_probe().expand(n, -1, -1, -1).contiguous()
-    out = aug._crop_flip(x, torch.Generator().manual_seed(0))
+    src = GpuBatchSource(x, torch.zeros(n, dtype=torch.int64), augment=aug, batch_size=100, device=torch.device("cpu"),
+                         train=True, chunk_images=1000)
+    src.block_batches = 4  # blocks of 4, 4 and 2 batches inside each chunk
+    assert src.chunk_batches == 10
+    out = _to_uint8(torch.cat([b for b, _ in src]))
     # output pixel (16, 16) always comes from inside the image: row = oy + 12, col = ox + 12 (+ flip)
     oy = out[:, 0, 16, 16].long() - 1 - 12
     flipped = out[:, 1, 16, 17] < out[:, 1, 16, 16]
@@ -123,10 +145,12 @@ def test_crop_offsets_uniform_and_flip_rate() -> None:
         assert offs.min() == 0 and offs.max() == 8
         freq = torch.bincount(offs, minlength=9).double() / n
         assert (freq - 1 / 9).abs().max() < 4 * math.sqrt((1 / 9) * (8 / 9) / n)
+        chunks = offs.view(6, 1000)
+        assert all(not torch.equal(chunks[0], chunks[c]) for c in range(1, 6))  # one generator per chunk
     # every output equals the naive per-image crop of the zero-padded probe at its offsets
-    padded = torch.nn.functional.pad(x[:50], (4, 4, 4, 4))
-    for i in range(50):
-        crop = padded[i, :, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
+    padded = torch.nn.functional.pad(x[:1], (4, 4, 4, 4))[0]
+    for i in list(range(30)) + list(range(990, 1010)):
+        crop = padded[:, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
         assert torch.equal(out[i], crop.flip(-1) if flipped[i] else crop)
     assert not BatchAugment("gray", train=True, image_size=8).flip
 
@@ -135,14 +159,17 @@ def test_cutout_boxes_follow_official_rule() -> None:
     aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=16)
     n = 3000
     x = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)
-    out = aug._cutout(x, torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)
-    cy, cx = torch.randint(32, (n,), generator=g), torch.randint(32, (n,), generator=g)
+    params = aug.sample(n, torch.Generator().manual_seed(5), 32, 32)
+    cy, cx = params["cy"], params["cx"]
+    out = aug._cutout(x, cy, cx)
     for i in range(200):
         y1, y2, x1, x2 = cutout_box(int(cy[i]), int(cx[i]), 16, 32, 32)
         expected = torch.full((3, 32, 32), 200, dtype=torch.uint8)
         expected[:, y1:y2, x1:x2] = 0
         assert torch.equal(out[i], expected)
+    for centre in (cy, cx):  # uniform over the 32 pixel positions
+        freq = torch.bincount(centre, minlength=32).double() / n
+        assert centre.max() == 31 and (freq - 1 / 32).abs().max() < 4.5 * math.sqrt((1 / 32) * (31 / 32) / n)
     # area distribution: E[side] = mean over centres of the clipped extent
     side = torch.tensor([min(c + 8, 32) - max(c - 8, 0) for c in range(32)], dtype=torch.float64).mean()
     area = (out[:, 0] == 0).sum(dim=(1, 2)).double()
@@ -159,7 +186,11 @@ def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
     reps = 20  # 640 augmented images per pipeline
     batch = x.repeat(reps, 1, 1, 1)
     aug = BatchAugment("cifar", train=True, image_size=32)
-    ours = torch.cat([aug(batch[i : i + 320], step_generator(0, 0, i)) for i in range(0, len(batch), 320)])
+    # through the chunked source: 2 chunks of 10 batches, each augmented in one call
+    src = GpuBatchSource(batch, torch.zeros(len(batch), dtype=torch.int64), augment=aug, batch_size=32,
+                         device=torch.device("cpu"), train=True, chunk_images=320)
+    assert (src.chunk_batches, src.block_batches) == (10, 10)
+    ours = torch.cat([b for b, _ in src])
     torch.manual_seed(0)
     t = build_transform("cifar", train=True, image_size=32)
     ref = torch.stack([t(img) for img in batch])
@@ -212,6 +243,88 @@ def test_eval_shard_and_num_batches() -> None:
     assert [list(s) for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert list(eval_shard(2, 2, 3)) == []
     assert num_batches(10, 4, False) == 3 and num_batches(10, 4, True) == 2
+
+
+def test_autocontrast_without_sync_equals_torchvision() -> None:
+    for c in (1, 3):
+        x = _images(12, c, 9, 7, seed=c)
+        x[2, 0] = 5  # one constant channel inside a non-constant image
+        assert torch.equal(ga.autocontrast(x), F.autocontrast(x))
+        assert torch.equal(ga.autocontrast(x[3]), F.autocontrast(x[3]))  # (C, H, W)
+    with pytest.raises(ValueError, match="uint8"):
+        ga.autocontrast(torch.zeros(1, 3, 4, 4))
+
+
+def _source(x: torch.Tensor, **kwargs) -> GpuBatchSource:
+    kwargs.setdefault("augment", BatchAugment("cifar", train=True, image_size=32))
+    kwargs.setdefault("train", True)
+    return GpuBatchSource(x, torch.arange(len(x)) % 3, device=torch.device("cpu"), **kwargs)
+
+
+def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:
+    """Chunk c = one BatchAugment call seeded (seed, epoch, c, rank); chunk_images < batch = per-batch seeding."""
+    x = _images(50, 3, 32, 32, seed=4)
+    src = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=31)  # 3 whole batches
+    src.set_epoch(3)
+    idx = src.indices()
+    assert len(idx) == 25 and len(src) == 4 and src.chunk_batches == 3
+    got = list(src)
+    assert [len(y) for _b, y in got] == [8, 8, 8, 1]
+    aug = src.augment
+    ref = torch.cat([aug(x[idx[:24]], step_generator(4, 3, 0, 1)), aug(x[idx[24:]], step_generator(4, 3, 1, 1))])
+    assert torch.equal(torch.cat([b for b, _ in got]), ref)
+    assert torch.equal(torch.cat([y for _b, y in got]), (idx % 3))
+    for chunk_images in (0, 7):  # one batch per chunk: batch k seeded with step k, as before chunking
+        per_batch = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=chunk_images)
+        per_batch.set_epoch(3)
+        assert per_batch.chunk_batches == 1
+        for k, (b, _y) in enumerate(per_batch):
+            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], step_generator(4, 3, k, 1)))
+    with pytest.raises(ValueError, match="chunk_images"):
+        _source(x, batch_size=8, chunk_images=-1)
+    with pytest.raises(ValueError, match="step"):
+        next(src.iter_from(-1))
+
+
+@pytest.mark.parametrize(("preset", "shape", "kwargs"), [("cifar", (3, 32, 32), {}), ("gray", (1, 8, 8), {}),
+                                                         ("imagenet", (3, 20, 26), {}),
+                                                         ("imagenet", (3, 20, 26), {"randaugment": True})])
+def test_pixels_do_not_depend_on_the_block_size(preset: str, shape: tuple[int, int, int], kwargs: dict) -> None:
+    """Parameters are drawn per chunk; applying them in blocks of any size (or per image) gives the same pixels."""
+    x = _images(21, *shape, seed=7)
+    size = 16 if preset == "imagenet" else shape[-1]
+    for train in (True, False):
+        aug = BatchAugment(preset, train=train, image_size=size, **kwargs)
+        outs = []
+        for block in (1, 2, 5, 100):
+            src = _source(x, augment=aug, batch_size=3, chunk_images=12, train=train)
+            src.block_batches = min(block, src.chunk_batches)
+            outs.append(torch.cat([b for b, _ in src]))
+        assert all(torch.equal(outs[0], o) for o in outs[1:]), (preset, train)
+    whole = BatchAugment(preset, train=True, image_size=size, **kwargs)
+    params = whole.sample(21, torch.Generator().manual_seed(0), *shape[1:])
+    per_image = torch.cat([whole.apply(x[i : i + 1], slice_params(params, i, i + 1)) for i in range(21)])
+    assert torch.equal(whole.apply(x, params), per_image)
+    assert torch.equal(whole(x, torch.Generator().manual_seed(0)), per_image)
+
+
+def test_source_holds_one_block_and_default_sizes() -> None:
+    src = _source(_images(16, 3, 32, 32), batch_size=4, chunk_images=8)
+    assert (src.chunk_batches, src.block_batches) == (2, 2)
+    it = iter(src)
+    first, _ = next(it)
+    block = weakref.ref(first._base)
+    del first
+    next(it)  # batch 1, same block
+    assert block() is not None
+    next(it)  # batch 2: a new block; the source no longer holds the old one
+    assert block() is None
+    # chunks of 8192 images; blocks of 2048 CIFAR-size images on the CPU, 8192 on a GPU, fewer for larger images
+    default = _source(_images(4, 3, 32, 32), batch_size=64)
+    assert (default.chunk_batches, default.block_batches) == (128, 32)
+    assert block_images(32 * 32, "cpu") == 2048 and block_images(32 * 32, "cuda") == 8192
+    assert block_images(224 * 224, "cuda") == 167 and block_images(8 * 8, "cpu") == 32768
+    assert block_images(10**9, "cuda") == 1
 
 
 @pytest.mark.gpu

@@ -73,6 +73,30 @@ def test_epochs_are_reproducible_and_resume_is_exact(pipeline: str) -> None:
     assert not torch.equal(other_x[0], full_x[0])
 
 
+@pytest.mark.parametrize(("chunk_images", "block", "drop_last"), [(12, 2, False), (12, 3, True), (0, 1, False),
+                                                                  (None, None, False)])
+def test_chunked_resume_is_bit_identical_at_every_step(chunk_images: int | None, block: int | None,
+                                                       drop_last: bool) -> None:
+    """30 images, batch 4: 8 batches (7 with drop_last) in chunks of 3 batches, blocks of 2 or 3 batches."""
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 4, "device": torch.device("cpu"), "pipeline": "gpu",
+              "seed": 5, "chunk_images": chunk_images, "drop_last": drop_last}
+    src = make_batch_source(_split(30), **kwargs)
+    if block is not None:
+        src.block_batches = block
+    src.set_epoch(2)
+    full = list(src)
+    assert len(full) == len(src) == (7 if drop_last else 8)
+    for step in range(len(full) + 1):
+        resumed = make_batch_source(_split(30), **kwargs)  # a fresh process after preemption
+        if block is not None:
+            resumed.block_batches = block
+        resumed.set_epoch(2)
+        tail = list(resumed.iter_from(step))
+        assert len(tail) == len(full) - step
+        for (x, y), (fx, fy) in zip(tail, full[step:]):
+            assert torch.equal(x, fx) and torch.equal(y, fy)
+
+
 def test_loader_output_independent_of_workers_and_global_rng() -> None:
     kwargs = {"train": True, "preset": "cifar", "batch_size": 10, "device": torch.device("cpu"), "pipeline": "loader"}
     state = torch.get_rng_state()
@@ -159,6 +183,7 @@ def test_gpu_source_on_cuda_matches_cpu() -> None:
     split = _split(40)
     cpu = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"))
     cuda = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cuda"))
+    cpu.block_batches = 1  # one batch per call on the CPU, the whole chunk on the GPU: the same pixels
     for (xc, yc), (xg, yg) in zip(cpu, cuda):
         assert xg.is_cuda and yg.is_cuda
         torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-6)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reliability_helpers import tiny, write_cfg
+from reliability_helpers import read_json, tiny, write_cfg
 
 from bce3s.cli import main
 from bce3s.config import Config, config_from_dict, dump_config
@@ -126,12 +126,14 @@ E = "bce3s: error: "
 
 @case
 def unknown_key_with_suggestion(env: Env) -> Case:
+    """A misspelt key in the YAML file (stages.0.optim.lrr)."""
     cfg = env.config("c.yaml", **{"stages.0.optim": {"lrr": 0.1}})
     return Case(env.train(cfg=cfg), f"{E}stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}")
 
 
 @case
 def unknown_key_in_set(env: Env) -> Case:
+    """A misspelt key in --set (model.nmae)."""
     return Case(
         env.train("--set", "model.nmae=x"),
         f"{E}model.nmae: unknown key; did you mean 'name'? valid keys: {MODEL_KEYS}",
@@ -140,18 +142,21 @@ def unknown_key_in_set(env: Env) -> Case:
 
 @case
 def unknown_section(env: Env) -> Case:
+    """An unknown top-level section (trainer:)."""
     cfg = env.yaml("c.yaml", "trainer:\n  epochs: 3\n")
     return Case(env.train(cfg=cfg), f"{E}trainer: unknown key; valid keys: data, model, stages, eval, log, runtime")
 
 
 @case
 def wrong_type_string_for_int(env: Env) -> Case:
+    """A string where an integer is expected (epochs: ten)."""
     cfg = env.config("c.yaml", **{"stages.0.epochs": "ten"})
     return Case(env.train(cfg=cfg), f"{E}stages.0.epochs: expected int (got 'ten' of type str)")
 
 
 @case
 def wrong_type_float_for_int(env: Env) -> Case:
+    """A float where an integer is expected (--set stages.0.batch_size=3.5)."""
     return Case(
         env.train("--set", "stages.0.batch_size=3.5"), f"{E}stages.0.batch_size: expected int (got 3.5 of type float)"
     )
@@ -159,22 +164,26 @@ def wrong_type_float_for_int(env: Env) -> Case:
 
 @case
 def wrong_type_mapping_for_list(env: Env) -> Case:
+    """A mapping where the list of stages is expected."""
     cfg = env.yaml("c.yaml", "stages: {name: s1}\n")
     return Case(env.train(cfg=cfg), f"{E}stages: expected list of mappings (got {{'name': 's1'}} of type dict)")
 
 
 @case
 def lr_zero(env: Env) -> Case:
+    """Learning rate 0."""
     return Case(env.train("--set", "stages.0.optim.lr=0"), f"{E}stages.0.optim.lr: must be > 0 (got 0.0)")
 
 
 @case
 def lr_negative(env: Env) -> Case:
+    """Negative learning rate (second stage)."""
     return Case(env.train("--set", "stages.1.optim.lr=-0.1"), f"{E}stages.1.optim.lr: must be > 0 (got -0.1)")
 
 
 @case
 def neg_class_ratio_above_one(env: Env) -> Case:
+    """Partial class ratio above 1."""
     return Case(
         env.train("--set", "stages.0.loss.params.neg_class_ratio=1.5"),
         f"{E}stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 1.5)",
@@ -183,6 +192,7 @@ def neg_class_ratio_above_one(env: Env) -> Case:
 
 @case
 def neg_class_ratio_zero(env: Env) -> Case:
+    """Partial class ratio 0."""
     return Case(
         env.train("--set", "stages.0.loss.params.neg_class_ratio=0"),
         f"{E}stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 0)",
@@ -191,6 +201,7 @@ def neg_class_ratio_zero(env: Env) -> Case:
 
 @case
 def temperature_zero(env: Env) -> Case:
+    """Contrastive temperature 0."""
     return Case(
         env.train("--set", "stages.0.loss.params.temperature=0"),
         f"{E}stages.0.loss.params.temperature: must be > 0 (got 0)",
@@ -199,16 +210,19 @@ def temperature_zero(env: Env) -> Case:
 
 @case
 def imbalance_factor_below_one(env: Env) -> Case:
+    """Imbalance factor below 1."""
     return Case(env.train("--set", "data.imbalance_factor=0.5"), f"{E}data.imbalance_factor: must be >= 1 (got 0.5)")
 
 
 @case
 def epochs_zero(env: Env) -> Case:
+    """Zero epochs."""
     return Case(env.train("--set", "stages.0.epochs=0"), f"{E}stages.0.epochs: must be >= 1 (got 0)")
 
 
 @case
 def unknown_loss(env: Env) -> Case:
+    """Unknown loss name."""
     return Case(
         env.train("--set", "stages.0.loss.name=bce4s"), f"{E}stages.0.loss.name: unknown loss 'bce4s'; valid: {LOSSES}"
     )
@@ -216,11 +230,13 @@ def unknown_loss(env: Env) -> Case:
 
 @case
 def unknown_model(env: Env) -> Case:
+    """Unknown model name."""
     return Case(env.train("--set", "model.name=resnet18"), f"{E}model.name: unknown model 'resnet18'; valid: {MODELS}")
 
 
 @case
 def unknown_dataset(env: Env) -> Case:
+    """Unknown dataset name."""
     return Case(
         env.train("--set", "data.dataset=mnist"), f"{E}data.dataset: unknown dataset 'mnist'; valid: {DATASETS}"
     )
@@ -228,6 +244,7 @@ def unknown_dataset(env: Env) -> Case:
 
 @case
 def unknown_loss_parameter(env: Env) -> Case:
+    """A misspelt loss parameter (temprature)."""
     return Case(
         env.train("--set", "stages.0.loss.params.temprature=0.5"),
         f"{E}stages.0.loss.params.temprature: unknown parameter of loss 'bce3s'; did you mean 'temperature'? "
@@ -237,6 +254,7 @@ def unknown_loss_parameter(env: Env) -> Case:
 
 @case
 def invalid_loss_parameter_value(env: Env) -> Case:
+    """A loss parameter the loss itself rejects (logit_clip=-1)."""
     return Case(
         env.train("--set", "stages.0.loss.params.logit_clip=-1"),
         f"{E}stages.0.loss: Bce3sLoss: logit_clip must be a finite number > 0 (got -1)",
@@ -245,11 +263,13 @@ def invalid_loss_parameter_value(env: Env) -> Case:
 
 @case
 def duplicate_stage_name(env: Env) -> Case:
+    """Two stages with the same name."""
     return Case(env.train("--set", "stages.1.name=stage1"), f"{E}stages.1.name: duplicate stage name 'stage1'")
 
 
 @case
 def warmup_not_below_epochs(env: Env) -> Case:
+    """Warm-up as long as the stage."""
     return Case(
         env.train("--set", "stages.0.optim.warmup_epochs=2"),
         f"{E}stages.0.optim.warmup_epochs: must be < epochs (2) (got 2)",
@@ -258,6 +278,7 @@ def warmup_not_below_epochs(env: Env) -> Case:
 
 @case
 def unknown_nan_policy(env: Env) -> Case:
+    """Unknown runtime.nan_policy."""
     return Case(
         env.train("--set", "runtime.nan_policy=ignore"),
         f"{E}runtime.nan_policy: unknown nan_policy 'ignore'; valid: stop, skip",
@@ -266,11 +287,13 @@ def unknown_nan_policy(env: Env) -> Case:
 
 @case
 def unknown_device(env: Env) -> Case:
+    """Unknown device name."""
     return Case(env.train("--device", "tpu"), f"{E}runtime.device: must be auto, cpu, cuda or cuda:N (got 'tpu')")
 
 
 @case
 def malformed_set(env: Env) -> Case:
+    """--set without '='."""
     return Case(
         env.train("--set", "stages.0.epochs"),
         f"{E}malformed override 'stages.0.epochs': expected the form --set section.key=value "
@@ -280,11 +303,13 @@ def malformed_set(env: Env) -> Case:
 
 @case
 def set_index_out_of_range(env: Env) -> Case:
+    """--set of a stage that does not exist."""
     return Case(env.train("--set", "stages.5.epochs=1"), f"{E}stages.5: index 5 out of range (valid: 0..1)")
 
 
 @case
 def missing_config_file(env: Env) -> Case:
+    """The config file does not exist."""
     path = env.tmp / "nope.yaml"
     return Case(
         env.train(cfg=str(path)),
@@ -294,18 +319,21 @@ def missing_config_file(env: Env) -> Case:
 
 @case
 def yaml_syntax_error(env: Env) -> Case:
+    """A YAML syntax error (bad indentation on line 3)."""
     cfg = env.yaml("c.yaml", "data:\n  dataset: digits_lt\n   root: x\n")
     return Case(env.train(cfg=cfg), f"{E}{cfg}: line 3 is not valid YAML (mapping values are not allowed here)")
 
 
 @case
 def yaml_top_level_not_a_mapping(env: Env) -> Case:
+    """A YAML file whose top level is a list."""
     cfg = env.yaml("c.yaml", "- data\n- model\n")
     return Case(env.train(cfg=cfg), f"{E}{cfg}: the top level must be a mapping of sections (data, model, stages, ...)")
 
 
 @case
 def train_without_config(env: Env) -> Case:
+    """train with neither CONFIG nor --resume."""
     return Case(
         ["train", "--out", str(env.out)],
         f"{E}train needs a CONFIG file (e.g. configs/digits_lt/bce3s.yaml), or --resume --out RUN_DIR",
@@ -314,6 +342,7 @@ def train_without_config(env: Env) -> Case:
 
 @case
 def seed_not_an_integer(env: Env) -> Case:
+    """--seed x."""
     return Case(
         env.train("--seed", "x"), "bce3s train: error: argument --seed: invalid int value: 'x' (see bce3s train --help)"
     )
@@ -321,6 +350,7 @@ def seed_not_an_integer(env: Env) -> Case:
 
 @case
 def cuda_without_cuda(env: Env) -> Case:
+    """--device cuda on a machine without CUDA."""
     env.mp.setattr(torch.cuda, "is_available", lambda: False)
     return Case(
         env.train("--device", "cuda"),
@@ -330,6 +360,7 @@ def cuda_without_cuda(env: Env) -> Case:
 
 @case
 def world_size_does_not_divide_batch(env: Env) -> Case:
+    """torchrun with 3 processes (WORLD_SIZE=3) and batch size 32."""
     # what torchrun --nproc_per_node=3 sets; the check must come before the process group is joined
     for key, value in (("WORLD_SIZE", "3"), ("RANK", "0"), ("LOCAL_RANK", "0")):
         env.mp.setenv(key, value)
@@ -345,6 +376,7 @@ def world_size_does_not_divide_batch(env: Env) -> Case:
 
 @case
 def out_under_a_regular_file(env: Env) -> Case:
+    """An output directory that cannot be created (its parent is a regular file)."""
     blocker = env.tmp / "a_file"
     blocker.write_text("x")
     env.out = blocker / "run"
@@ -353,6 +385,7 @@ def out_under_a_regular_file(env: Env) -> Case:
 
 @case
 def out_holds_a_different_run(env: Env) -> Case:
+    """--out holds a run of another config (no --overwrite)."""
     env.fake_run(env.out, **{"stages.0.optim.lr": 0.1})
     return Case(
         env.train(),
@@ -364,11 +397,36 @@ def out_holds_a_different_run(env: Env) -> Case:
 
 @case
 def out_holds_this_configs_run(env: Env) -> Case:
+    """--out holds an unfinished run of the same config (no --resume/--overwrite)."""
     env.fake_run(env.out)
     return Case(
         env.train(),
         f"{E}{env.out} already holds a run of this config; continue it with --resume (or --auto-resume), pass "
         "--overwrite to replace it, or choose another --out",
+        creates_out=True,
+    )
+
+
+@case
+def auto_resume_of_a_finished_run(env: Env) -> Case:
+    """--auto-resume (a scheduler re-running the command) into a finished run of the same config."""
+    env.fake_run(env.out, status="finished")
+    return Case(
+        env.train("--auto-resume"),
+        f"{E}{env.out} already holds a finished run of this config (see its final.json); pass --overwrite to train "
+        "it again, or choose another --out",
+        creates_out=True,
+    )
+
+
+@case
+def auto_resume_of_another_configs_run(env: Env) -> Case:
+    """--auto-resume into an unfinished run of another config that has no checkpoint yet."""
+    env.fake_run(env.out, status="running", **{"runtime.seed": 5})
+    return Case(
+        env.train("--auto-resume"),
+        f"{E}{env.out} already holds a different run (runtime.seed: 5 != 3); pass --overwrite to replace it or "
+        "choose another --out",
         creates_out=True,
     )
 
@@ -379,6 +437,7 @@ def out_holds_this_configs_run(env: Env) -> Case:
 
 @case
 def missing_data_root(env: Env) -> Case:
+    """data.root points nowhere (Fashion-MNIST)."""
     root = env.tmp / "nowhere"
     return Case(
         env.train("--set", "data.dataset=fashion_mnist_lt", "--set", f"data.root={root}"),
@@ -390,6 +449,7 @@ def missing_data_root(env: Env) -> Case:
 
 @case
 def imbalance_factor_empties_a_class(env: Env) -> Case:
+    """An imbalance factor that leaves a class with no image (Digits-LT, IF 1000)."""
     return Case(
         env.train("--set", "data.imbalance_factor=1000"),
         f"{E}imbalance factor 1000 empties class 7 (n_max 134, profile exp): use an imbalance factor <= 134",
@@ -398,6 +458,7 @@ def imbalance_factor_empties_a_class(env: Env) -> Case:
 
 @case
 def batch_larger_than_dataset(env: Env) -> Case:
+    """A batch larger than the training set."""
     return Case(
         env.train("--set", "stages.0.batch_size=5000"),
         f"{E}stages.0.batch_size: 5000 is larger than the training set (544 images); lower it",
@@ -406,6 +467,7 @@ def batch_larger_than_dataset(env: Env) -> Case:
 
 @case
 def validation_larger_than_class(env: Env) -> Case:
+    """A validation size larger than a class."""
     return Case(
         env.train("--set", "data.val_per_class=500"),
         f"{E}class 0 has 148 training images; carving 500 for validation would leave none: lower data.val_per_class",
@@ -414,6 +476,7 @@ def validation_larger_than_class(env: Env) -> Case:
 
 @case
 def split_file_malformed_line(env: Env) -> Case:
+    """A split file with a non-integer label on line 3."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000001/0.JPEG 1", "train/n00000002/0.JPEG two"]
     root = env.inet_root(lines={"train": train})
     return Case(
@@ -425,6 +488,7 @@ def split_file_malformed_line(env: Env) -> Case:
 
 @case
 def split_file_negative_label(env: Env) -> Case:
+    """A split file with a negative label."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000001/0.JPEG -1"]
     root = env.inet_root(lines={"train": train})
     return Case(
@@ -435,6 +499,7 @@ def split_file_negative_label(env: Env) -> Case:
 
 @case
 def split_file_label_out_of_range(env: Env) -> Case:
+    """A test list with a label the train list does not define."""
     test = ["test/n00000000/0.JPEG 0", "test/n00000001/0.JPEG 1", "test/n00000002/0.JPEG 7"]
     root = env.inet_root(lines={"test": test})
     return Case(
@@ -445,6 +510,7 @@ def split_file_label_out_of_range(env: Env) -> Case:
 
 @case
 def split_file_class_without_training_image(env: Env) -> Case:
+    """A train list without any image of class 1."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000002/0.JPEG 2"]
     root = env.inet_root(lines={"train": train})
     return Case(
@@ -456,6 +522,7 @@ def split_file_class_without_training_image(env: Env) -> Case:
 
 @case
 def split_file_missing(env: Env) -> Case:
+    """The test list is missing."""
     root = env.inet_root()
     (root / "ImageNet_LT_test.txt").unlink()
     return Case(
@@ -468,6 +535,7 @@ def split_file_missing(env: Env) -> Case:
 
 @case
 def split_file_image_missing(env: Env) -> Case:
+    """A listed image does not exist."""
     train = ["train/n00000000/99.JPEG 0", "train/n00000001/0.JPEG 1", "train/n00000002/0.JPEG 2"]
     root = env.inet_root(lines={"train": train})
     return Case(
@@ -479,6 +547,7 @@ def split_file_image_missing(env: Env) -> Case:
 
 @case
 def image_fails_to_decode(env: Env) -> Case:
+    """A listed image is not an image (found when first read)."""
     root = env.inet_root(corrupt="val/n00000001/1.JPEG")
     bad = root / "val/n00000001/1.JPEG"
     return Case(
@@ -490,6 +559,7 @@ def image_fails_to_decode(env: Env) -> Case:
 
 @case
 def image_fails_to_decode_in_a_loader_worker(env: Env) -> Case:
+    """The same, read in a DataLoader worker (runtime.num_workers=1)."""
     root = env.inet_root(corrupt="val/n00000001/1.JPEG")
     bad = root / "val/n00000001/1.JPEG"
     return Case(
@@ -505,6 +575,7 @@ def image_fails_to_decode_in_a_loader_worker(env: Env) -> Case:
 
 @case
 def resume_with_a_different_config(env: Env) -> Case:
+    """--resume with a config that differs from the run's."""
     env.fake_run(env.out)
     cfg = env.config("other.yaml", **{"stages.0.optim.lr": 0.1, "runtime.seed": 4})
     return Case(
@@ -517,6 +588,7 @@ def resume_with_a_different_config(env: Env) -> Case:
 
 @case
 def resume_with_a_different_set(env: Env) -> Case:
+    """--resume with a --set that changes the run's config."""
     env.fake_run(env.out)
     return Case(
         ["train", "--resume", "--out", str(env.out), "--set", "stages.1.epochs=5"],
@@ -528,6 +600,7 @@ def resume_with_a_different_set(env: Env) -> Case:
 
 @case
 def resume_without_checkpoint(env: Env) -> Case:
+    """--resume of a run that stopped before its first checkpoint."""
     env.fake_run(env.out)
     ck = env.out / "checkpoints" / "last.pt"
     return Case(
@@ -540,6 +613,7 @@ def resume_without_checkpoint(env: Env) -> Case:
 
 @case
 def resume_truncated_checkpoint(env: Env) -> Case:
+    """--resume of a run whose last.pt was truncated."""
     rd = env.fake_run(env.out)
     save_checkpoint(rd.checkpoint("last"), {"model": {"w": torch.zeros(1000)}, "stage_index": 0})
     data = rd.checkpoint("last").read_bytes()
@@ -555,7 +629,21 @@ def resume_truncated_checkpoint(env: Env) -> Case:
 
 
 @case
+def resume_checkpoint_with_other_class_count(env: Env) -> Case:
+    """--resume of a run whose last.pt was trained with another number of classes."""
+    rd = env.fake_run(env.out)
+    state = {"kind": "resume", "stage_index": 0, "epoch": 1, "step": 0, "num_classes": 5}
+    save_checkpoint(rd.checkpoint("last"), state)
+    return Case(
+        ["train", "--resume", "--out", str(env.out)],
+        f"{E}{rd.checkpoint('last')} was trained with 5 classes but the data has 10; resume it with its own data",
+        creates_out=True,
+    )
+
+
+@case
 def resume_not_a_run(env: Env) -> Case:
+    """--resume of a directory that is not a run."""
     env.out.mkdir()
     return Case(
         ["train", "--resume", "--out", str(env.out)],
@@ -566,11 +654,13 @@ def resume_not_a_run(env: Env) -> Case:
 
 @case
 def resume_missing_directory(env: Env) -> Case:
+    """--resume of a directory that does not exist."""
     return Case(["train", "--resume", "--out", str(env.out)], f"{E}run directory not found: {env.out}")
 
 
 @case
 def resume_without_out(env: Env) -> Case:
+    """--resume without --out."""
     return Case(["train", env.cfg, "--resume"], f"{E}--resume needs --out RUN_DIR (the run to continue)")
 
 
@@ -580,6 +670,7 @@ def resume_without_out(env: Env) -> Case:
 
 @case
 def eval_not_a_run(env: Env) -> Case:
+    """eval of a directory that is not a run."""
     return Case(
         ["eval", str(env.tmp)],
         f"{E}{env.tmp} is not a bce3s run directory (no config.yaml/run.json); give a directory made by 'bce3s train'",
@@ -588,11 +679,13 @@ def eval_not_a_run(env: Env) -> Case:
 
 @case
 def eval_missing_directory(env: Env) -> Case:
+    """eval of a directory that does not exist."""
     return Case(["eval", str(env.out)], f"{E}run directory not found: {env.out}")
 
 
 @case
 def eval_damaged_config(env: Env) -> Case:
+    """eval of a run whose config.yaml is damaged."""
     rd = env.fake_run(env.out)
     rd.config.write_text("data: [unclosed\n")
     return Case(
@@ -604,6 +697,7 @@ def eval_damaged_config(env: Env) -> Case:
 
 @case
 def eval_missing_checkpoint(env: Env) -> Case:
+    """eval of a checkpoint the run does not have."""
     rd = env.fake_run(env.out)
     return Case(
         ["eval", str(env.out), "--checkpoint", "best_val"],
@@ -614,6 +708,7 @@ def eval_missing_checkpoint(env: Env) -> Case:
 
 @case
 def eval_checkpoint_with_other_class_count(env: Env) -> Case:
+    """eval of a checkpoint trained with another number of classes."""
     rd = env.fake_run(env.out)
     model = build_model("small_cnn", num_classes=5, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict(), "num_classes": 5})
@@ -627,6 +722,7 @@ def eval_checkpoint_with_other_class_count(env: Env) -> Case:
 
 @case
 def eval_checkpoint_of_another_model(env: Env) -> Case:
+    """eval of a checkpoint of another model (no class count recorded)."""
     rd = env.fake_run(env.out)
     model = build_model("small_cnn", num_classes=5, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict()})  # no class count recorded
@@ -641,6 +737,7 @@ def eval_checkpoint_of_another_model(env: Env) -> Case:
 
 @case
 def eval_truncated_checkpoint(env: Env) -> Case:
+    """eval of a corrupt checkpoint."""
     rd = env.fake_run(env.out)
     rd.checkpoints.mkdir()
     rd.checkpoint("last").write_bytes(b"PK\x03\x04 half a zip")
@@ -655,6 +752,7 @@ def eval_truncated_checkpoint(env: Env) -> Case:
 
 @case
 def eval_val_split_of_a_run_without_one(env: Env) -> Case:
+    """eval --split val of a run without a validation split."""
     rd = env.fake_run(env.out, **{"data.val_per_class": 0})
     model = build_model("small_cnn", num_classes=10, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict(), "num_classes": 10})
@@ -667,6 +765,7 @@ def eval_val_split_of_a_run_without_one(env: Env) -> Case:
 
 @case
 def eval_unknown_split(env: Env) -> Case:
+    """eval --split train."""
     return Case(
         ["eval", str(env.out), "--split", "train"],
         "bce3s eval: error: argument --split: invalid choice: 'train' (choose from 'test', 'val') "
@@ -694,6 +793,9 @@ def test_bad_input_gives_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch
     assert "Traceback" not in err
     assert err == c.message + "\n"
     assert rc == 2
+    run_json = env.out / "run.json"
+    if run_json.is_file() and out_existed:  # a refused command does not touch the run it was pointed at
+        assert read_json(run_json).get("resumed_from") == [], "a refused resume must not be recorded"
     if not c.creates_out:
         assert not env.out.exists(), "a rejected run must not create its output directory"
     elif not out_existed:

@@ -17,7 +17,7 @@ from bce3s.data.imbalance import class_counts
 from bce3s.errors import DataError
 from bce3s.losses import LOSSES, build_loss
 
-PROPS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 Targets = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]

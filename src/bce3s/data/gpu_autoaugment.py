@@ -7,8 +7,9 @@ batch is transformed slot after slot, images independently of each other:
 
 - :class:`BatchedOps` (the fast path) needs one call per op *family* present in a slot: geometric ops become a
   gather through per-variant source-pixel maps, pointwise ops a per-variant lookup table, colour and sharpness a
-  per-variant two-input lookup table; contrast, equalize and autocontrast run torchvision's kernel on the
-  sub-batch of each variant. Every table is built from torchvision's own kernels or op sequences, so the output
+  per-variant two-input lookup table; contrast, equalize and autocontrast run torchvision's kernel (for
+  autocontrast, :func:`autocontrast`: the same ops without a host synchronisation) on the sub-batch of each
+  variant. Every table is built from torchvision's own kernels or op sequences, so the output
   equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and ``fill=None``, i.e. 0) image
   by image, bit for bit, on every device (the tests check every variant).
 - :func:`apply_op_slots` (the reference) calls :func:`apply_op` once per variant present.
@@ -30,9 +31,10 @@ __all__ = [
     "CIFAR10_POLICY",
     "RANDAUGMENT_OPS",
     "OpTable",
-    "apply_op",
     "BatchedOps",
+    "apply_op",
     "apply_op_slots",
+    "autocontrast",
     "autoaugment_table",
     "op_magnitude",
     "randaugment_table",
@@ -172,6 +174,35 @@ def apply_op(images: Tensor, name: str, magnitude: float) -> Tensor:
     if name == "Invert":
         return F.invert(images)
     raise ValueError(f"unknown augmentation op {name!r}")
+
+
+def autocontrast(images: Tensor) -> Tensor:
+    """torchvision v2's ``autocontrast`` for uint8 images without its host synchronisation.
+
+    ``torchvision.transforms.v2.functional.autocontrast_image`` resets constant channels with boolean-mask
+    assignments (``minimum[eq] = 0``), which on CUDA waits for the device (``nonzero``). Here the same values are
+    selected with ``torch.where``; every other op is the same aten op in the same order, so the result is
+    bit-identical (the tests compare it with torchvision).
+
+    Args:
+        images: uint8 (..., C, H, W), C in {1, 3}.
+
+    Returns:
+        uint8, same shape.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"autocontrast expects uint8 images, got {images.dtype}")
+    if images.numel() == 0:
+        return images
+    bound = 255
+    float_image = images.to(torch.float32)
+    minimum = float_image.amin(dim=(-2, -1), keepdim=True)
+    maximum = float_image.amax(dim=(-2, -1), keepdim=True)
+    constant = maximum == minimum
+    inv_scale = maximum.sub_(minimum).mul_(1.0 / bound)
+    minimum = torch.where(constant, 0.0, minimum)
+    inv_scale = torch.where(constant, 1.0, inv_scale)
+    return float_image.sub_(minimum).div_(inv_scale).clamp_(0, bound).to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -400,7 +431,8 @@ class BatchedOps:
     - colour (saturation) and sharpness: the blend of a pixel with its grey value / 3x3-blurred value is a
       function of two uint8 values, tabulated per variant (256 x 256) with torchvision's op sequence; the grey
       and blurred images are computed batched with torchvision's formulas;
-    - contrast, equalize, autocontrast (per-image statistics): torchvision kernels on the sub-batch per variant.
+    - contrast, equalize, autocontrast (per-image statistics): torchvision kernels on the sub-batch per variant
+      (autocontrast through :func:`autocontrast`, the same ops without torchvision's host synchronisation).
 
     Lookups run on ``device``, so the output is the same on every device.
 
@@ -477,7 +509,8 @@ class BatchedOps:
             rows_dev = rows.to(self.device, non_blocking=True)
             vs = v[rows]
             sub = _take_rows(out, rows_dev)
-            out = out.clone()
+            if out is images:
+                out = images.clone(memory_format=torch.contiguous_format)  # later slots write in place
             start = 0
             for fam, count in enumerate(per_family):
                 if count == 0:
@@ -498,7 +531,9 @@ class BatchedOps:
         for vid, count in enumerate(counts):
             if count:
                 name, magnitude = self.table.variants[vid]
-                pieces.append(apply_op(part[start : start + count], name, magnitude))
+                sub = part[start : start + count]
+                # the same result as torchvision's kernel, without its device synchronisation
+                pieces.append(autocontrast(sub) if name == "AutoContrast" else apply_op(sub, name, magnitude))
                 start += count
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 

@@ -1,8 +1,12 @@
 """GPU-resident batches (airbench style): the uint8 split lives on the device, batches are augmented batched.
 
-The whole uint8 image tensor (N, C, H, W) of an in-memory split is moved to the device once. Each step takes its
-slice of the epoch's index list (from :func:`bce3s.data.samplers.epoch_indices`), gathers the batch on the
-device and applies the preset (:mod:`bce3s.data.transforms`) to the whole batch with per-image random parameters:
+The whole uint8 image tensor (N, C, H, W) of an in-memory split is moved to the device once. The epoch's index
+list (from :func:`bce3s.data.samplers.epoch_indices`) is cut into chunks of consecutive batches (8192 images by
+default); the per-image random parameters of a chunk are drawn at once (:meth:`BatchAugment.sample`), the images
+are gathered on the device and the preset (:mod:`bce3s.data.transforms`) is applied to many batches in one call
+(:meth:`BatchAugment.apply`; the whole chunk for CIFAR-size images on a GPU, see :func:`block_images`), and the
+batches are yielded as slices. One call for many batches saves the per-call host work (Python, kernel launches),
+which dominated on the GPU for CIFAR-size batches. The transform:
 
 - random crop with zero padding and horizontal flip in one gather (per-image offsets and flip bits);
 - AutoAugment CIFAR-10 / RandAugment through :class:`bce3s.data.gpu_autoaugment.BatchedOps` (one call per op
@@ -10,12 +14,16 @@ device and applies the preset (:mod:`bce3s.data.transforms`) to the whole batch 
 - ``RandomResizedCrop`` + ``ColorJitter`` for the ``imagenet`` preset (bilinear ``grid_sample`` without
   antialiasing; colour ops per image with torchvision's blend formulas, random order per image);
 - Cutout (official box rule; zeroed in uint8, which equals zeroing after ``ToDtype``), then
-  ``ToDtype(float32, scale=True)`` and ``Normalize`` (torchvision kernels, batched).
+  ``ToDtype(float32, scale=True)`` and ``Normalize`` (torchvision's kernel ops, batched).
 
-All random parameters of a step are drawn on the CPU from a generator seeded by ``(seed, epoch, step, rank)``
-(:func:`step_generator`), then moved to the device: the batches are identical on every device and resuming at
-any step (:meth:`GpuBatchSource.iter_from`) reproduces the uninterrupted run exactly. On a CPU-only machine this
-is also the fast path: no worker processes, no per-image Python work.
+All random parameters of a chunk are drawn on the CPU from a generator seeded by ``(seed, epoch, chunk, rank)``
+(:func:`step_generator` with the chunk index as ``step``), then moved to the device without waiting for it. No
+draw depends on pixel values and every image is transformed independently of the others, so the batches are
+identical on every device and for any number of batches per call, and resuming at any step
+(:meth:`GpuBatchSource.iter_from` draws the step's chunk again and starts at the step's slice) reproduces the
+uninterrupted run exactly. The hot path is written without host synchronisations (no boolean-mask indexing of
+device tensors, no blocking host-to-device copies). On a CPU-only machine this is also the fast path: no worker
+processes, no per-image Python work.
 """
 
 from __future__ import annotations
@@ -41,13 +49,16 @@ from bce3s.data.samplers import epoch_indices
 from bce3s.data.transforms import PRESETS, default_flip, eval_resize_size, preset_stats
 
 __all__ = [
+    "DEFAULT_CHUNK_IMAGES",
     "STREAM_AUGMENT",
     "STREAM_MIX",
     "STREAM_SAMPLE",
     "BatchAugment",
     "GpuBatchSource",
+    "block_images",
     "eval_shard",
     "num_batches",
+    "slice_params",
     "step_generator",
     "step_seed",
 ]
@@ -57,9 +68,16 @@ STREAM_AUGMENT = 0
 STREAM_SAMPLE = 1
 STREAM_MIX = 2
 
+# Images whose random parameters are drawn from one generator, by default (GpuBatchSource's chunk_images).
+DEFAULT_CHUNK_IMAGES = 8192
+
 
 def step_seed(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> int:
-    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing."""
+    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing.
+
+    ``GpuBatchSource`` passes its chunk index as ``step`` (stream ``STREAM_AUGMENT``); other consumers (e.g.
+    ``glmc_mix`` with ``STREAM_MIX``) pass the training step.
+    """
     words = [int(v) for v in (seed, epoch, step, rank, stream)]
     if min(words) < 0:
         raise ValueError(f"seed, epoch, step, rank and stream must be >= 0 (got {words})")
@@ -129,6 +147,7 @@ class BatchAugment:
         self._aa = autoaugment_table(image_size, image_size) if self.autoaugment else None
         self._ra = randaugment_table(image_size, image_size) if self.randaugment else None
         self._ops: dict[tuple[str, int, int, int, str], BatchedOps] = {}
+        self._norm: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -137,7 +156,7 @@ class BatchAugment:
         )
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment a batch.
+        """Augment a batch: ``apply(images, sample(B, generator, H, W))`` in training, the eval transform otherwise.
 
         Args:
             images: uint8 (B, C, H, W) on any device.
@@ -146,20 +165,93 @@ class BatchAugment:
         Returns:
             float32 (B, C, image_size, image_size), normalized, on ``images.device``.
         """
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        _check_images(images)
+        if not self.train:
+            return self.apply(images, {})
+        if generator is None:
+            raise ValueError("a CPU torch.Generator is required for training augmentation")
+        return self.apply(images, self.sample(images.shape[0], generator, images.shape[2], images.shape[3]))
+
+    def sample(self, n: int, generator: torch.Generator, height: int, width: int) -> dict[str, Tensor]:
+        """Draw the random parameters of ``n`` images of size (height, width), in a fixed order, on the CPU.
+
+        No draw depends on pixel values, so the parameters of a chunk can be drawn at once and applied to any
+        split of it (:func:`slice_params`) with the same result as one :meth:`apply` call.
+
+        Args:
+            n: number of images.
+            generator: CPU generator.
+            height, width: input image size.
+
+        Returns:
+            name -> CPU tensor with ``n`` rows: ``oy``, ``ox``, ``flip``, ``aa``, ``cy``, ``cx`` (``cifar`` /
+            ``gray``; AutoAugment and Cutout when enabled) or ``top``, ``left``, ``bh``, ``bw``, ``flip``, then
+            ``ra`` or ``factors`` and ``order`` (``imagenet``). Empty for an eval transform.
+        """
+        if not self.train:
+            return {}
+        g = generator
+        if self.preset == "imagenet":
+            params = self._sample_resized_crop(n, g, height, width)
+            if self._ra is not None:
+                params["ra"] = sample_randaugment(n, self._ra[1], g)
+            else:
+                params["factors"] = 0.6 + 0.8 * torch.rand(n, 3, generator=g)
+                params["order"] = torch.argsort(torch.rand(n, 3, generator=g), dim=1)
+            return params
+        size, pad = self.image_size, self.padding
+        hp, wp = height + 2 * pad, width + 2 * pad
+        if hp < size or wp < size:
+            raise ValueError(f"crop size {size} is larger than the padded image {hp}x{wp}")
+        params = {
+            "oy": torch.randint(hp - size + 1, (n,), generator=g),
+            "ox": torch.randint(wp - size + 1, (n,), generator=g),
+            "flip": torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool),
+        }
+        if self._aa is not None:
+            _table, ids, probs = self._aa
+            params["aa"] = sample_autoaugment(n, ids, probs, g)
+        if self.cutout > 0:
+            params["cy"] = torch.randint(size, (n,), generator=g)
+            params["cx"] = torch.randint(size, (n,), generator=g)
+        return params
+
+    def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Transform a batch with given parameters (from :meth:`sample`; ignored for an eval transform).
+
+        Each image's result depends only on that image and its parameter rows, not on the rest of the batch.
+
+        Args:
+            images: uint8 (B, C, H, W) on any device.
+            params: CPU tensors with B rows.
+
+        Returns:
+            float32 (B, C, image_size, image_size), normalized, on ``images.device``.
+        """
+        _check_images(images)
         if self.train:
-            if generator is None:
-                raise ValueError("a CPU torch.Generator is required for training augmentation")
-            x = self._augment_uint8(images, generator)
+            x = self._augment_uint8(images, params)
             if self.cutout > 0:
                 # Cutout zeroes after ToDtype; a uint8 0 scales to exactly 0.0, so zeroing before is the same
-                x = self._cutout(x, generator)
+                x = self._cutout(x, params["cy"], params["cx"])
         else:
             x = self._eval_uint8(images)
         out = F.to_dtype(x, torch.float32, scale=True)
-        mean, std = preset_stats(self.preset, out.shape[1])
-        return F.normalize(out, list(mean), list(std), inplace=True)
+        mean, std = self._stats(out.shape[1], out.device)
+        # torchvision's normalize_image (inplace) does exactly this, but builds mean/std from Python lists on
+        # every call (a blocking host-to-device copy on CUDA)
+        return out.sub_(mean).div_(std)
+
+    def _stats(self, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """float32 (C, 1, 1) mean and std of the preset on ``device``, cached."""
+        key = (channels, str(device))
+        if key not in self._norm:
+            mean, std = preset_stats(self.preset, channels)
+            self._norm[key] = (
+                torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1).to(device),
+                torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1).to(device),
+            )
+        return self._norm[key]
 
     # -- uint8 stages --------------------------------------------------------------------------------------------
 
@@ -169,19 +261,17 @@ class BatchAugment:
             x = F.center_crop(x, [self.image_size, self.image_size])
         return x
 
-    def _augment_uint8(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _augment_uint8(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
         if self.preset == "imagenet":
-            x = self._resized_crop_flip(x, g)
+            x = self._resized_crop_flip(x, p["top"], p["left"], p["bh"], p["bw"], p["flip"])
             if self._ra is not None:
-                table, ids = self._ra
-                x = self._batched_ops("ra", table, x).apply(x, sample_randaugment(x.shape[0], ids, g))
+                x = self._batched_ops("ra", self._ra[0], x).apply(x, p["ra"])
             else:
-                x = self._color_jitter(x, g)
+                x = self._color_jitter(x, p["factors"], p["order"])
             return x
-        x = self._crop_flip(x, g)
+        x = self._crop_flip(x, p["oy"], p["ox"], p["flip"])
         if self._aa is not None:
-            table, ids, probs = self._aa
-            x = self._batched_ops("aa", table, x).apply(x, sample_autoaugment(x.shape[0], ids, probs, g))
+            x = self._batched_ops("aa", self._aa[0], x).apply(x, p["aa"])
         return x
 
     def _batched_ops(self, kind: str, table: OpTable, x: Tensor) -> BatchedOps:
@@ -190,25 +280,21 @@ class BatchAugment:
             self._ops[key] = BatchedOps(table, x.shape[1], x.shape[2], x.shape[3], x.device)
         return self._ops[key]
 
-    def _crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
-        """RandomCrop(size, padding, fill 0) then RandomHorizontalFlip, with one strided row copy per image.
+    def _crop_flip(self, x: Tensor, oy: Tensor, ox: Tensor, flip: Tensor) -> Tensor:
+        """RandomCrop(size, padding, fill 0) at offsets (oy, ox) then horizontal flip where ``flip``.
 
-        The crop of a horizontally flipped padded image at column ``Wp - S - ox`` is the flip of the crop at
-        ``ox``, so flipped images are cut from a flipped copy of their padded image.
+        One strided row copy per image: the crop of a horizontally flipped padded image at column ``Wp - S - ox``
+        is the flip of the crop at ``ox``, so flipped images are cut from a flipped copy of their padded image.
         """
         b, c, h, w = x.shape
         size, pad = self.image_size, self.padding
         hp, wp = h + 2 * pad, w + 2 * pad
-        if hp < size or wp < size:
-            raise ValueError(f"crop size {size} is larger than the padded image {hp}x{wp}")
-        oy = torch.randint(hp - size + 1, (b,), generator=g)
-        ox = torch.randint(wp - size + 1, (b,), generator=g)
-        flip = torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
         padded = nnf.pad(x, (pad, pad, pad, pad)) if pad > 0 else x.contiguous()
-        flipped = flip.nonzero().squeeze(1)
+        flipped = flip.nonzero().squeeze(1)  # on the CPU: no device synchronisation
         source = torch.arange(b)
         if flipped.numel():
-            padded = torch.cat([padded, padded.index_select(0, flipped.to(x.device)).flip(-1)])
+            flipped_dev = flipped.to(x.device, non_blocking=True)
+            padded = torch.cat([padded, padded.index_select(0, flipped_dev).flip(-1)])
             source[flipped] = b + torch.arange(flipped.numel())
             ox = torch.where(flip, wp - size - ox, ox)
         flat = padded.reshape(-1)
@@ -218,12 +304,10 @@ class BatchAugment:
         start = (source * image_stride + oy * wp + ox).to(x.device, non_blocking=True)
         return windows.index_select(0, start)
 
-    def _cutout(self, x: Tensor, g: torch.Generator) -> Tensor:
-        """Official Cutout: centre uniform over the pixels, box centre ± size // 2 clipped, set to 0."""
-        b, _, h, w = x.shape
+    def _cutout(self, x: Tensor, cy: Tensor, cx: Tensor) -> Tensor:
+        """Official Cutout: centre (cy, cx) uniform over the pixels, box centre ± size // 2 clipped, set to 0."""
+        _b, _, h, w = x.shape
         half = self.cutout // 2
-        cy = torch.randint(h, (b,), generator=g)
-        cx = torch.randint(w, (b,), generator=g)
         box = torch.stack([cy - half, cy + half, cx - half, cx + half]).to(x.device, non_blocking=True)
         ys = torch.arange(h, device=x.device)
         xs = torch.arange(w, device=x.device)
@@ -233,10 +317,8 @@ class BatchAugment:
         keep = (out_y[:, :, None] | out_x[:, None, :]).to(torch.uint8)  # (B, H, W)
         return x * keep[:, None]
 
-    def _resized_crop_flip(self, x: Tensor, g: torch.Generator) -> Tensor:
-        """RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) + flip via bilinear grid_sample (no antialias)."""
-        b, _, h, w = x.shape
-        size = self.image_size
+    def _sample_resized_crop(self, b: int, g: torch.Generator, h: int, w: int) -> dict[str, Tensor]:
+        """RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) boxes (top, left, bh, bw) and flip bits."""
         area = h * w
         attempts = 10
         target = area * (0.08 + (1.0 - 0.08) * torch.rand(b, attempts, generator=g, dtype=torch.float64))
@@ -261,6 +343,12 @@ class BatchAugment:
         top = torch.where(first >= 0, (u[:, 0] * (h - bh + 1)).floor().long(), (h - bh) // 2)
         left = torch.where(first >= 0, (u[:, 1] * (w - bw + 1)).floor().long(), (w - bw) // 2)
         flip = torch.rand(b, generator=g) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool)
+        return {"top": top, "left": left, "bh": bh, "bw": bw, "flip": flip}
+
+    def _resized_crop_flip(self, x: Tensor, top: Tensor, left: Tensor, bh: Tensor, bw: Tensor, flip: Tensor) -> Tensor:
+        """Crop boxes resized to ``image_size`` + flip via bilinear grid_sample (no antialias)."""
+        _b, _, h, w = x.shape
+        size = self.image_size
         # output pixel k samples input coordinate left + (k + 0.5) * bw / size - 0.5 (align_corners=False)
         k = (torch.arange(size, dtype=torch.float64) + 0.5) / size
         xs = left[:, None] + k[None, :] * bw[:, None]  # (B, S) in input pixel units (edges at integers)
@@ -273,16 +361,26 @@ class BatchAugment:
         out = nnf.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         return out.round_().clamp_(0, 255).to(torch.uint8)
 
-    def _color_jitter(self, x: Tensor, g: torch.Generator) -> Tensor:
-        """ColorJitter(0.4, 0.4, 0.4): per image factors in [0.6, 1.4] and a random order of the three ops."""
+    def _color_jitter(self, x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+        """ColorJitter(0.4, 0.4, 0.4): per image factors (B, 3) in [0.6, 1.4], op order (B, 3) per image."""
         b = x.shape[0]
-        factors = (0.6 + 0.8 * torch.rand(b, 3, generator=g)).to(x.device, non_blocking=True)
-        order = torch.argsort(torch.rand(b, 3, generator=g), dim=1).to(x.device, non_blocking=True)
+        factors = factors.to(x.device, non_blocking=True)
+        order = order.to(x.device, non_blocking=True)
         for pos in range(3):
             for op in range(3):
                 ratio = torch.where(order[:, pos] == op, factors[:, op], torch.ones_like(factors[:, op]))
                 x = _blend_op(x, op, ratio.view(b, 1, 1, 1))
         return x
+
+
+def _check_images(images: Tensor) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+
+
+def slice_params(params: dict[str, Tensor], start: int, stop: int) -> dict[str, Tensor]:
+    """Rows ``start:stop`` of every parameter tensor of :meth:`BatchAugment.sample`."""
+    return {k: v[start:stop] for k, v in params.items()}
 
 
 def _blend_op(x: Tensor, op: int, ratio: Tensor) -> Tensor:
@@ -300,12 +398,43 @@ def _blend_op(x: Tensor, op: int, ratio: Tensor) -> Tensor:
     return (xf * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
 
 
+def block_images(image_pixels: int, device: torch.device | str) -> int:
+    """Images transformed per :meth:`BatchAugment.apply` call: a pixel budget, larger on accelerators.
+
+    8192 images of 32 x 32 pixels' worth on an accelerator (fewer for larger images: 167 for 224 x 224, so one
+    block's float32 output and intermediates stay around 100 MB for 3 channels); a quarter of that on the CPU
+    (2048 CIFAR images, 8192 digits of 8 x 8), where larger tensors leave the cache and are freshly mapped on every
+    call and were measured slower. The block size never changes the pixels, only the speed and memory.
+
+    Args:
+        image_pixels: H * W of the larger of the stored image and the output crop.
+        device: where the block is transformed.
+
+    Returns:
+        int >= 1.
+    """
+    budget = DEFAULT_CHUNK_IMAGES * 32 * 32
+    if torch.device(device).type == "cpu":
+        budget //= 4
+    return max(1, budget // max(1, image_pixels))
+
+
 class GpuBatchSource:
-    """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment`.
+    """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment` chunk by chunk.
 
     Satisfies the ``BatchSource`` protocol (``set_epoch``, ``__len__``, ``__iter__``) and adds
     :meth:`iter_from` (exact mid-epoch resume) and :meth:`indices`. Build it with
     :func:`bce3s.data.loader.make_batch_source`.
+
+    The epoch's batches are grouped into *chunks* of :attr:`chunk_batches` consecutive batches (``chunk_images``
+    images, rounded down to whole batches). The random parameters of a training chunk ``c`` are drawn at once
+    (:meth:`BatchAugment.sample`) from ``step_generator(seed, epoch, c, rank)``: the chunk index takes the place of
+    the step, so with one batch per chunk every batch is augmented exactly like a per-batch call with
+    ``step_generator(seed, epoch, step, rank)``. The chunk is then transformed in *blocks* of
+    :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU; :func:`block_images`), one
+    :meth:`BatchAugment.apply` call per block, and its batches are yielded as slices of the block. Only the
+    current block's output is held. The pixels depend on ``chunk_images`` (resuming needs the same value) but
+    not on the block size, so they are the same on every device.
 
     Args:
         images: uint8 (N, C, H, W), any device (moved to ``device`` on first use).
@@ -319,6 +448,8 @@ class GpuBatchSource:
         rank, world_size: DDP position; training slices come from the sampler, evaluation uses
             :func:`eval_shard`.
         drop_last: drop the last incomplete batch (training only).
+        chunk_images: images per chunk; ``None`` = :data:`DEFAULT_CHUNK_IMAGES` (8192); 0 or fewer than
+            ``batch_size`` = one batch per chunk (the per-batch behaviour).
     """
 
     def __init__(
@@ -337,11 +468,14 @@ class GpuBatchSource:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        chunk_images: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0 (got {batch_size})")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if chunk_images is not None and chunk_images < 0:
+            raise ValueError(f"chunk_images must be >= 0 or None (got {chunk_images})")
         self._images_src = images
         self._labels_src = labels
         self._images: Tensor | None = None
@@ -357,6 +491,10 @@ class GpuBatchSource:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last and train
+        chunk = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
+        self.chunk_batches = max(1, chunk // batch_size)
+        pixels = max(int(images.shape[-2]) * int(images.shape[-1]), augment.image_size**2)
+        self.block_batches = min(self.chunk_batches, max(1, block_images(pixels, self.device) // batch_size))
         self.epoch = 0
         self._cache: tuple[int, Tensor] | None = None
 
@@ -398,14 +536,36 @@ class GpuBatchSource:
     def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Iterate the current epoch from batch ``step`` on; batch k is identical to an uninterrupted epoch's.
 
+        The parameters of the chunk holding ``step`` are drawn again (same generator, same values) and the block
+        holding ``step`` is transformed again in full; iteration starts at the slice of ``step``.
+
         Yields:
-            float32 (B, C, S, S) normalized images and int64 (B,) labels, on ``device``.
+            float32 (B, C, S, S) normalized images and int64 (B,) labels, on ``device``: slices (views) of the
+            current block's output.
         """
+        if step < 0:
+            raise ValueError(f"step must be >= 0 (got {step})")
         images, labels = self._resident()
-        idx = self.indices().to(self.device)
+        idx_cpu = self.indices()
         total = len(self)
-        for k in range(step, total):
-            rows = idx[k * self.batch_size : (k + 1) * self.batch_size]
-            batch = images.index_select(0, rows)
-            gen = step_generator(self.seed, self.epoch, k, self.rank) if self.augment.train else None
-            yield self.augment(batch, gen), labels.index_select(0, rows)
+        bs, per_chunk, per_block = self.batch_size, self.chunk_batches, self.block_batches
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        # non-blocking: idx_cpu stays referenced by this frame while the copy may be in flight
+        idx = idx_cpu[: total * bs].to(self.device, non_blocking=True)
+        for chunk in range(step // per_chunk, -(-total // per_chunk)):
+            first, end = chunk * per_chunk, min(total, (chunk + 1) * per_chunk)
+            params: dict[str, Tensor] = {}
+            if self.augment.train:
+                n = min(len(idx), end * bs) - first * bs
+                gen = step_generator(self.seed, self.epoch, chunk, self.rank)
+                params = self.augment.sample(n, gen, height, width)
+            for block in range(first + max(0, step - first) // per_block * per_block, end, per_block):
+                block_end = min(end, block + per_block)
+                lo, hi = (block - first) * bs, (block_end - first) * bs  # image rows within the chunk
+                rows = idx[first * bs + lo : first * bs + hi]
+                x = self.augment.apply(images.index_select(0, rows), slice_params(params, lo, hi))
+                y = labels.index_select(0, rows)
+                for k in range(max(step, block), block_end):
+                    off = (k - block) * bs
+                    yield x[off : off + bs], y[off : off + bs]
+                del x, y  # hold one block at a time (the caller may still hold its last batch)

@@ -12,7 +12,8 @@ Two pipelines implement it:
   torchvision v2 transform of :func:`bce3s.data.transforms.build_transform`; works for file-based splits.
 
 Both take the epoch's index list from :func:`bce3s.data.samplers.epoch_indices` (same ``seed`` and ``epoch`` give
-the same images in the same order in both pipelines) and derive every random draw from ``(seed, epoch, step)``;
+the same images in the same order in both pipelines) and derive every random draw from ``(seed, epoch, step)``
+(the ``gpu`` path from the chunk of consecutive batches it augments together, see :class:`GpuBatchSource`);
 the DataLoader path seeds torch's RNG per *sample* (from its position in the epoch), so its output does not
 depend on ``num_workers`` either. Training sources under DDP take this rank's slice from the sampler; evaluation
 sources (``train=False``) iterate the split in order, each rank a contiguous block without padding
@@ -235,6 +236,7 @@ def make_batch_source(
     cutout: int = 16,
     randaugment: bool = False,
     flip: bool | None = None,
+    chunk_images: int | None = None,
 ) -> GpuBatchSource | LoaderBatchSource:
     """Build the batch source of one split.
 
@@ -255,6 +257,9 @@ def make_batch_source(
         num_samples: samples per epoch (all ranks together) for the sampler; ``None`` = len(split).
         image_size: output side; ``None`` = the stored image side (in-memory) or 224 (files, ``imagenet``).
         autoaugment, cutout, randaugment, flip: augmentation options (``DataConfig``; see ``build_transform``).
+        chunk_images: ``gpu`` only: images whose augmentation parameters come from one generator (whole
+            batches; see :class:`GpuBatchSource`); ``None`` = 8192, 0 = one batch per chunk (per-batch seeding).
+            The pixels depend on it: resuming mid-epoch needs the same value.
 
     Returns:
         A :class:`BatchSource` (with ``iter_from`` and ``indices``).
@@ -289,7 +294,8 @@ def make_batch_source(
     options = {"autoaugment": autoaugment, "cutout": cutout, "randaugment": randaugment, "flip": flip}
     if pipeline == "gpu":
         augment = BatchAugment(preset, train=train, image_size=image_size, **options)
-        return GpuBatchSource(split.images, split.labels, augment=augment, **common)  # type: ignore[arg-type]
+        gpu_options = {**common, "augment": augment, "chunk_images": chunk_images}
+        return GpuBatchSource(split.images, split.labels, **gpu_options)  # type: ignore[arg-type]
     channels = int(split.images.shape[1]) if split.images is not None else (1 if split.mode == "L" else 3)
     transform = build_transform(preset, train=train, image_size=image_size, channels=channels, **options)
     return LoaderBatchSource(split, transform=transform, num_workers=num_workers, **common)

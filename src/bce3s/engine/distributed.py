@@ -7,6 +7,7 @@ gloo on CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from bce3s.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DistInfo", "all_gather_cat", "all_reduce_flag", "barrier", "init_distributed", "resolve_device", "shutdown"]
 
@@ -72,6 +75,16 @@ def init_distributed(device_spec: str) -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if (
+            rank == 0
+            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0
+            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        ):
+            log.warning(
+                "torchrun --max-restarts with the rendezvous store shared with the workers: a restarted job can "
+                "read the previous attempt's addresses and fail to connect (PyTorch issue 135712); launch torchrun "
+                "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment"
+            )
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 

@@ -467,7 +467,14 @@ class _Run:
         if d.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            run_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+            # the projector is unused while a loss's embedding term is off (BCE3S before contrastive_start_epoch);
+            # DDP must then be told, or it fails at the second step. Globally unused parameters keep grad None,
+            # as in a single process, so nothing (not even weight decay) updates them.
+            run_model = DDP(
+                model,
+                device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                find_unused_parameters="embeddings" in needs,
+            )
         if cfg.model.compile:
             run_model = torch.compile(run_model)
 
@@ -683,6 +690,11 @@ def _prepare_out(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> No
         except (OSError, BCE3SError, Exception):  # noqa: BLE001 - any unreadable config counts as "different"
             old = None
         diffs = ["unreadable config.yaml"] if old is None else config_diff(old, cfg, ignore=_RESUME_FREE)
+        if not diffs and rd.read_run_info().get("status") == "finished":
+            raise RunDirError(
+                f"{out} already holds a finished run of this config (see its final.json); pass --overwrite to "
+                "train it again, or choose another --out"
+            )
         if not diffs:
             raise RunDirError(
                 f"{out} already holds a run of this config; continue it with --resume (or --auto-resume), pass "
@@ -790,6 +802,8 @@ def train(
         problem = _share(problem, dist)
         if problem is not None:
             raise RunDirError(problem)
+    if dist.device.type == "cuda" and not cfg.runtime.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         if dist.device.type == "cuda":
@@ -805,6 +819,11 @@ def train(
                 f"stages.{i}.batch_size: {stage.batch_size} is larger than the training set "
                 f"({len(data.train)} images); lower it"
             )
+    if resume_state is not None and int(resume_state.get("num_classes", data.num_classes)) != data.num_classes:
+        raise CheckpointError(  # checked before run.json records a resume
+            f"{rd.checkpoint('last')} was trained with {resume_state['num_classes']} classes but the data has "
+            f"{data.num_classes}; resume it with its own data"
+        )
 
     run = _Run(cfg, out, dist, quiet)
     run.data = data
@@ -860,11 +879,6 @@ def train(
 
     start_stage = 0
     if resume_state is not None:
-        if int(resume_state.get("num_classes", data.num_classes)) != data.num_classes:
-            raise CheckpointError(
-                f"{rd.checkpoint('last')} was trained with {resume_state['num_classes']} classes but the data has "
-                f"{data.num_classes}; resume it with its own data"
-            )
         start_stage = int(resume_state["stage_index"])
         run.history = list(resume_state.get("history", []))
         run.best = dict(resume_state.get("best", {}))

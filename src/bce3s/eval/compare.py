@@ -37,11 +37,19 @@ _DASH = "–"
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """First 12 hex digits of the SHA-256 of the config dict without ``runtime.seed`` (canonical JSON)."""
+    """First 12 hex digits of the SHA-256 of the config dict (canonical JSON) without what does not define the
+    experiment: the seed, and where or how fast it ran (``runtime.device``, ``num_workers``, ``threads``,
+    ``pipeline``, ``data.root``, ``data.download``, ``log``)."""
     cfg = copy.deepcopy(dict(config))
     runtime = cfg.get("runtime")
     if isinstance(runtime, dict):
-        runtime.pop("seed", None)
+        for key in ("seed", "device", "num_workers", "threads", "pipeline"):
+            runtime.pop(key, None)
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        data.pop("root", None)
+        data.pop("download", None)
+    cfg.pop("log", None)
     text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
