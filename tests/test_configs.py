@@ -66,7 +66,7 @@ PAIRS = [
     ("cifar100_lt/bce3s_r34.yaml", "cifar100_lt/glmc_style_ce_r34.yaml"),
 ]
 
-_CMD = re.compile(r"bce3s (?:train|sweep) (configs/\S+\.yaml)((?:\s+--(?:set|out)\s+\S+)*)")
+_CMD = re.compile(r"bce3s (?:train|sweep) (configs/[^\s`]+\.yaml)((?:\s+--(?:set|out)\s+[^\s`]+)*)")
 
 
 @functools.cache
