@@ -141,18 +141,34 @@ def apply_op(images: Tensor, name: str, magnitude: float) -> Tensor:
         return images
     if name == "ShearX":
         shear = [math.degrees(math.atan(magnitude)), 0.0]
-        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest,
-                        fill=None, center=[0, 0])
+        return F.affine(
+            images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=None, center=[0, 0]
+        )
     if name == "ShearY":
         shear = [0.0, math.degrees(math.atan(magnitude))]
-        return F.affine(images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest,
-                        fill=None, center=[0, 0])
+        return F.affine(
+            images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=None, center=[0, 0]
+        )
     if name == "TranslateX":
-        return F.affine(images, angle=0.0, translate=[int(magnitude), 0], scale=1.0, shear=[0.0, 0.0],
-                        interpolation=nearest, fill=None)
+        return F.affine(
+            images,
+            angle=0.0,
+            translate=[int(magnitude), 0],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=nearest,
+            fill=None,
+        )
     if name == "TranslateY":
-        return F.affine(images, angle=0.0, translate=[0, int(magnitude)], scale=1.0, shear=[0.0, 0.0],
-                        interpolation=nearest, fill=None)
+        return F.affine(
+            images,
+            angle=0.0,
+            translate=[0, int(magnitude)],
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=nearest,
+            fill=None,
+        )
     if name == "Rotate":
         return F.rotate(images, angle=magnitude, interpolation=nearest, fill=None)
     if name == "Brightness":
@@ -375,10 +391,20 @@ def _put_rows(x: Tensor, rows: Tensor, values: Tensor) -> Tensor:
 # op families of the vectorized path
 _GEOM, _LUT, _COLOR, _SHARP, _KERNEL = range(5)
 _FAMILY = {
-    "ShearX": _GEOM, "ShearY": _GEOM, "TranslateX": _GEOM, "TranslateY": _GEOM, "Rotate": _GEOM,
-    "Invert": _LUT, "Posterize": _LUT, "Solarize": _LUT, "Brightness": _LUT,
-    "Color": _COLOR, "Sharpness": _SHARP,
-    "Contrast": _KERNEL, "Equalize": _KERNEL, "AutoContrast": _KERNEL,
+    "ShearX": _GEOM,
+    "ShearY": _GEOM,
+    "TranslateX": _GEOM,
+    "TranslateY": _GEOM,
+    "Rotate": _GEOM,
+    "Invert": _LUT,
+    "Posterize": _LUT,
+    "Solarize": _LUT,
+    "Brightness": _LUT,
+    "Color": _COLOR,
+    "Sharpness": _SHARP,
+    "Contrast": _KERNEL,
+    "Equalize": _KERNEL,
+    "AutoContrast": _KERNEL,
 }
 
 

@@ -419,7 +419,63 @@ def block_images(image_pixels: int, device: torch.device | str) -> int:
     return max(1, budget // max(1, image_pixels))
 
 
-class GpuBatchSource:
+class EpochIndexedSource:
+    """What both batch sources share: the epoch's per-rank index list (sampler, or a contiguous eval shard).
+
+    Subclasses set ``train``, ``sampler``, ``rho``, ``seed``, ``num_samples``, ``rank``, ``world_size``,
+    ``batch_size``, ``drop_last`` and ``epoch`` and implement ``iter_from(step)`` and ``_index_labels()``.
+    """
+
+    train: bool
+    sampler: str
+    rho: float
+    seed: int
+    num_samples: int | None
+    rank: int
+    world_size: int
+    batch_size: int
+    drop_last: bool
+    epoch: int
+    _cache: tuple[int, Tensor] | None
+
+    def _index_labels(self) -> Tensor:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose index list and augmentation draws the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> Tensor:
+        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
+        labels = self._index_labels()
+        if not self.train:
+            shard = eval_shard(len(labels), self.rank, self.world_size)
+            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
+        if self._cache is None or self._cache[0] != self.epoch:
+            idx = epoch_indices(
+                labels.cpu(),
+                kind=self.sampler,
+                rho=self.rho,
+                seed=self.seed,
+                epoch=self.epoch,
+                num_samples=self.num_samples,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
+        return self._cache[1]
+
+    def __len__(self) -> int:
+        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+
+class GpuBatchSource(EpochIndexedSource):
     """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment` chunk by chunk.
 
     Satisfies the ``BatchSource`` protocol (``set_epoch``, ``__len__``, ``__iter__``) and adds
@@ -498,34 +554,8 @@ class GpuBatchSource:
         self.epoch = 0
         self._cache: tuple[int, Tensor] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose index list and augmentation draws the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> Tensor:
-        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
-        if not self.train:
-            shard = eval_shard(len(self._labels_src), self.rank, self.world_size)
-            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
-        if self._cache is None or self._cache[0] != self.epoch:
-            idx = epoch_indices(
-                self._labels_src.cpu(),
-                kind=self.sampler,
-                rho=self.rho,
-                seed=self.seed,
-                epoch=self.epoch,
-                num_samples=self.num_samples,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
-        return self._cache[1]
-
-    def __len__(self) -> int:
-        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
+    def _index_labels(self) -> Tensor:
+        return self._labels_src
 
     def _resident(self) -> tuple[Tensor, Tensor]:
         if self._images is None or self._labels is None:

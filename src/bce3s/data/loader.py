@@ -35,14 +35,13 @@ from torch.utils.data import DataLoader, Dataset
 from bce3s.data.gpu_pipeline import (
     STREAM_AUGMENT,
     BatchAugment,
+    EpochIndexedSource,
     GpuBatchSource,
     eval_shard,
-    num_batches,
     step_generator,
     step_seed,
 )
 from bce3s.data.imageset import ImageSet
-from bce3s.data.samplers import epoch_indices
 from bce3s.data.transforms import PRESETS, build_transform
 from bce3s.errors import DataError
 
@@ -110,7 +109,7 @@ class _Batches:
         return len(self.batches)
 
 
-class LoaderBatchSource:
+class LoaderBatchSource(EpochIndexedSource):
     """A torch ``DataLoader`` over the split with a per-image torchvision v2 transform.
 
     Args:
@@ -156,34 +155,8 @@ class LoaderBatchSource:
         self.epoch = 0
         self._cache: tuple[int, Tensor] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose index list and augmentation draws the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> Tensor:
-        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
-        if not self.train:
-            shard = eval_shard(len(self.split), self.rank, self.world_size)
-            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
-        if self._cache is None or self._cache[0] != self.epoch:
-            idx = epoch_indices(
-                self.split.labels,
-                kind=self.sampler,
-                rho=self.rho,
-                seed=self.seed,
-                epoch=self.epoch,
-                num_samples=self.num_samples,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
-        return self._cache[1]
-
-    def __len__(self) -> int:
-        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
+    def _index_labels(self) -> Tensor:
+        return self.split.labels
 
     def _batches(self, step: int) -> list[list[tuple[int, int]]]:
         idx = self.indices().tolist()

@@ -218,4 +218,3 @@ def flip_tta(model_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         (N, K) averaged logits (logits, not probabilities, are averaged).
     """
     return 0.5 * (model_fn(x) + model_fn(torch.flip(x, dims=(-1,))))
-
