@@ -1,8 +1,9 @@
 """A small conv net for tiny images (8x8 digits, 28x28 MNIST / Fashion-MNIST, 32x32 colour), fast on a CPU.
 
-Layout: three 3x3 conv-BN-ReLU layers with ``width``, ``2*width``, ``4*width`` channels and strides 1, 2, 2,
-then a global average pool -> ``4*width``-d features (128 with the default ``width=32``). On 8x8 inputs the maps
-are 8 -> 4 -> 2; on 28x28 they are 28 -> 14 -> 7 (about 7 M multiply-adds per image). Init: ``kaiming_normal_``
+Layout: five 3x3 conv-BN-ReLU layers with ``width``, ``width``, ``2*width``, ``2*width``, ``4*width`` channels and
+strides 1, 1, 2, 1, 2, then a global average pool -> ``4*width``-d features (128 with the default ``width=32``).
+On 8x8 inputs the maps are 8 -> 8 -> 4 -> 4 -> 2; on 28x28 they are 28 -> 28 -> 14 -> 14 -> 7 (about 22 M
+multiply-adds per image). Init: ``kaiming_normal_``
 (fan_out, ReLU) on the convs, BN 1/0.
 """
 
@@ -22,7 +23,10 @@ def _conv_bn_relu(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Three conv-BN-ReLU layers and a global average pool.
+    """Five conv-BN-ReLU layers (strides 1, 1, 2, 1, 2) and a global average pool.
+
+    Five layers give a receptive field of 23 pixels, enough for 28x28 images; with three the network only
+    saw 11-pixel patches before the global pool, which held Fashion-MNIST far below what small CNNs reach.
 
     Args:
         in_channels: input channels (1 for grayscale, 3 for colour).
@@ -38,7 +42,9 @@ class SmallCNN(nn.Module):
             raise ValueError(f"in_channels and width must be >= 1, got {in_channels} and {width}")
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, width, 1),
+            _conv_bn_relu(width, width, 1),
             _conv_bn_relu(width, 2 * width, 2),
+            _conv_bn_relu(2 * width, 2 * width, 1),
             _conv_bn_relu(2 * width, 4 * width, 2),
         )
         self.out_features = 4 * width
