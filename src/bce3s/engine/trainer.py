@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from bce3s.config import Config, StageConfig, config_from_dict, config_to_dict, dump_config
-from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
+from bce3s.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from bce3s.engine.distributed import DistInfo, all_reduce_flag, barrier, init_distributed
 from bce3s.engine.loop import EpochResult, NonFiniteError, StepRuntime, predict, train_one_epoch
 from bce3s.engine.optim import build_optimizer, build_scheduler
@@ -82,8 +82,6 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
         out = {}
         for i, v in enumerate(d):
             out.update(_flatten(v, f"{prefix}.{i}"))
-        if not d:
-            out[prefix] = []
         return out
     return {prefix: d}
 
@@ -920,12 +918,8 @@ def _finish(run: _Run, t0: float, config_path: str | None) -> dict[str, Any]:
     assert model is not None
     final_stage = cfg.stages[-1]
     if run.dist.is_main:
-        for kind in ("last", "best_val"):
-            src = rd.checkpoint(f"{final_stage.name}_{kind}")
-            if kind == "last":
-                continue  # checkpoints/last.pt already holds the final model (resume state past the last stage)
-            shutil.copyfile(src, rd.checkpoint("best_val.tmp"))
-            os.replace(rd.checkpoint("best_val.tmp"), rd.checkpoint("best_val"))
+        # checkpoints/last.pt already holds the final model (the resume state past the last stage)
+        atomic_write_bytes(rd.checkpoint("best_val"), rd.checkpoint(f"{final_stage.name}_best_val").read_bytes())
     barrier(run.dist)
     test: dict[str, Any] = {}
     last_state = _model_state(model)
