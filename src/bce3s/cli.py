@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set stages.0.epochs=5 (repeatable)",
     )
-    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--out", help="run directory (default: runs/<config folder>_<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     t.add_argument(
         "--auto-resume",
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value (repeatable)",
     )
-    s.add_argument("--out", help="parent directory (default runs/<config name>_sweep)")
+    s.add_argument("--out", help="parent directory (default runs/<config folder>_<config name>_sweep)")
     s.add_argument("--jobs", type=int, default=1, help="seeds run in parallel as separate processes (default 1)")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--overwrite", action="store_true", help="replace runs already there")
