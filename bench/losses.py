@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_uniform
-from bce3s.losses._views import view_onehot
 from bce3s.losses.bce import joint_term
 from bce3s.losses.tripartite import _contrastive_term
+from bce3s.views import view_onehot
 
 EMBEDDING_DIM = 128
 

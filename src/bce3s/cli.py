@@ -166,7 +166,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.seed={args.seed}")
     restart_unstarted = False
     if args.auto_resume and args.out:
-        from bce3s.engine.rundir import RunDir
+        from bce3s.rundir import RunDir
 
         rd = RunDir(Path(args.out))
         if rd.is_run() and rd.read_run_info().get("status") != "finished":
@@ -177,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-        from bce3s.engine.rundir import RunDir
+        from bce3s.rundir import RunDir
 
         RunDir(Path(args.out)).require_run()
         # without a CONFIG the run's own config is used (device/seed/--set still apply and are checked)
@@ -303,7 +303,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     text = format_markdown(rows) if args.format == "md" else format_csv(rows)
     print(text)
     if args.out:
-        from bce3s.engine.rundir import RunDir
+        from bce3s.rundir import RunDir
 
         RunDir(Path(args.out).parent).write_text(Path(args.out), text)
     return 0

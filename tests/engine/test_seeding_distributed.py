@@ -1,7 +1,7 @@
 import torch
 
 from bce3s.engine.distributed import DistInfo, all_gather_cat, all_reduce_flag, resolve_device
-from bce3s.engine.seeding import derive_seed, make_generator
+from bce3s.seeding import derive_seed, make_generator
 
 
 def test_derived_seeds_are_stable_and_distinct():

@@ -21,8 +21,8 @@ from reliability_helpers import read_json, tiny, write_cfg
 from bce3s.cli import main
 from bce3s.config import Config, config_from_dict, dump_config
 from bce3s.engine.checkpoint import save_checkpoint
-from bce3s.engine.rundir import RunDir, write_json
 from bce3s.models import build_model
+from bce3s.rundir import RunDir, write_json
 
 OPTIM_KEYS = (
     "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"

@@ -1,4 +1,4 @@
-"""The fault-injection hooks (bce3s/engine/faults.py): inert unless BCE3S_FAULT_INJECT is set, and precise when it is.
+"""The fault-injection hooks (bce3s/faults.py): inert unless BCE3S_FAULT_INJECT is set, and precise when it is.
 
 Only the ``pause`` action is fired here (with a stop request already pending, so it returns at once); the
 signalling actions are exercised by the subprocess tests in test_preemption.py and test_distributed_faults.py.
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from bce3s.engine import faults
+from bce3s import faults
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Pre-emption of ``python -m bce3s train`` (subprocesses): SIGTERM, SIGINT and SIGKILL at exact points.
 
-Each scenario starts the tiny two-stage run with a fault rule (``BCE3S_FAULT_INJECT``, see bce3s/engine/faults.py),
+Each scenario starts the tiny two-stage run with a fault rule (``BCE3S_FAULT_INJECT``, see bce3s/faults.py),
 checks what the dead or stopped process left on disk (every checkpoint loads; ``last.pt`` is the one written before
 the fault), resumes it (``--auto-resume`` with the original command, or ``--resume --out``), possibly through more
 faults, and compares the final ``final.json`` test metrics with an uninterrupted run: they must be bit-identical.

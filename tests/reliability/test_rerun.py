@@ -11,7 +11,7 @@ from reliability_helpers import read_json, tiny, write_cfg
 
 from bce3s.cli import main
 from bce3s.config import Config, config_from_dict, dump_config
-from bce3s.engine.rundir import RunDir, write_json
+from bce3s.rundir import RunDir, write_json
 
 
 def _one_epoch() -> dict:

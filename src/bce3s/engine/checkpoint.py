@@ -8,61 +8,19 @@ intact. Loading a missing or truncated file raises :class:`~bce3s.errors.Checkpo
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bce3s.engine import faults
 from bce3s.errors import CheckpointError
+from bce3s.rundir import atomic_write_bytes
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(memoryview(data)[:half])
-            faults.during_write(path)  # test-only fault injection point (no-op unless BCE3S_FAULT_INJECT is set)
-            f.write(memoryview(data)[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes the file owner-only; give it the mode open() would
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bce3s import faults
 from bce3s.config import MixingConfig
-from bce3s.engine import faults
 from bce3s.engine.distributed import DistInfo, all_gather_cat, all_reduce_flag
-from bce3s.engine.seeding import make_generator
 from bce3s.errors import BCE3SError
+from bce3s.seeding import make_generator
 
 __all__ = ["EpochResult", "NonFiniteError", "StepRuntime", "predict", "train_one_epoch"]
 

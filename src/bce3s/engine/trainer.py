@@ -26,13 +26,13 @@ import torch
 from torch import nn
 
 from bce3s.config import Config, StageConfig, config_from_dict, config_to_dict, dump_config
-from bce3s.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
 from bce3s.engine.distributed import DistInfo, all_reduce_flag, barrier, init_distributed
 from bce3s.engine.loop import EpochResult, NonFiniteError, StepRuntime, predict, train_one_epoch
 from bce3s.engine.optim import build_optimizer, build_scheduler
-from bce3s.engine.rundir import RunDir, check_writable, write_json
-from bce3s.engine.seeding import derive_seed, seed_everything
 from bce3s.errors import BCE3SError, CheckpointError, ConfigError, RunDirError
+from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, write_json
+from bce3s.seeding import derive_seed, seed_everything
 
 __all__ = ["Interrupted", "TrainResult", "build_run_model", "config_diff", "eval_source", "train"]
 

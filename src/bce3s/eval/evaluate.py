@@ -74,9 +74,9 @@ def evaluate_run(
     from bce3s.engine.checkpoint import load_checkpoint
     from bce3s.engine.distributed import init_distributed
     from bce3s.engine.loop import predict
-    from bce3s.engine.rundir import RunDir, write_json
     from bce3s.engine.trainer import build_run_model, eval_source
     from bce3s.eval.metrics import confusion_matrix, summarize
+    from bce3s.rundir import RunDir, write_json
 
     if split not in ("test", "val"):
         raise ConfigError(f"--split: unknown split {split!r}; valid: test, val")

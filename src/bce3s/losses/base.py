@@ -24,11 +24,11 @@ from bce3s.losses._validation import (
     soft_targets,
     values_checked,
 )
+from bce3s.views import NUM_VIEWS
 
 __all__ = ["Loss", "LossOutput", "as_soft_targets", "NUM_VIEWS"]
 
 #: View ids: 0 = clean/original, 1 = mixup, 2 = cutmix.
-NUM_VIEWS = 3
 
 _NEED_HELP = {
     "embeddings": "the projector outputs, shape (N, P); build the model with a projector",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from bce3s.losses._validation import check_clip, check_positive, soft_targets
-from bce3s.losses._views import is_clean, mean_of_view_means, view_onehot
 from bce3s.losses.base import Loss, LossOutput
 from bce3s.losses.functional import _bce_rows
 from bce3s.losses.partial import PartialClassSampler
+from bce3s.views import is_clean, mean_of_view_means, view_onehot
 
 __all__ = ["BceLoss", "joint_term"]
 

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor
 
 from bce3s.losses._validation import check_clip, check_positive, soft_targets
-from bce3s.losses._views import CLEAN, view_onehot
 from bce3s.losses.base import Loss, LossOutput
 from bce3s.losses.bce import joint_term
 from bce3s.losses.functional import _bce_rows, _cosine_logits, _uniform
 from bce3s.losses.memory import ClassMemory
 from bce3s.losses.partial import PartialClassSampler
+from bce3s.views import CLEAN, view_onehot
 
 __all__ = ["Bce3sLoss"]
 

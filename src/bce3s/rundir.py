@@ -17,15 +17,56 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bce3s.engine.checkpoint import atomic_write_bytes
+from bce3s import faults
 from bce3s.errors import RunDirError
 
 __all__ = [
     "RunDir",
+    "atomic_write_bytes",
     "check_writable",
     "json_clean",
     "write_json",
 ]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            half = len(data) // 2
+            f.write(memoryview(data)[:half])
+            faults.during_write(path)  # test-only fault injection point (no-op unless BCE3S_FAULT_INJECT is set)
+            f.write(memoryview(data)[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes the file owner-only; give it the mode open() would
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def json_clean(obj: Any) -> Any:

@@ -77,7 +77,7 @@ def _rules() -> list[_Rule]:
                 if rest.count(".") != 2:
                     raise ValueError
         except ValueError:
-            raise ValueError(f"{ENV}: cannot parse rule {item!r} (see bce3s/engine/faults.py)") from None
+            raise ValueError(f"{ENV}: cannot parse rule {item!r} (see bce3s/faults.py)") from None
         rules.append(_Rule(action, kind, rest, count, rank))
     _parsed = (text, rules)
     return rules

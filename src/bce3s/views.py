@@ -1,4 +1,4 @@
-"""Row selection by view id without host syncs (private).
+"""View ids of a training batch (0 clean, 1 mixup, 2 cutmix) and row selection by view id without host syncs.
 
 Per-view means are computed with a (N, 3) one-hot of the view ids, so no boolean indexing (which would sync
 with the device) is needed and empty views simply get weight 0.
@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bce3s.losses.base import NUM_VIEWS
-
 CLEAN, MIXUP, CUTMIX = 0, 1, 2
+NUM_VIEWS = 3
 
 
 def view_onehot(view: Tensor | None, num_rows: int, like: Tensor) -> Tensor:
