@@ -1,5 +1,8 @@
 """Training-step benchmark: a CE step versus a full BCE3S step on the same backbone and the same images.
 
+Both run the engine's own ``train_step`` (gradient-norm guard and all), so the benchmark measures the code that
+trains:
+
 (a) CE: 3B images through the backbone (linear head), cross-entropy, backward, SGD step.
 (b) BCE3S: a clean batch of B plus a second batch of B mixed into [clean, mixup, cutmix] (3B images through the
     same backbone, normalized head + projector), the three BCE3S terms, backward, SGD step, memory update.
@@ -24,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from bce3s.data.mixing import glmc_mix
+from bce3s.config import MixingConfig, OptimConfig
+from bce3s.engine.distributed import DistInfo
+from bce3s.engine.optim import build_optimizer
+from bce3s.engine.step import StepRuntime, TrainBatch, train_step
 from bce3s.losses import build_loss
 from bce3s.models import build_model
 
@@ -45,6 +51,7 @@ def make_steps(
     amp: str,
     compile_model: bool,
 ):
+    """Two closures, each running one :func:`bce3s.engine.step.train_step` (the code that trains) on fixed data."""
     counts = [max(int(500 * 0.01 ** (i / (num_classes - 1))), 1) for i in range(num_classes)]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
@@ -54,55 +61,45 @@ def make_steps(
     x3 = torch.cat([x, x2, x]).contiguous()
     y3 = torch.cat([y, y2, y])
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    optim = OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-3)
 
-    def autocast():
-        if dtype is None:
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=dtype)
+    def runtime(head: str, loss_name: str, mixing: bool, **loss_params) -> StepRuntime:
+        torch.manual_seed(0)
+        model = build_model(model_name, num_classes=num_classes, head=head, projector_dim=128 if mixing else None).to(
+            device
+        )
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loss = build_loss(loss_name, num_classes=num_classes, class_counts=counts, **loss_params).to(device)
+        loss.set_epoch(1)  # BCE3S: contrastive term on (epoch 0 only fills the memory)
+        return StepRuntime(
+            model=torch.compile(model) if compile_model else model,
+            raw_model=model,
+            loss_fn=loss,
+            optimizer=build_optimizer(model.named_parameters(), optim),
+            scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+            dist=dist,
+            num_classes=num_classes,
+            mixing=MixingConfig(enabled=mixing),
+            amp_dtype=dtype,
+            channels_last=channels_last,
+            grad_clip=None,
+            nan_policy="stop",
+            seed=0,
+            stage_index=0,
+        )
 
-    torch.manual_seed(0)
-    ce_model = build_model(model_name, num_classes=num_classes, head="linear").to(device)
-    torch.manual_seed(0)
-    b_model = build_model(model_name, num_classes=num_classes, head="normalized", projector_dim=128).to(device)
-    if channels_last:
-        ce_model = ce_model.to(memory_format=torch.channels_last)
-        b_model = b_model.to(memory_format=torch.channels_last)
-    ce_run = torch.compile(ce_model) if compile_model else ce_model
-    b_run = torch.compile(b_model) if compile_model else b_model
-    ce_loss = build_loss("ce", num_classes=num_classes, class_counts=counts).to(device)
-    b_loss = build_loss("bce3s", num_classes=num_classes, class_counts=counts, neg_class_ratio=0.4).to(device)
-    b_loss.set_epoch(1)  # contrastive term on (epoch 0 only fills the memory)
-    ce_opt = torch.optim.SGD(ce_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
-    b_opt = torch.optim.SGD(b_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
+    ce_rt = runtime("linear", "ce", mixing=False)
+    b_rt = runtime("normalized", "bce3s", mixing=True, neg_class_ratio=0.4)
     step_i = [0]
 
     def ce_step() -> None:
-        inp = x3.contiguous(memory_format=torch.channels_last) if channels_last else x3
-        with autocast():
-            out = ce_run(inp)
-        loss = ce_loss(out.logits.float(), y3).loss
-        ce_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ce_opt.step()
+        train_step(ce_rt, TrainBatch(x3, y3))
 
     def bce3s_step() -> None:
-        g = torch.Generator().manual_seed(step_i[0])
+        train_step(b_rt, TrainBatch(x, y, x2, y2, step=step_i[0]))
         step_i[0] += 1
-        mixed = glmc_mix(x, y, x2, y2, num_classes=num_classes, alpha=1.0, generator=g)
-        inp = mixed.images.contiguous(memory_format=torch.channels_last) if channels_last else mixed.images
-        with autocast():
-            out = b_run(inp)
-        lo = b_loss(
-            out.logits.float(),
-            mixed.target,
-            view=mixed.view,
-            embeddings=out.embeddings.float(),
-            weight=b_model.head.weight,
-        )
-        b_opt.zero_grad(set_to_none=True)
-        lo.loss.backward()
-        b_opt.step()
-        b_loss.update(out.embeddings[mixed.view == 0].detach().float(), y)
 
     # fill the memory once so the contrastive term has seen classes
     bce3s_step()

@@ -120,7 +120,7 @@ def test_loss_params_accepted_by_registry(rel):
     counts = [max(1, int(500 * 0.01 ** (i / max(k - 1, 1)))) for i in range(k)]
     for stage in cfg.stages:
         params = dict(stage.loss.params)
-        # the trainer adds these two when absent (engine.trainer._build_loss); a config never needs them
+        # the trainer adds these two when absent (engine.build.build_stage_loss); a config never needs them
         assert "seed" not in params and "embedding_dim" not in params
         if stage.loss.name in ("bce3s", "bce", "cb_bce"):
             params["seed"] = 0

@@ -157,7 +157,7 @@ def _default_out(config: str) -> Path:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
-    from bce3s.engine.trainer import train
+    from bce3s.engine.run import train
 
     overrides = list(args.overrides)
     if args.device:
@@ -202,13 +202,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _same_run_config(out: Path, cfg: Any) -> bool:
     """Whether the run in ``out`` was started with ``cfg`` (up to the settings a resume may change)."""
     from bce3s.config import load_config
-    from bce3s.engine.trainer import _RESUME_FREE, config_diff
+    from bce3s.engine.state import RESUME_FREE, config_diff
 
     try:
         old = load_config(out / "config.yaml")
     except BCE3SError:
         return False
-    return not config_diff(old, cfg, ignore=_RESUME_FREE)
+    return not config_diff(old, cfg, ignore=RESUME_FREE)
 
 
 def _one_line(err: BaseException) -> str:
@@ -252,7 +252,7 @@ def _print_final(final: dict[str, Any], run_dir: Path) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from bce3s.eval.evaluate import evaluate_run
+    from bce3s.engine.evaluate import evaluate_run
 
     res = evaluate_run(
         args.run_dir,
@@ -358,8 +358,8 @@ DEMO_RUNS = (("CE + CB stage 2", "ce"), ("BCE3S + CB-BCE stage 2", "bce3s"))
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
-    from bce3s.engine.trainer import train
-    from bce3s.eval.evaluate import evaluate_run
+    from bce3s.engine.evaluate import evaluate_run
+    from bce3s.engine.run import train
     from bce3s.eval.report import write_report
 
     parent = Path(args.out)

@@ -26,3 +26,34 @@ class CheckpointError(BCE3SError, ValueError):
 
 class RunDirError(BCE3SError, ValueError):
     """A run directory is missing, is not a run, or would be overwritten."""
+
+
+class NonFiniteError(BCE3SError):
+    """A loss, gradient or weight became NaN/inf (``runtime.nan_policy: stop``), or a checkpoint would hold one.
+
+    The CLI exits with code 3.
+
+    Attributes:
+        stage_index, epoch, step: where it happened (``step`` = 0-based index of the step in the epoch).
+        term: the first non-finite loss term, ``total``, ``gradient`` or ``weights``.
+    """
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage_index: int | None = None,
+        epoch: int | None = None,
+        step: int | None = None,
+        term: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage_index, self.epoch, self.step, self.term = stage_index, epoch, step, term
+
+
+class Interrupted(BCE3SError):
+    """Training stopped on SIGTERM/SIGINT after writing a consistent ``last.pt``; the CLI exits with code 130."""
+
+    exit_code = 130

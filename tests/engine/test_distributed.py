@@ -92,7 +92,7 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
 def _init_state() -> dict[str, torch.Tensor]:
     from bce3s.config import Config, config_from_dict
     from bce3s.data.splits import build_data
-    from bce3s.engine.trainer import build_run_model
+    from bce3s.engine.build import build_run_model
     from bce3s.seeding import seed_everything
 
     cfg = config_from_dict(Config, CFG)

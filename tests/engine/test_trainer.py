@@ -10,10 +10,11 @@ import torch
 import yaml
 
 from bce3s.config import load_config
-from bce3s.engine import trainer as trainer_mod
+from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.engine.trainer import Interrupted, train
-from bce3s.eval.evaluate import evaluate_run
+from bce3s.engine.evaluate import evaluate_run
+from bce3s.engine.signals import StopFlag
+from bce3s.errors import Interrupted
 
 TINY = {
     "data": {"dataset": "digits_lt", "imbalance_factor": 10},
@@ -106,7 +107,7 @@ def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(tmp_path, finished
             self.signum = 15
         return self.signum is not None
 
-    monkeypatch.setattr(trainer_mod._StopFlag, "__call__", stop_after_five)
+    monkeypatch.setattr(StopFlag, "__call__", stop_after_five)
     with pytest.raises(Interrupted, match="bce3s train --resume --out"):
         train(cfg, tmp_path / "out", quiet=True)
     state = load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")

@@ -264,8 +264,8 @@ def test_head_to_tail_order_is_stable() -> None:
 def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
     """End to end on the engine's own files: train CE and BCE3S on Digits-LT briefly, evaluate one, report both."""
     from bce3s.config import load_config
-    from bce3s.engine.trainer import train
-    from bce3s.eval.evaluate import evaluate_run
+    from bce3s.engine.evaluate import evaluate_run
+    from bce3s.engine.run import train
 
     repo = Path(__file__).resolve().parents[2]
     runs = []

@@ -20,9 +20,8 @@ from reliability_helpers import read_json, tiny
 
 from bce3s.config import Config, config_from_dict
 from bce3s.data import mixing
-from bce3s.engine import loop
+from bce3s.engine import step, train
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.engine.trainer import train
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.tripartite import Bce3sLoss
 
@@ -85,8 +84,8 @@ def _metrics_without_times(out: Path) -> list[dict]:
 
 
 def test_glmc_mix_is_looked_up_at_call_time():
-    # the recording above patches bce3s.data.mixing.glmc_mix; the loop must import it from there when it runs
-    assert "glmc_mix" not in vars(loop)
+    # the recording above patches bce3s.data.mixing.glmc_mix; the step must import it from there when it runs
+    assert "glmc_mix" not in vars(step)
 
 
 def test_same_seed_gives_bit_identical_final_json(runs):

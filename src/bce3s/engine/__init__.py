@@ -9,7 +9,7 @@ __all__ = ["train"]
 
 def __getattr__(name: str) -> Any:  # lazy: importing a submodule must not import the whole engine
     if name == "train":
-        from bce3s.engine.trainer import train
+        from bce3s.engine.run import train
 
         return train
     raise AttributeError(f"module 'bce3s.engine' has no attribute {name!r}")

@@ -1,20 +1,27 @@
-"""Evaluate a checkpoint of a run directory on one split: metrics, calibration, geometry, confusion, reliability.
+"""Evaluation: a split with the model in memory (validation during training, the final test), and a saved
+checkpoint of a run directory (``bce3s eval``: metrics, calibration, geometry, confusion, reliability).
 
 ``bce3s eval RUN_DIR`` calls :func:`evaluate_run`; the numbers for the test split equal those in ``final.json``
-because both use the same data, the same un-augmented source and the same metric functions.
+because both use :func:`evaluate_split`'s data, un-augmented source and metric functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from bce3s.config import Config
+from bce3s.engine.build import amp_dtype, build_run_model, eval_source
+from bce3s.engine.distributed import DistInfo
+from bce3s.engine.loop import predict
 from bce3s.errors import CheckpointError, ConfigError, RunDirError
 
-__all__ = ["evaluate_run", "reliability_bins"]
+__all__ = ["evaluate_run", "evaluate_split", "reliability_bins"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,31 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 1
     }
 
 
+def evaluate_split(
+    cfg: Config, data: Any, model: nn.Module, split: Any, dist: DistInfo, *, tta: bool = False
+) -> dict[str, Any]:
+    """The metrics (:func:`bce3s.eval.metrics.summarize`) of ``model`` on an evaluation split of ``data``.
+
+    Args:
+        cfg: the run's config (eval batch size, pipeline, autocast, channels_last).
+        data: the run's :class:`~bce3s.data.DataSplits` (class counts define the shot groups).
+        model: the classifier, on ``dist.device``.
+        split: an :class:`~bce3s.data.ImageSet` of ``data`` (val or test).
+        tta: average the logits of each image and its horizontal flip.
+    """
+    from bce3s.eval.metrics import summarize
+
+    pred = predict(
+        model,
+        eval_source(cfg, data, split, dist),
+        dist,
+        amp_dtype=amp_dtype(cfg, dist.device),
+        channels_last=cfg.model.channels_last,
+        tta_flip=tta,
+    )
+    return summarize(pred["logits"], pred["labels"], data.train_counts)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -67,14 +99,9 @@ def evaluate_run(
     Returns:
         The dict written to the JSON file.
     """
-    import yaml
-
-    from bce3s.config import Config, config_from_dict
     from bce3s.data.splits import build_data
     from bce3s.engine.checkpoint import load_checkpoint
     from bce3s.engine.distributed import init_distributed
-    from bce3s.engine.loop import predict
-    from bce3s.engine.trainer import build_run_model, eval_source
     from bce3s.eval.metrics import confusion_matrix, summarize
     from bce3s.rundir import RunDir, write_json
 
@@ -84,18 +111,7 @@ def evaluate_run(
         raise ConfigError(f"--tta: unknown TTA mode {tta!r}; valid: none, flip")
     rd = RunDir(Path(run_dir))
     rd.require_run()
-    try:
-        cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
-        cfg.check()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
-    valid = ["last", "best_val"] + [f"{s.name}_{k}" for s in cfg.stages for k in ("last", "best_val")]
-    if checkpoint not in valid:
-        raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
-    if device is not None:
-        cfg.runtime.device = device
-    cfg.check()
+    cfg = _read_run_config(rd, checkpoint, device)
     state = load_checkpoint(rd.checkpoint(checkpoint))
     dist = init_distributed(cfg.runtime.device)
     data = build_data(cfg.data)
@@ -103,22 +119,7 @@ def evaluate_run(
     if part is None:
         raise ConfigError(f"--split val: the run {rd.root} has no validation split (data.val_per_class is 0)")
     model = build_run_model(cfg, data).to(dist.device)
-    ck_classes = int(state.get("num_classes", data.num_classes))
-    if ck_classes != data.num_classes:
-        raise CheckpointError(
-            f"{rd.checkpoint(checkpoint)} has {ck_classes} classes but the run's data has {data.num_classes}; "
-            "evaluate it with the data it was trained on"
-        )
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        # torch lists the mismatches on the lines after "Error(s) in loading state_dict for ...:"
-        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
-        raise CheckpointError(
-            f"{rd.checkpoint(checkpoint)} does not match the run's model ({detail[:200]}); evaluate it with the "
-            "run it was trained in"
-        ) from None
+    _load_weights(model, state, rd.checkpoint(checkpoint), data.num_classes)
     pred = predict(model, eval_source(cfg, data, part, dist), dist, tta_flip=tta == "flip", with_features=True)
     logits, labels, feats = pred["logits"], pred["labels"], pred["features"]
     result: dict[str, Any] = {
@@ -142,3 +143,43 @@ def evaluate_run(
                 {"features": feats, "logits": logits, "labels": labels}, rd.root / f"features_{split}_{checkpoint}.pt"
             )
     return result
+
+
+def _read_run_config(rd: Any, checkpoint: str, device: str | None) -> Config:
+    """The config of a run directory (with an optional device override); ``checkpoint`` must be one of its names."""
+    import yaml
+
+    from bce3s.config import config_from_dict
+
+    try:
+        cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
+        cfg.check()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
+    valid = ["last", "best_val"] + [f"{s.name}_{k}" for s in cfg.stages for k in ("last", "best_val")]
+    if checkpoint not in valid:
+        raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
+    if device is not None:
+        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=device))
+        cfg.check()
+    return cfg
+
+
+def _load_weights(model: nn.Module, state: dict[str, Any], path: Path, num_classes: int) -> None:
+    """Load a checkpoint's weights into the run's model, with a one-line error when they do not fit."""
+    ck_classes = int(state.get("num_classes", num_classes))
+    if ck_classes != num_classes:
+        raise CheckpointError(
+            f"{path} has {ck_classes} classes but the run's data has {num_classes}; "
+            "evaluate it with the data it was trained on"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        # torch lists the mismatches on the lines after "Error(s) in loading state_dict for ...:"
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+        raise CheckpointError(
+            f"{path} does not match the run's model ({detail[:200]}); evaluate it with the run it was trained in"
+        ) from None

@@ -1,0 +1,151 @@
+"""Config -> objects: the run's model, each stage's loss, the batch sources, the autocast dtype.
+
+Every translation of a config value into a built object lives here, so the stage and run modules work with
+objects and read as the order of work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bce3s.config import Config, StageConfig
+from bce3s.engine.distributed import DistInfo
+from bce3s.errors import BCE3SError, ConfigError
+from bce3s.seeding import derive_seed
+
+__all__ = [
+    "amp_dtype",
+    "augment_options",
+    "build_run_model",
+    "build_stage_loss",
+    "default_preset",
+    "eval_source",
+    "loss_needs",
+    "train_sources",
+]
+
+
+def default_preset(cfg: Config, data: Any) -> str:
+    """The augmentation preset of a run: ``data.preset`` or the dataset's natural one."""
+    if cfg.data.preset:
+        return cfg.data.preset
+    if data.in_channels == 1:
+        return "gray"
+    size = cfg.data.image_size or data.image_size
+    return "cifar" if size <= 64 else "imagenet"
+
+
+def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
+    """Augmentation keywords of ``make_batch_source``; horizontal flips follow the dataset (never for digits)."""
+    from bce3s.data.transforms import DATASET_PRESETS
+
+    c = cfg.data
+    return {
+        "flip": DATASET_PRESETS.get(c.dataset, ("", True))[1],
+        "autoaugment": c.autoaugment,
+        "cutout": c.cutout,
+        "randaugment": c.randaugment,
+        "image_size": c.image_size or data.image_size,
+    }
+
+
+def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
+    """The deterministic, un-augmented source of an evaluation split (each rank a disjoint part, no padding)."""
+    from bce3s.data.loader import make_batch_source
+
+    return make_batch_source(
+        split,
+        train=False,
+        preset=default_preset(cfg, data),
+        batch_size=cfg.eval.batch_size,
+        device=dist.device,
+        pipeline=cfg.runtime.pipeline,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_workers=cfg.runtime.num_workers,
+        **augment_options(cfg, data),
+    )
+
+
+def _train_source(cfg: Config, data: Any, stage: StageConfig, stage_index: int, dist: DistInfo, mixing: bool) -> Any:
+    from bce3s.data.loader import make_batch_source
+
+    split = data.train
+    return make_batch_source(
+        split,
+        train=True,
+        preset=default_preset(cfg, data),
+        batch_size=stage.batch_size // dist.world_size,
+        sampler=stage.mixing.sampler if mixing else stage.sampler,
+        rho=stage.mixing.rho if mixing else stage.rho,
+        class_counts=data.train_counts,
+        device=dist.device,
+        pipeline=cfg.runtime.pipeline,
+        seed=derive_seed(cfg.runtime.seed, "mix-data" if mixing else "data", stage_index) % (2**31),
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_workers=cfg.runtime.num_workers,
+        num_samples=len(split) if mixing else None,
+        **augment_options(cfg, data),
+    )
+
+
+def train_sources(cfg: Config, data: Any, stage_index: int, dist: DistInfo) -> tuple[Any, Any | None]:
+    """The training source of a stage and, when the stage mixes (GLMC), the source of the second batch."""
+    stage = cfg.stages[stage_index]
+    main = _train_source(cfg, data, stage, stage_index, dist, mixing=False)
+    mix = _train_source(cfg, data, stage, stage_index, dist, mixing=True) if stage.mixing.enabled else None
+    return main, mix
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (CUDA only), or None for fp32."""
+    if cfg.runtime.amp == "none" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
+
+
+def loss_needs(loss_name: str) -> frozenset[str]:
+    """What the loss ``loss_name`` takes besides logits and targets (``embeddings``, ``weight``)."""
+    from bce3s.losses import LOSSES
+
+    return getattr(LOSSES[loss_name], "needs", frozenset())
+
+
+def build_run_model(cfg: Config, data: Any) -> nn.Module:
+    """The run's model (with a projector only when some stage's loss needs embeddings)."""
+    from bce3s.models import build_model
+
+    needs_emb = any("embeddings" in loss_needs(s.loss.name) for s in cfg.stages)
+    return build_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        head=cfg.model.head,
+        projector_dim=cfg.model.projector_dim if needs_emb else None,
+    )
+
+
+def build_stage_loss(cfg: Config, stage_index: int, num_classes: int, class_counts: list[int]) -> nn.Module:
+    """The loss of stage ``stage_index``: its params plus a derived seed and the projector width where used."""
+    from bce3s.losses import build_loss, loss_params
+
+    stage = cfg.stages[stage_index]
+    params = dict(stage.loss.params)
+    try:
+        accepted = loss_params(stage.loss.name)
+    except ValueError as err:
+        raise ConfigError(f"stages.{stage_index}.loss.name: {str(err).splitlines()[0]}") from None
+    if "seed" in accepted and "seed" not in params:
+        params["seed"] = derive_seed(cfg.runtime.seed, "loss", stage_index) % (2**31)
+    if "embedding_dim" in accepted and "embedding_dim" not in params:
+        params["embedding_dim"] = cfg.model.projector_dim
+    try:
+        return build_loss(stage.loss.name, num_classes=num_classes, class_counts=class_counts, **params)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, BCE3SError):
+            raise
+        raise ConfigError(f"stages.{stage_index}.loss: {str(err).splitlines()[0]}") from None
