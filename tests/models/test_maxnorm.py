@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bce3s.models import MaxNorm, NormalizedLinear, apply_max_norm, max_norm_threshold
+from bce3s.models import NormalizedLinear, apply_max_norm, max_norm_threshold
 
 
 def _loop_reference(weight: torch.Tensor, theta: float, init_weight: torch.Tensor) -> torch.Tensor:
@@ -31,28 +31,16 @@ def test_matches_loop_reference_over_epochs() -> None:
     torch.manual_seed(0)
     w = torch.randn(20, 7) * torch.linspace(0.2, 3.0, 20).unsqueeze(1)
     init = w.clone()
-    maxnorm = MaxNorm(theta=0.1)
-    maxnorm.fit(w)
+    threshold = max_norm_threshold(w, 0.1)  # fixed once, at the start of the stage
     ref = w.clone()
     for _ in range(3):  # a few "epochs" of drift then projection; the threshold stays the initial one
         drift = torch.randn(20, 7) * 0.3
         w += drift
         ref += drift
-        maxnorm.apply(w)
+        apply_max_norm(w, threshold)
         ref = _loop_reference(ref, 0.1, init)
         torch.testing.assert_close(w, ref)
-    assert bool((w.norm(dim=1) <= maxnorm.threshold * (1 + 1e-6)).all())
-
-
-def test_lazy_fit_and_state_dict() -> None:
-    torch.manual_seed(1)
-    w = torch.randn(5, 3)
-    m = MaxNorm(0.2)
-    m(w)
-    assert m.threshold is not None
-    m2 = MaxNorm()
-    m2.load_state_dict(m.state_dict())
-    assert (m2.theta, m2.threshold) == (0.2, m.threshold)
+    assert bool((w.norm(dim=1) <= threshold * (1 + 1e-6)).all())
 
 
 def test_per_row_thresholds_and_validation() -> None:
@@ -70,8 +58,8 @@ def test_maxnorm_cannot_change_normalized_head_logits() -> None:
         head.weight.mul_(torch.linspace(0.1, 5.0, 10).unsqueeze(1))
     h = torch.randn(32, 16)
     before = head(h).detach()
-    m = MaxNorm(0.1)
-    m.apply(head.weight)
-    assert head.weight.norm(dim=1).max() <= m.threshold * (1 + 1e-6)
+    threshold = max_norm_threshold(head.weight, 0.1)
+    apply_max_norm(head.weight, threshold)
+    assert head.weight.norm(dim=1).max() <= threshold * (1 + 1e-6)
     torch.testing.assert_close(head(h), before)
     assert head.weight.grad is None  # in-place projection is not recorded by autograd

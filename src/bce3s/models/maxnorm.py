@@ -1,4 +1,4 @@
-"""MaxNorm via projected gradient descent (Alshammari et al., "weight balancing"; SPEC 2.3).
+"""MaxNorm via projected gradient descent (Alshammari et al., "Long-tailed recognition via weight balancing").
 
 WB (utils/regularizers.py, copied into the official BCE3S code) fixes one threshold per layer from the row
 norms ``m_k = ||w_k||`` of the weight *at the start of stage 2*::
@@ -11,7 +11,10 @@ The bias gets threshold +inf (never projected), so only the weight is handled he
 Important: on a :class:`~bce3s.models.heads.NormalizedLinear` head the logits use ``w_k / ||w_k||``, so this
 projection **cannot change any logit, prediction or loss value**; it only changes the size of later gradient
 steps on ``w`` (the gradient through the normalization scales like ``1/||w_k||``). It matters only for a plain
-linear head (WB's setting). The project offers it for fidelity (SPEC 7.9).
+linear head (WB's setting). bce3s offers it for fidelity to the released BCE3S stage 2.
+
+The engine fixes the threshold with :func:`max_norm_threshold` when a stage with ``max_norm`` starts (it is kept
+in ``last.pt``) and calls :func:`apply_max_norm` after each of the stage's epochs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MaxNorm", "apply_max_norm", "max_norm_threshold"]
+__all__ = ["apply_max_norm", "max_norm_threshold"]
 
 
 def max_norm_threshold(weight: Tensor, theta: float = 0.1) -> float:
@@ -62,49 +65,3 @@ def apply_max_norm(weight: Tensor, thresholds: float | Tensor) -> Tensor:
     weight.mul_(scale.to(weight.dtype).view(-1, *([1] * (weight.dim() - 1))))
     return weight
 
-
-class MaxNorm:
-    """Stateful WB MaxNorm: the threshold is fixed from the first weight it sees, then applied per epoch.
-
-    Example::
-
-        maxnorm = MaxNorm(theta=0.1)
-        maxnorm.fit(model.head.weight)      # at the start of stage 2 (or lazily on the first apply)
-        for epoch in range(epochs):
-            train_one_epoch(...)
-            maxnorm.apply(model.head.weight)
-
-    Args:
-        theta: see :func:`max_norm_threshold`.
-    """
-
-    def __init__(self, theta: float = 0.1) -> None:
-        if theta < 0:
-            raise ValueError(f"theta must be >= 0, got {theta}")
-        self.theta = float(theta)
-        self.threshold: float | None = None
-
-    def fit(self, weight: Tensor) -> float:
-        """Fix the threshold from the current row norms of ``weight`` ``(K, D)``; returns it."""
-        self.threshold = max_norm_threshold(weight, self.theta)
-        return self.threshold
-
-    def apply(self, weight: Tensor) -> Tensor:
-        """Project ``weight`` in place (fitting the threshold first if not yet fitted, as WB does)."""
-        if self.threshold is None:
-            self.fit(weight)
-        assert self.threshold is not None
-        return apply_max_norm(weight, self.threshold)
-
-    __call__ = apply
-
-    def state_dict(self) -> dict[str, float | None]:
-        """Checkpointable state (``theta`` and the fixed ``threshold``)."""
-        return {"theta": self.theta, "threshold": self.threshold}
-
-    def load_state_dict(self, state: dict[str, float | None]) -> None:
-        """Restore :meth:`state_dict` output."""
-        theta = state["theta"]
-        self.theta = float(theta) if theta is not None else 0.1
-        threshold = state["threshold"]
-        self.threshold = None if threshold is None else float(threshold)
