@@ -19,7 +19,7 @@ from torch import nn
 from bce3s.config import Config, StageConfig
 from bce3s.engine import build
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.engine.distributed import DistInfo
+from bce3s.engine.distributed import DistInfo, all_reduce_flag
 from bce3s.engine.evaluate import evaluate_split
 from bce3s.engine.logger import EpochLogger
 from bce3s.engine.loop import EpochResult, train_one_epoch
@@ -298,11 +298,20 @@ def _end_stage(ctx: RunContext, st: _Stage) -> None:
     stage, model = st.cfg, ctx.model
     if stage.logit_adjust_tau is not None:
         model.set_logit_adjustment(ctx.data.train_counts, stage.logit_adjust_tau)
+        if stage.name in ctx.best:  # best_val was written during the epochs: it gets the same adjustment
+            _adjust_saved(ctx, f"{stage.name}_best_val", model.logit_bias)
     ctx.ckpt.save(f"{stage.name}_last", _model_ckpt(ctx, st, stage.epochs - 1))
     if stage.name not in ctx.best:  # no validation split: best_val falls back to last, and says so
         ctx.best[stage.name] = {"stage": stage.name, "epoch": stage.epochs - 1, "metric": None, "value": None}
         ctx.ckpt.save(f"{stage.name}_best_val", _model_ckpt(ctx, st, stage.epochs - 1))
     ctx.ckpt.save("last", between_stages(st.index + 1, model, ctx.best, ctx.logger.history, ctx.data.num_classes))
+
+
+def _adjust_saved(ctx: RunContext, name: str, logit_bias: torch.Tensor) -> None:
+    """Rewrite the saved checkpoint ``name`` with the post-hoc logit adjustment ``logit_bias`` (K,)."""
+    state = load_checkpoint(ctx.ckpt.rd.checkpoint(name))
+    state["model"]["logit_bias"] = logit_bias.detach().cpu().clone()
+    ctx.ckpt.save(name, {k: v for k, v in state.items() if k not in ("format", "config")})
 
 
 def run_stage(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> None:
@@ -324,4 +333,9 @@ def run_stage(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> None:
         res = _train_epoch(ctx, st, epoch, start_step, partial)
         start_step, partial = 0, None
         _end_epoch(ctx, st, epoch, lr, res)
+        if all_reduce_flag(ctx.stop(), ctx.dist):  # a stop requested during the epoch's last step
+            raise Interrupted(
+                f"interrupted by {ctx.stop.name} at stage {st.cfg.name} after epoch {epoch}; last.pt saved. "
+                f"Resume with: bce3s train --resume --out {ctx.ckpt.rd.root}"
+            )
     _end_stage(ctx, st)
