@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 import bce3s
+from bce3s import faults
 from bce3s.config import Config, load_config
 from bce3s.data import build_data, make_batch_source
 from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
+from bce3s.errors import BCE3SError
 from bce3s.eval.metrics import summarize
 from bce3s.models import build_model
 
@@ -426,3 +428,35 @@ def test_channels_last_converts_the_model_and_keeps_the_numbers(channels_last, b
     for row in ("last", "last_tta_flip"):
         got, want = run.final["test"][row], base.final["test"][row]
         assert got["top1"] == want["top1"] and got["nll"] == pytest.approx(want["nll"], rel=1e-4), row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resume
+
+
+def test_resume_after_sigterm_mid_epoch_is_bit_identical(from_best_val, tmp_path, monkeypatch):
+    """SIGTERM after step 2 of stage 1's second epoch (the fault-injection hook signals this very process; SGD
+    momentum and the best-val record are in flight), then ``train(resume=True)``: everything the run reports equals
+    the uninterrupted run's. The BCE3S variant (class memory, GLMC mixing) is in test_trainer.py; subprocess
+    SIGKILL/SIGINT scenarios are in tests/reliability/test_preemption.py (slow)."""
+    out = tmp_path / "run"
+    monkeypatch.setenv(faults.ENV, "sigterm@step:0.1.2")
+    with pytest.raises(BCE3SError) as stopped:
+        train(from_best_val.cfg, out, quiet=True)
+    assert stopped.value.exit_code == 130  # "interrupted", what the CLI exits with
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not (out / "final.json").exists()
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert (state["stage_index"], state["epoch"], state["step"]) == (0, 1, 2)
+    monkeypatch.delenv(faults.ENV)
+    res = train(None, out, resume=True, quiet=True)
+    assert res.final["test"] == from_best_val.final["test"]
+    assert res.final["selection"] == from_best_val.final["selection"]
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in recs]
+
+    assert strip(Run(from_best_val.cfg, res).metrics()) == strip(from_best_val.metrics())
+    for ck in ("stage1_best_val", "stage1_last", "stage2_last"):
+        a, b = load_checkpoint(out / "checkpoints" / f"{ck}.pt")["model"], from_best_val.state(ck)
+        assert all(torch.equal(a[k], b[k]) for k in b), ck
