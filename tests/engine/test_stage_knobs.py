@@ -13,7 +13,7 @@ Observation points that do not rely on engine internals:
   ``TrainResult.losses[stage]`` says which module was the stage's loss;
 * the memory format inside the model: a global forward pre-hook on ``nn.Conv2d``.
 
-Runs share one module-scoped fixture each; the whole file trains 10 runs of 4 epochs (about 15 s on one core).
+Runs are module-scoped fixtures shared by the tests; the file trains 11 tiny runs (about 10 s of CPU time).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def channels_last(tmp_path_factory) -> tuple[Run, list[tuple[bool, bool, bool]]]
 def test_freeze_backbone_keeps_every_backbone_weight_and_trains_the_head(base):
     s1, s2 = base.state("stage1_last"), base.state("stage2_last")
     names = _param_names(base.cfg, "backbone.")
-    assert len(names) == 15  # 5 x (conv weight, BN weight, BN bias)
+    assert any(".weight" in n for n in names) and any(".bias" in n for n in names)
     for n in names:
         assert torch.equal(s1[n], s2[n]), n
     head = _param_names(base.cfg, "head.")
@@ -262,7 +262,7 @@ def test_bn_mode_train_reestimates_frozen_backbone_statistics(base):
 def test_bn_mode_eval_keeps_frozen_backbone_statistics(bn_eval):
     s1, s2 = bn_eval.state("stage1_last"), bn_eval.state("stage2_last")
     backbone = [k for k in s1 if k.startswith("backbone.")]
-    assert len(_bn_buffers(s1)) == 15  # 5 x (running_mean, running_var, num_batches_tracked)
+    assert any("running_mean" in k for k in _bn_buffers(s1))  # the backbone has BatchNorm statistics
     for k in backbone:
         assert torch.equal(s1[k], s2[k]), f"{k} changed with bn_mode eval"
     head = _param_names(bn_eval.cfg, "head.")

@@ -11,6 +11,7 @@ import yaml
 
 from bce3s import faults
 from bce3s.config import load_config
+from bce3s.data import build_data
 from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.errors import BCE3SError
@@ -73,7 +74,11 @@ def test_run_directory_layout(finished_run):
     on_disk = json.loads((out / "final.json").read_text())
     assert on_disk["test"]["last"]["top1"] == pytest.approx(final["test"]["last"]["top1"])
     assert final["selection"]["best_val"]["stage"] == "stage2"
-    assert len(final["train_counts"]) == 10 and final["train_counts"][0] >= 10 * final["train_counts"][-1] - 10
+    # the training counts are those of the training split (class 0 = head), imbalance factor 10
+    labels = build_data(load_config(out / "config.yaml").data).train.labels
+    assert final["train_counts"] == torch.bincount(labels, minlength=10).tolist()
+    assert final["train_counts"] == sorted(final["train_counts"], reverse=True)
+    assert round(final["train_counts"][0] / final["train_counts"][-1]) == 10
 
 
 def test_stage2_trains_only_the_head(finished_run):
