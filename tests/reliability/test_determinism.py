@@ -20,9 +20,8 @@ from reliability_helpers import read_json, tiny
 
 from bce3s.config import Config, config_from_dict
 from bce3s.data import mixing
-from bce3s.engine import loop
+from bce3s.engine import loop, train
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.engine.trainer import train
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.tripartite import Bce3sLoss
 

@@ -17,9 +17,9 @@ from reliability_helpers import assert_all_finite, read_json, tiny, write_cfg
 
 from bce3s.cli import main
 from bce3s.config import Config, config_from_dict
+from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.engine.loop import NonFiniteError
-from bce3s.engine.trainer import train
 from bce3s.losses import LossOutput
 from bce3s.losses.tripartite import Bce3sLoss
 from bce3s.models.classifier import Classifier
