@@ -124,7 +124,7 @@ def _bn_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def test_images() -> tuple[torch.Tensor, torch.Tensor]:
+def eval_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The test split exactly as evaluation sees it (un-augmented, normalized with the config's ``gray`` preset)."""
     cfg = load_config(CONFIG)
     data = build_data(cfg.data)
@@ -322,8 +322,8 @@ def test_max_norm_projects_head_rows_onto_the_threshold_of_the_stage_start(max_n
 # logit_adjust_tau
 
 
-def test_logit_adjustment_subtracts_tau_log_prior_from_the_final_logits(logit_adjusted, base, test_images):
-    x, y = test_images
+def test_logit_adjustment_subtracts_tau_log_prior_from_the_final_logits(logit_adjusted, base, eval_images):
+    x, y = eval_images
     tau = logit_adjusted.cfg.stages[1].logit_adjust_tau
     counts = torch.tensor(logit_adjusted.final["train_counts"], dtype=torch.float64)
     assert counts.tolist() == base.final["train_counts"]
@@ -347,8 +347,8 @@ def test_logit_adjustment_subtracts_tau_log_prior_from_the_final_logits(logit_ad
 # eval.tta_flip
 
 
-def test_tta_flip_rows_average_logits_with_the_horizontal_flip(base, test_images):
-    x, y = test_images
+def test_tta_flip_rows_average_logits_with_the_horizontal_flip(base, eval_images):
+    x, y = eval_images
     model = base.model("stage2_last")
     counts = base.final["train_counts"]
     plain = logits_of(model, x)
