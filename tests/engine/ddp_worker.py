@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bce3s.config import load_config
-from bce3s.engine.run import train
+from bce3s.engine import train
 
 
 def main() -> None:
