@@ -14,8 +14,8 @@ from bce3s.config import load_config
 from bce3s.data import build_data
 from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.errors import BCE3SError
 from bce3s.engine.evaluate import evaluate_run
+from bce3s.errors import BCE3SError
 
 TINY = {
     "data": {"dataset": "digits_lt", "imbalance_factor": 10},
