@@ -1,4 +1,4 @@
-"""Tests of bce3s.eval.compare: grouping by config, mean ± sample std over seeds, Markdown and CSV output."""
+"""Tests of bce3s.report.compare: grouping by config, mean ± sample std over seeds, Markdown and CSV output."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bce3s.errors import RunDirError
-from bce3s.eval.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
+from bce3s.report.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
 
 METRICS = [key for key, _ in COMPARE_METRICS]
 

@@ -1,4 +1,4 @@
-"""Fixtures that write fake-but-consistent run directories in the documented format (see bce3s.eval.report).
+"""Fixtures that write fake-but-consistent run directories in the documented format (see bce3s.report.rundata).
 
 The numbers are real: small random logits / features go through ``metrics.summarize``,
 ``geometry.geometry_summary`` and ``metrics.confusion_matrix``, exactly as the engine and ``bce3s eval`` do, so

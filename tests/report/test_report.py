@@ -1,4 +1,4 @@
-"""Tests of bce3s.eval.report (and the figure helpers it uses): content, numbers, offline-ness, missing inputs."""
+"""Tests of the run report (bce3s.report.writer, .rundata, .plots): content, numbers, offline-ness, missing inputs."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from bce3s.errors import RunDirError
-from bce3s.eval import plots
-from bce3s.eval.report import SECTIONS, load_run, write_report
+from bce3s.report import plots
+from bce3s.report.rundata import load_run
+from bce3s.report.writer import SECTIONS, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG_TAG = '<img src="data:image/png;base64,'
@@ -265,7 +266,7 @@ def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
     """End to end on the engine's own files: train CE and BCE3S on Digits-LT briefly, evaluate one, report both."""
     from bce3s.config import load_config
     from bce3s.engine.trainer import train
-    from bce3s.eval.evaluate import evaluate_run
+    from bce3s.eval.evaluate import evaluate_run  # the lead moves it to bce3s.engine.evaluate
 
     repo = Path(__file__).resolve().parents[2]
     runs = []
