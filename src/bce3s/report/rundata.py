@@ -97,6 +97,7 @@ class RunData:
 
     @property
     def train_counts(self) -> list[int] | None:
+        """``final.json["train_counts"]`` as ints, or ``None`` when missing or not a list of counts."""
         counts = self.final.get("train_counts")
         if not isinstance(counts, list) or not counts:
             return None

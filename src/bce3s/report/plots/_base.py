@@ -78,6 +78,7 @@ def run_colors(labels: Sequence[str]) -> dict[str, str]:
 
 
 def colors_for(labels: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:
+    """The colour of each label: from ``colors`` where given, else that of :func:`run_colors`."""
     fallback = run_colors(labels)
     return {label: (colors or {}).get(label, fallback[label]) for label in labels}
 
@@ -108,10 +109,12 @@ def head_to_tail_order(train_counts: Sequence[int]) -> np.ndarray:
 
 
 def as_float(values: Sequence[float | None]) -> np.ndarray:
+    """A float64 array of ``values`` with ``None`` as NaN."""
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
 def check_length(name: str, values: np.ndarray, k: int) -> None:
+    """Raise ``ValueError`` unless ``values`` holds one value per class (shape ``(k,)``)."""
     if values.shape != (k,):
         raise ValueError(f"{name}: expected {k} per-class values (one per class of train_counts), got {values.shape}")
 
