@@ -223,7 +223,9 @@ def _bin_sums(confidence: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor,
         0, bins, confidence.double()
     )
     acc_sum = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(0, bins, correct.double())
-    count = torch.bincount(bins, minlength=n_bins).double()
+    count = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(
+        0, bins, torch.ones_like(confidence, dtype=torch.float64)
+    )
     return count, conf_sum, acc_sum
 
 
