@@ -286,7 +286,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bce3s.eval.report import write_report
+    from bce3s.report.writer import write_report
 
     dirs = [Path(d) for d in args.run_dirs]
     out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else dirs[0].parent / "report")
@@ -297,7 +297,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bce3s.eval.compare import compare_runs, format_csv, format_markdown
+    from bce3s.report.compare import compare_runs, format_csv, format_markdown
 
     rows = compare_runs([Path(d) for d in args.run_dirs])
     text = format_markdown(rows) if args.format == "md" else format_csv(rows)
@@ -311,7 +311,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
-    from bce3s.eval.compare import compare_runs, format_markdown
+    from bce3s.report.compare import compare_runs, format_markdown
 
     path = _config_path(args.config)
     base = [*args.overrides] + ([f"runtime.device={args.device}"] if args.device else [])
@@ -360,7 +360,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
     from bce3s.engine.evaluate import evaluate_run
     from bce3s.engine.run import train
-    from bce3s.eval.report import write_report
+    from bce3s.report.writer import write_report
 
     parent = Path(args.out)
     finals = []

@@ -154,12 +154,12 @@ def test_functions_agree_with_summary_and_validate() -> None:
     assert set(out["per_class"]) == {"compactness", "feature_separability", "feature_norm"}
     assert out["summary"]["compactness"]["few"]["num_classes"] == 1
     assert out["summary"]["feature_norm"]["many"]["num_classes"] == 1
-    with pytest.raises(ValueError, match="labels must lie"):
-        compactness(feats, labels + 1, 3)
-    with pytest.raises(ValueError, match=r"weight must be \(3, D\)"):
-        geometry_summary(feats, labels, torch.randn(4, 4), [5, 50, 500])
-    with pytest.raises(ValueError, match="features must be"):
-        class_means(torch.randn(10), labels, 3)
+    with pytest.raises(ValueError):
+        compactness(feats, labels + 1, 3)  # label 3 with 3 classes
+    with pytest.raises(ValueError):
+        geometry_summary(feats, labels, torch.randn(4, 4), [5, 50, 500])  # 4 weight rows for 3 classes
+    with pytest.raises(ValueError):
+        class_means(torch.randn(10), labels, 3)  # features not (N, D)
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from bce3s.eval.metrics import (
     mean_per_class_accuracy,
     nll,
     per_class_accuracy,
+    reliability_bins,
     shot_accuracy,
     shot_groups,
     summarize,
@@ -53,7 +55,7 @@ def test_topk_against_sklearn() -> None:
         ref = skm.top_k_accuracy_score(y, s, k=k, labels=np.arange(12))
         assert topk_accuracy(logits, labels, k) == pytest.approx(ref)
     assert topk_accuracy(logits, labels, 12) == 1.0
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError):
         topk_accuracy(logits, labels, 13)
 
 
@@ -84,13 +86,20 @@ def test_confusion_matrix_against_sklearn() -> None:
     np.testing.assert_array_equal(ours.numpy(), skm.confusion_matrix(labels.numpy(), preds.numpy(), labels=range(12)))
 
 
-def test_label_validation() -> None:
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        per_class_accuracy(torch.tensor([0, 1]), torch.tensor([0, 3]), 3)
-    with pytest.raises(ValueError, match="preds must have shape"):
-        per_class_accuracy(torch.tensor([0]), torch.tensor([0, 1]), 3)
-    with pytest.raises(ValueError, match="integer"):
-        nll(torch.zeros(2, 3), torch.tensor([0.0, 1.0]))
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: per_class_accuracy(torch.tensor([0, 1]), torch.tensor([0, 3]), 3),  # label out of range
+        lambda: per_class_accuracy(torch.tensor([0, -1]), torch.tensor([0, 1]), 3),  # negative prediction
+        lambda: per_class_accuracy(torch.tensor([0]), torch.tensor([0, 1]), 3),  # lengths differ
+        lambda: nll(torch.zeros(2, 3), torch.tensor([0.0, 1.0])),  # float labels
+        lambda: nll(torch.zeros(3), torch.tensor([0, 1, 2])),  # logits not (N, K)
+        lambda: reliability_bins(torch.zeros(2, 3), torch.tensor([0, 1]), n_bins=0),
+    ],
+)
+def test_bad_arguments_raise_value_error(call: Any) -> None:
+    with pytest.raises(ValueError):
+        call()
 
 
 def test_shot_group_boundaries() -> None:
@@ -146,15 +155,16 @@ def test_nll_and_brier_against_sklearn() -> None:
     assert brier_score(logits, labels) == pytest.approx(skm.brier_score_loss(y, probs, labels=range(12)), rel=1e-5)
 
 
-def test_calibration_stats_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bce3s.eval.metrics as m
-
-    logits, labels = _random_case(n=50)
-    full = calibration_stats(logits, labels)
-    monkeypatch.setattr(m, "_CHUNK", 7)
-    chunked = calibration_stats(logits, labels)
-    for key in full:
-        torch.testing.assert_close(chunked[key], full[key])
+def test_calibration_stats_on_more_rows_than_fit_in_memory_at_once() -> None:
+    # 20 000 rows: more than the row chunks the softmax is computed in; every row must match a direct computation
+    logits, labels = _random_case(n=20_000, k=7, seed=4)
+    stats = calibration_stats(logits.double(), labels)
+    probs = torch.softmax(logits.double(), dim=1)
+    onehot = torch.nn.functional.one_hot(labels, 7).double()
+    torch.testing.assert_close(stats["confidence"], probs.max(1).values)
+    assert torch.equal(stats["correct"], probs.argmax(1) == labels)
+    torch.testing.assert_close(stats["nll"], -probs.gather(1, labels[:, None]).squeeze(1).log())
+    torch.testing.assert_close(stats["brier"], ((probs - onehot) ** 2).sum(1))
 
 
 def test_summarize_keys_values_and_json() -> None:
@@ -203,8 +213,8 @@ def test_summarize_empty_split_and_small_k() -> None:
     assert out["medium"] is None  # its only class has no test sample
     assert out["many"] == pytest.approx(75.0)
     assert out["top1"] == pytest.approx(200 / 3)
-    with pytest.raises(ValueError, match="train_counts has 2 entries"):
-        summarize(logits, labels, [1, 2])
+    with pytest.raises(ValueError):
+        summarize(logits, labels, [1, 2])  # 2 training counts for 3 classes
 
 
 @pytest.mark.gpu
@@ -217,3 +227,69 @@ def test_summarize_on_cuda_matches_cpu() -> None:
     assert gpu["per_class"] == pytest.approx(cpu["per_class"], abs=5.0)  # fp16 logits may flip a near-tie
     assert gpu["nll"] == pytest.approx(cpu["nll"], rel=1e-2)
     assert gpu["ece"] == pytest.approx(cpu["ece"], abs=0.5)
+
+
+def _bins_loop(conf: list[float], correct: list[bool], n_bins: int) -> tuple[list[int], list[float], list[float]]:
+    """Naive reference, one sample at a time: bin b holds (b/n, (b+1)/n], bin 0 also holds 0."""
+    count, hits, conf_sum = [0] * n_bins, [0.0] * n_bins, [0.0] * n_bins
+    for c, ok in zip(conf, correct):
+        b = next(i for i in range(n_bins) if c <= (i + 1) / n_bins)
+        count[b] += 1
+        hits[b] += float(ok)
+        conf_sum[b] += c
+    return count, hits, conf_sum
+
+
+def test_reliability_bins_put_samples_on_an_edge_in_the_bin_below() -> None:
+    # float64 logits whose softmax confidence is exactly 0.5, 0.75, 1.0 or 0.875 (all edges of 4 or 8 bins)
+    neg = -1e4
+    logits = torch.tensor(
+        [
+            [math.log(2), 0, 0, neg],  # conf 0.5, label 0: correct
+            [math.log(3), 0, neg, neg],  # conf 0.75, label 1: wrong
+            [1e4, 0, 0, 0],  # conf 1.0, correct
+            [math.log(7), 0, neg, neg],  # conf 0.875, correct
+            [math.log(2), 0, 0, neg],  # conf 0.5, label 2: wrong
+        ],
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([0, 1, 0, 0, 2])
+    assert calibration_stats(logits, labels)["confidence"].tolist() == [0.5, 0.75, 1.0, 0.875, 0.5]
+    rel = reliability_bins(logits, labels, n_bins=4)
+    assert rel["bin_edges"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert rel["bin_count"] == [0, 2, 1, 2]  # 0.5 in (0.25, 0.5], 0.75 in (0.5, 0.75]
+    assert rel["bin_acc"] == [None, 0.5, 0.0, 1.0]
+    assert rel["bin_conf"] == [None, 0.5, 0.75, 0.9375]
+    # ECE by hand over the same bins: 2/5 * 0 + 1/5 * 0.75 + 2/5 * 0.0625
+    assert expected_calibration_error(logits, labels, n_bins=4) == pytest.approx(0.175, abs=1e-15)
+    assert reliability_bins(logits, labels, n_bins=8)["bin_count"] == [0, 0, 0, 2, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("n_bins", [1, 4, 10, 15])
+def test_reliability_bins_against_loop(n_bins: int) -> None:
+    logits, labels = _random_case(n=400, seed=7)
+    logits = logits.double()
+    probs = torch.softmax(logits, 1)
+    conf, correct = probs.max(1).values.tolist(), (probs.argmax(1) == labels).tolist()
+    count, hits, conf_sum = _bins_loop(conf, correct, n_bins)
+    rel = reliability_bins(logits, labels, n_bins)
+    assert rel["bin_count"] == count
+    assert len(rel["bin_edges"]) == n_bins + 1
+    for b in range(n_bins):
+        if count[b] == 0:
+            assert rel["bin_acc"][b] is None and rel["bin_conf"][b] is None
+        else:
+            assert rel["bin_acc"][b] == pytest.approx(hits[b] / count[b], abs=1e-12)
+            assert rel["bin_conf"][b] == pytest.approx(conf_sum[b] / count[b], abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ece_is_the_weighted_gap_over_the_reliability_bins(dtype: torch.dtype) -> None:
+    logits, labels = _random_case(n=600, k=10, seed=11)
+    logits = logits.to(dtype)
+    rel = reliability_bins(logits, labels)
+    n = sum(rel["bin_count"])
+    assert n == 600
+    gap = sum(c / n * abs(a - m) for c, a, m in zip(rel["bin_count"], rel["bin_acc"], rel["bin_conf"]) if c)
+    assert expected_calibration_error(logits, labels) == pytest.approx(gap, abs=1e-12)
+    assert summarize(logits, labels, [50] * 10)["ece"] == pytest.approx(100 * gap, abs=1e-10)

@@ -20,33 +20,11 @@ from bce3s.engine.build import amp_dtype, build_run_model, eval_source
 from bce3s.engine.distributed import DistInfo
 from bce3s.engine.loop import predict
 from bce3s.errors import CheckpointError, ConfigError, RunDirError
+from bce3s.eval.metrics import reliability_bins
 
-__all__ = ["evaluate_run", "evaluate_split", "reliability_bins"]
+__all__ = ["evaluate_run", "evaluate_split"]
 
 log = logging.getLogger(__name__)
-
-
-def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[float]]:
-    """Per-bin accuracy, mean confidence and count of softmax(logits) (equal-width confidence bins).
-
-    Args:
-        logits: (N, K).
-        labels: (N,).
-    """
-    probs = torch.softmax(logits.double(), dim=1)
-    conf, pred = probs.max(dim=1)
-    correct = (pred == labels).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    idx = torch.clamp(torch.bucketize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    count = torch.bincount(idx, minlength=n_bins).double()
-    acc = torch.bincount(idx, weights=correct, minlength=n_bins) / count.clamp_min(1)
-    mean_conf = torch.bincount(idx, weights=conf, minlength=n_bins) / count.clamp_min(1)
-    return {
-        "bin_edges": edges.tolist(),
-        "bin_acc": [a if c > 0 else None for a, c in zip(acc.tolist(), count.tolist())],
-        "bin_conf": [m if c > 0 else None for m, c in zip(mean_conf.tolist(), count.tolist())],
-        "bin_count": [int(c) for c in count.tolist()],
-    }
 
 
 def evaluate_split(

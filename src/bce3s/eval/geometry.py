@@ -1,4 +1,4 @@
-"""Feature and classifier geometry (SPEC 4 and 7.11): pure functions over features, labels and head weights.
+"""Feature and classifier geometry: pure functions over features, labels and head weights.
 
 Definitions (applied identically to every model), for penultimate features ``h_i`` (not normalized) of class
 ``k``, class means ``mu_k`` and raw classifier rows ``w_k``:

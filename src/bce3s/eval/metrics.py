@@ -7,7 +7,7 @@ Conventions:
 * The tensor-level functions return **fractions** in ``[0, 1]`` (accuracies, ECE); :func:`summarize` reports
   accuracies and ECE in **percent**, NLL in nats and the Brier score in its natural units (sum over classes,
   mean over samples, range ``[0, 2]``).
-* Many / Medium / Few are defined once, by :func:`shot_groups` on the *training* counts (SPEC 2.2, 7.10):
+* Many / Medium / Few are defined once, by :func:`shot_groups` on the *training* counts:
   Many ``n > 100``, Medium ``20 <= n <= 100``, Few ``n < 20``. A split's accuracy is the unweighted mean of the
   per-class accuracies of its classes.
 * Classes absent from the evaluated labels have a per-class accuracy of NaN; means over classes skip them
@@ -36,6 +36,7 @@ __all__ = [
     "mean_per_class_accuracy",
     "nll",
     "per_class_accuracy",
+    "reliability_bins",
     "shot_accuracy",
     "shot_groups",
     "summarize",
@@ -119,7 +120,7 @@ def shot_groups(train_counts: Sequence[int] | Tensor, many: int = 100, few: int 
     """Split classes into Many / Medium / Few by their training counts (the only place the thresholds live).
 
     Many: ``n > many``; Few: ``n < few``; Medium: ``few <= n <= many``. With the defaults a class with exactly
-    100 or exactly 20 training images is Medium (OLTR's ``shot_acc``, SPEC 2.2).
+    100 or exactly 20 training images is Medium (OLTR's ``shot_acc``).
 
     Args:
         train_counts: ``(K,)`` training images per class.
@@ -205,16 +206,34 @@ def calibration_stats(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
     return {key: torch.cat(vals) for key, vals in parts.items()}
 
 
-def _ece_from_stats(confidence: Tensor, correct: Tensor, n_bins: int) -> float:
-    n = confidence.numel()
-    if n == 0:
-        return math.nan
+def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
+    """Bin of each confidence among ``n_bins`` equal-width bins ``(b/n_bins, (b+1)/n_bins]`` (bin 0 also holds 0).
+
+    The one binning of the project: the ECE and the reliability diagram both use it, so a confidence that lies
+    exactly on an edge ``b/n_bins`` falls in the bin *below* the edge in both.
+    """
     inner = torch.linspace(0, 1, n_bins + 1, dtype=confidence.dtype, device=confidence.device)[1:-1]
-    bins = torch.bucketize(confidence, inner, right=False)  # bin b holds (b/n_bins, (b+1)/n_bins]
+    return torch.bucketize(confidence, inner, right=False)  # bin b holds (b/n_bins, (b+1)/n_bins]
+
+
+def _bin_sums(confidence: Tensor, correct: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-bin sample count, sum of confidences and number correct, each ``(n_bins,)`` float64."""
+    bins = _bin_index(confidence, n_bins)
     conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(
         0, bins, confidence.double()
     )
     acc_sum = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(0, bins, correct.double())
+    count = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(
+        0, bins, torch.ones_like(confidence, dtype=torch.float64)
+    )
+    return count, conf_sum, acc_sum
+
+
+def _ece_from_stats(confidence: Tensor, correct: Tensor, n_bins: int) -> float:
+    n = confidence.numel()
+    if n == 0:
+        return math.nan
+    _, conf_sum, acc_sum = _bin_sums(confidence, correct, n_bins)
     return float((acc_sum - conf_sum).abs().sum() / n)
 
 
@@ -231,6 +250,31 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15)
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     stats = calibration_stats(logits, labels)
     return _ece_from_stats(stats["confidence"], stats["correct"], n_bins)
+
+
+def reliability_bins(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, list[Any]]:
+    """Per-bin accuracy, mean confidence and count of the top-1 softmax confidence (the reliability diagram).
+
+    Uses the bins of :func:`expected_calibration_error` (``(b/n_bins, (b+1)/n_bins]``, the first also holds 0)
+    and the same confidences, so ``ECE = sum_b count_b / N * |acc_b - conf_b|`` over these bins.
+
+    Returns:
+        ``{"bin_edges": [n_bins + 1], "bin_acc": [n_bins], "bin_conf": [n_bins], "bin_count": [n_bins]}``;
+        accuracies and confidences are fractions in ``[0, 1]``, ``None`` for an empty bin.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    stats = calibration_stats(logits, labels)
+    count, conf_sum, acc_sum = (t.cpu() for t in _bin_sums(stats["confidence"], stats["correct"], n_bins))
+    counts = [int(c) for c in count.tolist()]
+    acc = (acc_sum / count.clamp_min(1)).tolist()
+    conf = (conf_sum / count.clamp_min(1)).tolist()
+    return {
+        "bin_edges": torch.linspace(0, 1, n_bins + 1, dtype=torch.float64).tolist(),
+        "bin_acc": [a if c > 0 else None for a, c in zip(acc, counts)],
+        "bin_conf": [m if c > 0 else None for m, c in zip(conf, counts)],
+        "bin_count": counts,
+    }
 
 
 def nll(logits: Tensor, labels: Tensor) -> float:

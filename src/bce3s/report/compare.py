@@ -8,6 +8,8 @@ JSON of the config dict), so two runs of one config file with a changed ``--set`
 Every number comes from the test split in ``final.json`` without TTA, for the checkpoints ``last`` and
 ``best_val`` (one table row per group and checkpoint). Accuracies and ECE are in percent. The std is the sample
 standard deviation over seeds (``ddof = 1``); a group with a single run has no std (shown as ``–``).
+
+This module reads only JSON/YAML files and does not import matplotlib (``bce3s compare`` stays light).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bce3s.errors import RunDirError
+from bce3s.report.rundata import CHECKPOINTS, RunData, load_run
 
 __all__ = ["COMPARE_METRICS", "compare_runs", "config_hash", "format_csv", "format_markdown"]
 
@@ -32,7 +35,6 @@ log = logging.getLogger(__name__)
 COMPARE_METRICS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"))
 """(key in the METRICS dict, column name) of the compared quantities, in table order."""
 
-_CHECKPOINTS = ("last", "best_val")
 _DASH = "–"
 
 
@@ -81,11 +83,9 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     Raises:
         RunDirError: no run given, or a path that is not a finished run directory.
     """
-    from bce3s.eval.report import load_run
-
     if not run_dirs:
         raise RunDirError("no run directory given; pass one or more directories written by 'bce3s train'")
-    groups: dict[tuple[str, str], list[Any]] = {}
+    groups: dict[tuple[str, str], list[RunData]] = {}
     for path in run_dirs:
         run = load_run(path)
         meta = run.final.get("run") if isinstance(run.final.get("run"), dict) else {}
@@ -99,7 +99,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         if dupes:
             log.warning("config %s has several runs with seed(s) %s; each counts as one sample", config_name,
                         sorted(dupes))
-        for ckpt in _CHECKPOINTS:
+        for ckpt in CHECKPOINTS:
             with_results = [r for r in runs if r.test_metrics(ckpt) is not None]
             row: dict[str, Any] = {
                 "config_name": config_name,

@@ -1,10 +1,14 @@
-"""Tests of bce3s.eval.compare: grouping by config, mean ± sample std over seeds, Markdown and CSV output."""
+"""Tests of bce3s.report.compare: grouping by config, mean ± sample std over seeds, Markdown and CSV output."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
+import bce3s
 from bce3s.errors import RunDirError
-from bce3s.eval.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
+from bce3s.report.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
 
 METRICS = [key for key, _ in COMPARE_METRICS]
 
@@ -128,9 +133,26 @@ def test_missing_metric_is_left_out_of_its_mean(tmp_path: Path, write_run: Calla
     assert best["n"] == 2 and best["seeds"] == [1, 2]
 
 
-def test_bad_input_raises(tmp_path: Path) -> None:
-    with pytest.raises(RunDirError, match="no run directory given"):
+def test_bad_input_raises(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    with pytest.raises(RunDirError):
         compare_runs([])
+    good = write_run(tmp_path / "good")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RunDirError, match="missing final.json and config.yaml"):
-        compare_runs([tmp_path / "empty"])
+    with pytest.raises(RunDirError) as err:
+        compare_runs([good, tmp_path / "empty"])  # one bad directory fails the whole comparison
+    assert str(tmp_path / "empty") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_compare_does_not_import_matplotlib() -> None:
+    """``bce3s compare`` reads JSON only: importing what it runs must not load matplotlib (nor the figures)."""
+    src = Path(bce3s.__file__).resolve().parents[1]  # the bce3s under test, not another installed copy
+    code = (
+        "import sys\n"
+        "import bce3s.report.compare, bce3s.report.rundata\n"
+        "print(sorted(m for m in sys.modules if m == 'matplotlib' or m.startswith(('matplotlib.', 'bce3s.'))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    loaded = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert "bce3s.report.compare" in loaded
+    assert not [m for m in loaded if m.startswith("matplotlib") or m.startswith("bce3s.report.plots")]

@@ -1,8 +1,9 @@
-"""Fixtures that write fake-but-consistent run directories in the documented format (see bce3s.eval.report).
+"""Fixtures that write fake-but-consistent run directories in the documented format (see bce3s.report.rundata).
 
 The numbers are real: small random logits / features go through ``metrics.summarize``,
-``geometry.geometry_summary`` and ``metrics.confusion_matrix``, exactly as the engine and ``bce3s eval`` do, so
-every file of a fake run agrees with the others (same train counts, same class count, percent units).
+``metrics.reliability_bins``, ``geometry.geometry_summary`` and ``metrics.confusion_matrix``, exactly as the engine
+and ``bce3s eval`` do, so every file of a fake run agrees with the others (same train counts, same class count,
+percent units).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import yaml
 
 from bce3s.eval.geometry import geometry_summary
-from bce3s.eval.metrics import confusion_matrix, summarize
+from bce3s.eval.metrics import confusion_matrix, reliability_bins, summarize
 
 
 def lt_counts(num_classes: int, n_max: int = 500, imbalance: float = 100.0) -> list[int]:
@@ -26,24 +27,6 @@ def lt_counts(num_classes: int, n_max: int = 500, imbalance: float = 100.0) -> l
     if num_classes == 1:
         return [n_max]
     return [int(n_max * imbalance ** (-i / (num_classes - 1))) for i in range(num_classes)]
-
-
-def _reliability(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, list[Any]]:
-    """Equal-width confidence bins of softmax(logits), as in ``eval_*.json`` (fractions; None in empty bins)."""
-    probs = torch.softmax(logits.double(), dim=1)
-    conf, pred = probs.max(dim=1)
-    correct = (pred == labels).double()
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    idx = torch.clamp(torch.bucketize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    count = torch.bincount(idx, minlength=n_bins).double()
-    acc = torch.bincount(idx, weights=correct, minlength=n_bins) / count.clamp_min(1)
-    mconf = torch.bincount(idx, weights=conf, minlength=n_bins) / count.clamp_min(1)
-    return {
-        "bin_edges": edges.tolist(),
-        "bin_acc": [a if c > 0 else None for a, c in zip(acc.tolist(), count.tolist())],
-        "bin_conf": [m if c > 0 else None for m, c in zip(mconf.tolist(), count.tolist())],
-        "bin_count": [int(c) for c in count.tolist()],
-    }
 
 
 def _logits(gen: torch.Generator, counts: list[int], per_class: int, skill: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +114,7 @@ def write_fake_run(
             weight = means + 0.5 * torch.randn(num_classes, dim, generator=gen, dtype=torch.float64)
             ev = {"split": "test", "checkpoint": "last", "tta": "none", "metrics": test[ckpt],
                   "geometry": geometry_summary(feats, labels, weight, counts),
-                  "reliability": _reliability(logits, labels)}
+                  "reliability": reliability_bins(logits, labels)}
             if num_classes <= 100:
                 ev["confusion"] = confusion_matrix(logits.argmax(1), labels, num_classes).tolist()
             evals["eval_test_last.json"] = ev

@@ -1,0 +1,113 @@
+"""The run report: ``report.html`` (self-contained, works offline) and ``report.md`` from one or more run dirs.
+
+``bce3s report RUN_DIR [RUN_DIR ...] --out DIR`` calls :func:`write_report`. Several run directories give a
+side-by-side comparison: every figure overlays the runs (one colour per run throughout) and the tables have
+one row or column per run. The report reads only files in the run directories (:mod:`bce3s.report.rundata`
+lists them); it never loads a model.
+
+Which numbers come from where: the results table and the per-class / shot-group figures use the test split
+from ``final.json`` (checkpoints ``last`` and ``best_val``, no TTA; flip-TTA rows are a separate table). The
+reliability diagram, geometry and confusion matrix need an ``eval_*.json`` (preferably
+``eval_test_last.json``); the report names the file each comes from, and lists what is missing instead of
+failing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from bce3s.errors import RunDirError
+from bce3s.report import plots
+from bce3s.report.diagnostics import section_calibration, section_confusion, section_geometry, section_weight_norms
+from bce3s.report.document import Block, Figure, render_html, render_md
+from bce3s.report.rundata import RunData, load_run, unique_labels
+from bce3s.report.sections import section_curves, section_per_class, section_results, section_runs, section_shots
+from bce3s.report.settings import section_config, section_data
+from bce3s.rundir import atomic_write_bytes
+
+__all__ = ["SECTIONS", "build_blocks", "write_report"]
+
+log = logging.getLogger(__name__)
+
+SECTIONS = (
+    "Runs",
+    "Results",
+    "Per-class accuracy",
+    "Many / Medium / Few",
+    "Training curves",
+    "Calibration",
+    "Classifier weight norms",
+    "Feature geometry",
+    "Confusion matrices",
+    "Configuration",
+    "Data",
+)
+"""Section titles of the report, in order (each is an ``<h2>`` in HTML and a ``##`` heading in Markdown)."""
+
+
+def build_blocks(runs: Sequence[RunData]) -> list[Block]:
+    """Every section of the report for ``runs`` (labels already unique), in the order of :data:`SECTIONS`."""
+    colors = plots.run_colors([r.label for r in runs])
+    blocks: list[Block] = []
+    section_runs(runs, blocks)
+    section_results(runs, blocks)
+    section_per_class(runs, colors, blocks)
+    section_shots(runs, colors, blocks)
+    section_curves(runs, colors, blocks)
+    section_calibration(runs, colors, blocks)
+    section_weight_norms(runs, colors, blocks)
+    section_geometry(runs, colors, blocks)
+    section_confusion(runs, blocks)
+    section_config(runs, blocks)
+    section_data(runs, blocks)
+    return blocks
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write one output file atomically; an unwritable ``--out`` becomes a one-line :class:`RunDirError`."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise RunDirError(f"cannot write {path} ({err.strerror or err}); choose another --out") from None
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str | None = None
+                 ) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` (with ``figures/*.png``) for one or more runs.
+
+    Args:
+        run_dirs: run directories written by ``bce3s train`` (a comparison when there are several).
+        out_dir: output directory (created if missing).
+        title: report title; default names the runs.
+
+    Returns:
+        ``(html_path, md_path)``.
+
+    Raises:
+        RunDirError: no run given, a path that is not a finished run directory, or an unwritable ``out_dir``.
+    """
+    if not run_dirs:
+        raise RunDirError("no run directory given; pass one or more directories written by 'bce3s train'")
+    runs = [load_run(p) for p in run_dirs]
+    unique_labels(runs)
+    out = Path(out_dir)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create report directory {out} ({err.strerror}); choose another --out") from None
+
+    blocks = build_blocks(runs)
+    title = title or ("BCE3S report: " + " vs ".join(r.label for r in runs))
+    subtitle = (f"{len(runs)} run(s); generated {_dt.datetime.now().isoformat(timespec='seconds')} by bce3s report. "
+                "Accuracies are in percent.")
+    for b in blocks:
+        if isinstance(b, Figure):
+            _write(out / "figures" / f"{b.name}.png", b.png)
+    html_path, md_path = out / "report.html", out / "report.md"
+    _write(md_path, render_md(title, subtitle, blocks).encode("utf-8"))
+    _write(html_path, render_html(title, subtitle, blocks).encode("utf-8"))
+    log.debug("report written to %s", html_path)
+    return html_path, md_path
