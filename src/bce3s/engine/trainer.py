@@ -30,6 +30,7 @@ from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
 from bce3s.engine.distributed import DistInfo, all_reduce_flag, barrier, init_distributed
 from bce3s.engine.loop import EpochResult, NonFiniteError, StepRuntime, predict, train_one_epoch
 from bce3s.engine.optim import build_optimizer, build_scheduler
+from bce3s.engine.validate import validate_config
 from bce3s.errors import BCE3SError, CheckpointError, ConfigError, RunDirError
 from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, write_json
 from bce3s.seeding import derive_seed, seed_everything
@@ -652,28 +653,6 @@ def _load_resume_state(rd: RunDir) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume {rd.root}: {err}, or start the run again with --overwrite") from None
 
 
-def _check_loss_configs(cfg: Config) -> None:
-    """Build every stage's loss once on dummy class counts, so unknown or invalid loss parameters are reported
-    (with the closest valid name) before any data is loaded or any file is written."""
-    import difflib
-    from types import SimpleNamespace
-
-    from bce3s.losses import loss_params
-
-    dummy = SimpleNamespace(num_classes=10, train_counts=list(range(100, 0, -10)))
-    for i, stage in enumerate(cfg.stages):
-        valid = sorted(loss_params(stage.loss.name))
-        for key in stage.loss.params:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(
-                    f"stages.{i}.loss.params.{key}: unknown parameter of loss '{stage.loss.name}';{hint} "
-                    f"valid: {', '.join(valid)}"
-                )
-        _build_loss(stage, i, cfg, dummy)
-
-
 def _prepare_out(out: Path, cfg: Config, *, resume: bool, overwrite: bool) -> None:
     rd = RunDir(out)
     if resume:
@@ -777,7 +756,7 @@ def train(
         resume_state = _load_resume_state(rd)
     elif cfg is None:
         raise ConfigError("train needs a config (or resume=True with an existing run)")
-    _check_loss_configs(cfg)
+    validate_config(cfg)
     # the world size comes from torchrun's environment: check it before joining the process group
     world_size = int(os.environ.get("WORLD_SIZE", "1") or "1")
     for i, stage in enumerate(cfg.stages):

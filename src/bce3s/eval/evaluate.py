@@ -6,6 +6,7 @@ because both use the same data, the same un-augmented source and the same metric
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def evaluate_run(
     if checkpoint not in valid:
         raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
     if device is not None:
-        cfg.runtime.device = device
+        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=device))
     cfg.check()
     state = load_checkpoint(rd.checkpoint(checkpoint))
     dist = init_distributed(cfg.runtime.device)
