@@ -76,6 +76,7 @@ def evaluate_run(
     from bce3s.engine.distributed import init_distributed
     from bce3s.engine.loop import predict
     from bce3s.engine.trainer import build_run_model, eval_source
+    from bce3s.engine.validate import validate_config
     from bce3s.eval.metrics import confusion_matrix, summarize
     from bce3s.rundir import RunDir, write_json
 
@@ -87,7 +88,7 @@ def evaluate_run(
     rd.require_run()
     try:
         cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
-        cfg.check()
+        validate_config(cfg)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
