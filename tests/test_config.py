@@ -1,8 +1,11 @@
-"""Tests of bce3s.config and its generic machinery bce3s._config_parse.
+"""Tests of bce3s.config, its generic machinery bce3s._config_parse, and bce3s.engine.validate.
 
-Covers: round trips (dump ∘ load == id), YAML files with a stages list, unknown keys and wrong types with exact
-messages, ``--set`` overrides, the range checks of ``Config.check`` reached through ``load_config``, and
-hypothesis properties (any input raises nothing but ConfigError; random valid configs round-trip).
+Covers: round trips (dump ∘ load == id), frozen configs, YAML files with a stages list, unknown keys and wrong
+types, ``--set`` overrides, the range checks of ``Config.check`` reached through ``load_config``, the registry
+checks and loss dry builds of ``validate_config``, and hypothesis properties (any input raises nothing but
+ConfigError; random valid configs round-trip). Errors are checked by behaviour, not wording: a one-line
+ConfigError that starts with the key path, names the offending value, suggests the closest valid key or name, and
+lists the valid ones as the schema or the registry has them.
 """
 
 from __future__ import annotations
@@ -35,20 +38,10 @@ from bce3s.config import (
     dump_config,
     load_config,
 )
+from bce3s.engine.validate import validate_config
 from bce3s.errors import ConfigError
 
 HYPO = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-STAGE_KEYS = (
-    "name, epochs, batch_size, sampler, rho, loss, optim, mixing, freeze_backbone, bn_mode, reset_head, max_norm, "
-    "logit_adjust_tau, augment, val_every, init_from"
-)
-OPTIM_KEYS = (
-    "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
-)
-LONG_VALUE_MESSAGE = (
-    "data.root: expected str (got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16... of type list)"
-)
 
 
 def rich_config() -> Config:
@@ -114,11 +107,30 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def message(fn: typing.Callable[[], Any]) -> str:
+    """The message of the ConfigError that ``fn`` raises; it must be one line."""
     with pytest.raises(ConfigError) as info:
         fn()
     text = str(info.value)
-    assert "\n" not in text
+    assert text and "\n" not in text
     return text
+
+
+def error_at(fn: typing.Callable[[], Any], path: str, *mentions: str) -> str:
+    """``fn`` raises a one-line ConfigError that starts with ``path:`` and contains every one of ``mentions``."""
+    text = message(fn)
+    assert text.startswith(f"{path}:"), (path, text)
+    missing = [m for m in mentions if m not in text]
+    assert not missing, f"{text!r} does not mention {missing}"
+    return text
+
+
+def keys_of(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def lists_all(text: str, names: typing.Iterable[str]) -> bool:
+    """Whether every one of ``names`` appears in ``text`` (the valid keys or names of a message)."""
+    return all(name in text for name in names)
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -155,6 +167,40 @@ def test_from_dict_copies_input() -> None:
     cfg.stages[0].loss.params["schedule"].append(3)
     cfg.stages[0].loss.params["nested"]["b"] = 2
     assert data == before
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# frozen
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "value"),
+    [
+        (lambda c: c, "stages", ()),
+        (lambda c: c.runtime, "seed", 1),
+        (lambda c: c.data, "dataset", "cifar10_lt"),
+        (lambda c: c.stages[0], "epochs", 3),
+        (lambda c: c.stages[0].loss, "name", "ce"),
+        (lambda c: c.stages[1].optim, "lr", 1.0),
+    ],
+)
+def test_configs_are_frozen(target: typing.Callable[[Config], Any], name: str, value: Any) -> None:
+    cfg = rich_config()
+    obj = target(cfg)
+    before = dump_config(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(obj, name, value)
+    assert dump_config(cfg) == before
+
+
+def test_frozen_stages_are_a_tuple_and_replace_derives_copies() -> None:
+    cfg = config_from_dict(Config, {"stages": [{"name": "a"}, {"name": "b"}]})
+    assert isinstance(cfg.stages, tuple) and Config(stages=list(cfg.stages)) == cfg
+    with pytest.raises(AttributeError):
+        cfg.stages.append(StageConfig())  # type: ignore[attr-defined]
+    changed = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device="cpu"))
+    assert changed.runtime.device == "cpu" and cfg.runtime.device == "auto"
+    assert changed.stages == cfg.stages
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -198,19 +244,15 @@ def test_yaml_empty_file_is_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "# nothing\n")) == Config()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("- a\n- b\n", "cfg.yaml: the top level must be a mapping of sections (data, model, stages, ...)"),
-        ("data: [1\n", "is not valid YAML"),
-    ],
-)
-def test_yaml_file_errors(tmp_path: Path, text: str, expected: str) -> None:
-    assert expected in message(lambda: load_config(write(tmp_path, text)))
+@pytest.mark.parametrize(("text", "mention"), [("- a\n- b\n", "mapping"), ("data: [1\n", "YAML")])
+def test_yaml_file_errors(tmp_path: Path, text: str, mention: str) -> None:
+    path = write(tmp_path, text)
+    error_at(lambda: load_config(path), str(path), mention)
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    assert message(lambda: load_config(tmp_path / "nope.yaml")).startswith(f"config file not found: {tmp_path}")
+    text = message(lambda: load_config(tmp_path / "nope.yaml"))
+    assert str(tmp_path / "nope.yaml") in text and "not found" in text
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -218,92 +260,79 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "expected"),
+    ("data", "path", "suggestion", "schema"),
     [
-        ({"dat": {}}, "dat: unknown key; did you mean 'data'? valid keys: data, model, stages, eval, log, runtime"),
-        ({"zzz": 1}, "zzz: unknown key; valid keys: data, model, stages, eval, log, runtime"),
-        (
-            {"stages": [{}, {"optim": {"lrr": 0.1}}]},
-            f"stages.1.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}",
-        ),
-        (
-            {"stages": [{"epoch": 3}]},
-            f"stages.0.epoch: unknown key; did you mean 'epochs'? valid keys: {STAGE_KEYS}",
-        ),
-        ({"log": {1: True}}, "log.1: unknown key; valid keys: tensorboard"),
-        (
-            {"log": {"tensorbord": True}},
-            "log.tensorbord: unknown key; did you mean 'tensorboard'? valid keys: tensorboard",
-        ),
+        ({"dat": {}}, "dat", "data", Config),
+        ({"zzz": 1}, "zzz", None, Config),
+        ({"stages": [{}, {"optim": {"lrr": 0.1}}]}, "stages.1.optim.lrr", "lr", OptimConfig),
+        ({"stages": [{"epoch": 3}]}, "stages.0.epoch", "epochs", StageConfig),
+        ({"log": {1: True}}, "log.1", None, LogConfig),
+        ({"log": {"tensorbord": True}}, "log.tensorbord", "tensorboard", LogConfig),
     ],
 )
-def test_unknown_key(data: dict[str, Any], expected: str) -> None:
-    assert message(lambda: config_from_dict(Config, data)) == expected
+def test_unknown_key(data: dict[str, Any], path: str, suggestion: str | None, schema: type) -> None:
+    text = error_at(lambda: config_from_dict(Config, data), path)
+    assert lists_all(text, keys_of(schema))
+    suggested = [k for k in keys_of(schema) if f"'{k}'" in text]
+    assert suggested == ([suggestion] if suggestion else [])
 
 
 def test_unknown_key_through_load_config(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  nmae: resnet32\n")
-    assert message(lambda: load_config(path)) == (
-        "model.nmae: unknown key; did you mean 'name'? "
-        "valid keys: name, head, projector_dim, sync_bn, channels_last, compile"
-    )
+    text = error_at(lambda: load_config(path), "model.nmae", "'name'")
+    assert lists_all(text, keys_of(ModelConfig))
 
 
 @pytest.mark.parametrize(
-    ("data", "expected"),
+    ("data", "path", "expected"),
     [
         # int
-        ({"stages": [{"epochs": 2.5}]}, "stages.0.epochs: expected int (got 2.5 of type float)"),
-        ({"stages": [{"epochs": "3"}]}, "stages.0.epochs: expected int (got '3' of type str)"),
-        ({"stages": [{"epochs": True}]}, "stages.0.epochs: expected int (got True of type bool)"),  # bool != int
-        ({"runtime": {"seed": None}}, "runtime.seed: expected int (got None of type NoneType)"),
+        ({"stages": [{"epochs": 2.5}]}, "stages.0.epochs", "int"),
+        ({"stages": [{"epochs": "3"}]}, "stages.0.epochs", "int"),
+        ({"stages": [{"epochs": True}]}, "stages.0.epochs", "int"),  # bool != int
+        ({"runtime": {"seed": None}}, "runtime.seed", "int"),
         # float
-        ({"stages": [{}, {"optim": {"lr": "fast"}}]}, "stages.1.optim.lr: expected float (got 'fast' of type str)"),
-        ({"stages": [{"optim": {"lr": False}}]}, "stages.0.optim.lr: expected float (got False of type bool)"),
-        ({"stages": [{"optim": {"lr": [0.1]}}]}, "stages.0.optim.lr: expected float (got [0.1] of type list)"),
+        ({"stages": [{}, {"optim": {"lr": "fast"}}]}, "stages.1.optim.lr", "float"),
+        ({"stages": [{"optim": {"lr": False}}]}, "stages.0.optim.lr", "float"),
+        ({"stages": [{"optim": {"lr": [0.1]}}]}, "stages.0.optim.lr", "float"),
         # bool
-        ({"data": {"download": 1}}, "data.download: expected bool (got 1 of type int)"),
-        ({"data": {"download": "yes please"}}, "data.download: expected bool (got 'yes please' of type str)"),
+        ({"data": {"download": 1}}, "data.download", "bool"),
+        ({"data": {"download": "yes please"}}, "data.download", "bool"),
         # str
-        ({"data": {"root": 3}}, "data.root: expected str (got 3 of type int)"),
-        ({"model": {"name": ["resnet32"]}}, "model.name: expected str (got ['resnet32'] of type list)"),
+        ({"data": {"root": 3}}, "data.root", "str"),
+        ({"model": {"name": ["resnet32"]}}, "model.name", "str"),
         # optional
-        ({"data": {"image_size": "32"}}, "data.image_size: expected int or null (got '32' of type str)"),
-        (
-            {"stages": [{"optim": {"grad_clip": "x"}}]},
-            "stages.0.optim.grad_clip: expected float or null (got 'x' of type str)",
-        ),
-        # list
-        ({"stages": {"name": "s"}}, "stages: expected list of mappings (got {'name': 's'} of type dict)"),
-        ({"stages": None}, "stages: expected list of mappings (got None of type NoneType)"),
-        ({"stages": [{}, 3]}, "stages.1: expected mapping (got 3 of type int)"),
+        ({"data": {"image_size": "32"}}, "data.image_size", "null"),
+        ({"stages": [{"optim": {"grad_clip": "x"}}]}, "stages.0.optim.grad_clip", "null"),
+        # list (a tuple field: YAML gives lists)
+        ({"stages": {"name": "s"}}, "stages", "list"),
+        ({"stages": None}, "stages", "list"),
+        ({"stages": ({"name": "s"},)}, "stages", "list"),
+        ({"stages": [{}, 3]}, "stages.1", "mapping"),
         # nested dataclass
-        ({"data": 3}, "data: expected mapping (got 3 of type int)"),
-        ({"stages": [{"optim": "sgd"}]}, "stages.0.optim: expected mapping (got 'sgd' of type str)"),
+        ({"data": 3}, "data", "mapping"),
+        ({"stages": [{"optim": "sgd"}]}, "stages.0.optim", "mapping"),
         # dict[str, Any]
-        ({"stages": [{"loss": {"params": [1]}}]}, "stages.0.loss.params: expected mapping (got [1] of type list)"),
-        (
-            {"stages": [{"loss": {"params": {1: 2}}}]},
-            "stages.0.loss.params: expected mapping with str keys (got key 1 of type int)",
-        ),
+        ({"stages": [{"loss": {"params": [1]}}]}, "stages.0.loss.params", "mapping"),
+        ({"stages": [{"loss": {"params": {1: 2}}}]}, "stages.0.loss.params", "str keys"),
         (
             {"stages": [{"loss": {"params": {"when": [datetime.date(2024, 1, 2)]}}}]},
-            "stages.0.loss.params.when.0: expected YAML scalar, list or mapping "
-            "(got datetime.date(2024, 1, 2) of type date)",
-        ),
-        # long values are shortened so that messages stay short
-        (
-            {"data": {"root": list(range(100))}},
-            LONG_VALUE_MESSAGE,
+            "stages.0.loss.params.when.0",
+            "YAML",
         ),
     ],
 )
-def test_wrong_type(data: dict[str, Any], expected: str) -> None:
-    assert message(lambda: config_from_dict(Config, data)) == expected
+def test_wrong_type(data: dict[str, Any], path: str, expected: str) -> None:
+    error_at(lambda: config_from_dict(Config, data), path, expected)
+
+
+def test_long_values_are_shortened() -> None:
+    text = error_at(lambda: config_from_dict(Config, {"data": {"root": list(range(100))}}), "data.root", "[0, 1, 2")
+    assert len(text) < 150 and "99" not in text
 
 
 def test_top_level_not_a_mapping() -> None:
-    assert message(lambda: config_from_dict(Config, [1])) == "config: expected mapping (got [1] of type list)"
+    error_at(lambda: config_from_dict(Config, [1]), "config", "mapping", "[1]")
 
 
 def test_int_accepted_for_float_and_none_for_optional() -> None:
@@ -347,7 +376,7 @@ def test_override_nested_and_list_index(tmp_path: Path) -> None:
 def test_override_default_stage_list() -> None:
     # no file: the default list of one stage can be indexed
     cfg = load_config(None, ["stages.0.epochs=3", "stages.0.name=warmup"])
-    assert cfg.stages == [StageConfig(name="warmup", epochs=3)]
+    assert cfg.stages == (StageConfig(name="warmup", epochs=3),)
 
 
 def test_override_params_dict() -> None:
@@ -412,125 +441,208 @@ def test_override_does_not_modify_input() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "override", "expected"),
+    ("data", "override", "path", "valid"),
     [
-        ({}, "stages.1.epochs=3", "stages.1: index 1 out of range (valid: 0..0)"),
-        ({"stages": [{}, {}, {}]}, "stages.3.epochs=3", "stages.3: index 3 out of range (valid: 0..2)"),
-        ({"stages": []}, "stages.0.epochs=3", "stages.0: index 0 out of range (valid: none, the list is empty)"),
-        ({}, "stages.-1.epochs=3", "stages.-1: expected a list index (valid: 0..0)"),
-        ({}, "stages.first.epochs=3", "stages.first: expected a list index (valid: 0..0)"),
-        (
-            {"stages": [{"loss": {"params": {"ks": 1}}}]},
-            "stages.0.loss.params.ks.2=1",
-            "stages.0.loss.params.ks: expected mapping (got 1 of type int)",
-        ),
+        ({}, "stages.1.epochs=3", "stages.1", "0..0"),
+        ({"stages": [{}, {}, {}]}, "stages.3.epochs=3", "stages.3", "0..2"),
+        ({"stages": []}, "stages.0.epochs=3", "stages.0", "empty"),
+        ({}, "stages.-1.epochs=3", "stages.-1", "0..0"),
+        ({}, "stages.first.epochs=3", "stages.first", "0..0"),
+        ({"stages": [{"loss": {"params": {"ks": 1}}}]}, "stages.0.loss.params.ks.2=1", "stages.0.loss.params.ks", ""),
         (
             {"stages": [{"loss": {"params": {"ks": [1]}}}]},
             "stages.0.loss.params.ks.2=1",
-            "stages.0.loss.params.ks.2: index 2 out of range (valid: 0..0)",
+            "stages.0.loss.params.ks.2",
+            "0..0",
         ),
     ],
 )
-def test_override_bad_index(data: dict[str, Any], override: str, expected: str) -> None:
-    assert message(lambda: parse_overrides(data, [override], Config)) == expected
+def test_override_bad_index(data: dict[str, Any], override: str, path: str, valid: str) -> None:
+    error_at(lambda: parse_overrides(data, [override], Config), path, valid)
 
 
 @pytest.mark.parametrize(
-    ("override", "expected"),
+    ("override", "path", "suggestion", "schema"),
     [
-        (
-            "runtime.sed=1",
-            "runtime.sed: unknown key; did you mean 'seed'? valid keys: "
-            "device, seed, amp, deterministic, pipeline, num_workers, nan_policy, threads",
-        ),
-        ("stages.0.optim.lrr=1", f"stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}"),
-        ("trainer.epochs=1", "trainer: unknown key; valid keys: data, model, stages, eval, log, runtime"),
-        ("runtime.seed.x=1", "runtime.seed: is of type int and has no sub-keys (cannot set 'runtime.seed.x')"),
-        (
-            "data.preset.x=1",
-            "data.preset: is of type str or null and has no sub-keys (cannot set 'data.preset.x')",
-        ),
+        ("runtime.sed=1", "runtime.sed", "seed", RuntimeConfig),
+        ("stages.0.optim.lrr=1", "stages.0.optim.lrr", "lr", OptimConfig),
+        ("trainer.epochs=1", "trainer", None, Config),
     ],
 )
-def test_override_unknown_key(override: str, expected: str) -> None:
-    assert message(lambda: parse_overrides({}, [override], Config)) == expected
+def test_override_unknown_key(override: str, path: str, suggestion: str | None, schema: type) -> None:
+    text = error_at(lambda: parse_overrides({}, [override], Config), path)
+    assert lists_all(text, keys_of(schema))
+    assert [k for k in keys_of(schema) if f"'{k}'" in text] == ([suggestion] if suggestion else [])
+
+
+@pytest.mark.parametrize(
+    ("override", "path"), [("runtime.seed.x=1", "runtime.seed"), ("data.preset.x=1", "data.preset")]
+)
+def test_override_below_a_scalar(override: str, path: str) -> None:
+    error_at(lambda: parse_overrides({}, [override], Config), path, override.split("=")[0])
 
 
 @pytest.mark.parametrize("override", ["runtime.seed", "=3", "a..b=1", ".a=1", "a.=1", " =1", ""])
 def test_override_malformed(override: str) -> None:
-    assert message(lambda: parse_overrides({}, [override], Config)) == (
-        f"malformed override {override!r}: expected the form --set section.key=value (e.g. --set stages.0.epochs=3)"
-    )
+    text = message(lambda: parse_overrides({}, [override], Config))
+    assert repr(override) in text and "--set" in text
 
 
 @pytest.mark.parametrize(
-    ("data", "override", "expected"),
+    ("data", "override", "path"),
     [
-        ({"data": 3}, "data.root=x", "data: expected mapping (got 3 of type int)"),
-        ({"stages": {"a": 1}}, "stages.0.epochs=1", "stages: expected list of mappings (got {'a': 1} of type dict)"),
-        ({"stages": [5]}, "stages.0.epochs=1", "stages.0: expected mapping (got 5 of type int)"),
+        ({"data": 3}, "data.root=x", "data"),
+        ({"stages": {"a": 1}}, "stages.0.epochs=1", "stages"),
+        ({"stages": [5]}, "stages.0.epochs=1", "stages.0"),
     ],
 )
-def test_override_into_wrong_structure(data: dict[str, Any], override: str, expected: str) -> None:
-    assert message(lambda: parse_overrides(data, [override], Config)) == expected
+def test_override_into_wrong_structure(data: dict[str, Any], override: str, path: str) -> None:
+    error_at(lambda: parse_overrides(data, [override], Config), path)
 
 
 def test_override_wrong_type_reported_by_load_config() -> None:
-    assert message(lambda: load_config(None, ["stages.0.epochs=1.5"])) == (
-        "stages.0.epochs: expected int (got 1.5 of type float)"
-    )
-    assert message(lambda: load_config(None, ["data.download=maybe"])) == (
-        "data.download: expected bool (got 'maybe' of type str)"
-    )
+    error_at(lambda: load_config(None, ["stages.0.epochs=1.5"]), "stages.0.epochs", "1.5")
+    error_at(lambda: load_config(None, ["data.download=maybe"]), "data.download", "'maybe'")
 
 
 # --------------------------------------------------------------------------------------------------------- #
 # range checks of Config.check, reached through load_config
 
-LOSSES = "bce3s, bce, ce, focal, cb_softmax, cb_sigmoid, cb_focal, balanced_softmax, logit_adjusted, ldam, cb_bce"
-MODELS = "small_cnn, resnet32, resnet34_cifar, resnet50, resnext50_32x4d, resnet152"
-DATASETS = (
-    "digits_lt, fashion_mnist_lt, mnist_lt, cifar10_lt, cifar100_lt, imagefolder_lt, imagenet_lt, places_lt, inat2018"
-)
-
 
 @pytest.mark.parametrize(
-    ("override", "expected"),
+    ("override", "path", "shown"),
     [
-        ("stages.0.optim.lr=0", "stages.0.optim.lr: must be > 0 (got 0.0)"),
-        ("stages.0.optim.lr=-1e-3", "stages.0.optim.lr: must be > 0 (got -0.001)"),
-        ("stages.0.optim.lr=nan", "stages.0.optim.lr: must be > 0 (got nan)"),
-        ("stages.0.loss.params.neg_class_ratio=0", "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 0)"),
-        (
-            "stages.0.loss.params.neg_class_ratio=1.5",
-            "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 1.5)",
-        ),
-        (
-            "stages.0.loss.params.neg_class_ratio=all",
-            "stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got all)",
-        ),
-        ("stages.0.loss.params.temperature=0", "stages.0.loss.params.temperature: must be > 0 (got 0)"),
-        ("stages.0.loss.params.temperature=-0.5", "stages.0.loss.params.temperature: must be > 0 (got -0.5)"),
-        ("stages.0.loss.params.temperature=true", "stages.0.loss.params.temperature: must be > 0 (got True)"),
-        ("data.imbalance_factor=0.5", "data.imbalance_factor: must be >= 1 (got 0.5)"),
-        ("stages.0.epochs=0", "stages.0.epochs: must be >= 1 (got 0)"),
-        ("stages.0.loss.name=fancy", f"stages.0.loss.name: unknown loss 'fancy'; valid: {LOSSES}"),
-        ("model.name=vit", f"model.name: unknown model 'vit'; valid: {MODELS}"),
-        ("data.dataset=cifar100", f"data.dataset: unknown dataset 'cifar100'; valid: {DATASETS}"),
+        ("stages.0.optim.lr=0", "stages.0.optim.lr", "0"),
+        ("stages.0.optim.lr=-1e-3", "stages.0.optim.lr", "-0.001"),
+        ("stages.0.optim.lr=nan", "stages.0.optim.lr", "nan"),
+        ("data.imbalance_factor=0.5", "data.imbalance_factor", "0.5"),
+        ("stages.0.epochs=0", "stages.0.epochs", "0"),
+        ("stages.0.max_norm=1.5", "stages.0.max_norm", "1.5"),
+        ("runtime.nan_policy=ignore", "runtime.nan_policy", "'ignore'"),
+        ("runtime.device=tpu", "runtime.device", "'tpu'"),
     ],
 )
-def test_range_checks(override: str, expected: str) -> None:
-    assert message(lambda: load_config(None, [override])) == expected
+def test_range_checks(override: str, path: str, shown: str) -> None:
+    error_at(lambda: load_config(None, [override]), path, f"got {shown}" if shown[0] != "'" else shown)
 
 
 def test_range_checks_from_file(tmp_path: Path) -> None:
     path = write(tmp_path, "stages:\n  - name: s1\n  - name: s2\n    optim: {lr: 0}\n")
-    assert message(lambda: load_config(path)) == "stages.1.optim.lr: must be > 0 (got 0.0)"
+    error_at(lambda: load_config(path), "stages.1.optim.lr")
     path = write(tmp_path, "stages:\n  - name: s1\n  - name: s1\n")
-    assert message(lambda: load_config(path)) == "stages.1.name: duplicate stage name 's1'"
+    error_at(lambda: load_config(path), "stages.1.name", "'s1'")
     # valid boundary values pass
     cfg = load_config(None, ["stages.0.loss.params.neg_class_ratio=1", "data.imbalance_factor=1", "stages.0.epochs=1"])
+    validate_config(cfg)
     assert cfg.stages[0].loss.params == {"neg_class_ratio": 1} and cfg.data.imbalance_factor == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------- #
+# validate_config: names asked of the registries, losses dry-built
+
+
+def _validate(*overrides: str) -> None:
+    validate_config(load_config(None, list(overrides)))
+
+
+def _registry(name: str) -> typing.Collection[str]:
+    import bce3s.data
+    import bce3s.losses
+    import bce3s.models
+
+    module, attr = name.rsplit(".", 1)
+    return getattr({"data": bce3s.data, "losses": bce3s.losses, "models": bce3s.models}[module], attr)
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "registry", "suggestion"),
+    [
+        ("stages.0.loss.name=bce4s", "stages.0.loss.name", "losses.LOSSES", "bce3s"),
+        ("stages.0.loss.name=fancy", "stages.0.loss.name", "losses.LOSSES", None),
+        ("model.name=resnet33", "model.name", "models.MODELS", "resnet32"),
+        ("model.head=norm", "model.head", "models.HEADS", "normalized"),
+        ("data.dataset=cifar100", "data.dataset", "data.DATASETS", "cifar100_lt"),
+        ("data.preset=cifr", "data.preset", "data.PRESETS", "cifar"),
+        ("stages.0.sampler=sqr", "stages.0.sampler", "data.SAMPLER_KINDS", "sqrt"),
+        ("stages.0.mixing.sampler=balanced", "stages.0.mixing.sampler", "data.SAMPLER_KINDS", "class_balanced"),
+        ("runtime.pipeline=gpus", "runtime.pipeline", "data.PIPELINES", "gpu"),
+    ],
+)
+def test_unknown_names_list_the_registry(override: str, path: str, registry: str, suggestion: str | None) -> None:
+    value = override.split("=")[1]
+    text = error_at(lambda: _validate(override), path, repr(value))
+    valid = _registry(registry)
+    assert lists_all(text, valid)
+    assert [n for n in valid if f"'{n}'" in text] == ([suggestion] if suggestion else [])
+
+
+def test_a_name_added_to_a_registry_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bce3s.data
+    import bce3s.losses
+
+    with pytest.raises(ConfigError):
+        _validate("data.dataset=my_lt")
+    with pytest.raises(ConfigError):
+        _validate("stages.0.loss.name=my_loss")
+    monkeypatch.setitem(bce3s.data.DATASETS, "my_lt", bce3s.data.DATASETS["digits_lt"])
+    monkeypatch.setitem(bce3s.losses.LOSSES, "my_loss", bce3s.losses.LOSSES["ce"])
+    _validate("data.dataset=my_lt", "stages.0.loss.name=my_loss")
+    monkeypatch.undo()
+    with pytest.raises(ConfigError):
+        _validate("data.dataset=my_lt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param", "shown"),
+    [
+        (["stages.0.loss.params.neg_class_ratio=0"], "neg_class_ratio", "0"),
+        (["stages.0.loss.params.neg_class_ratio=1.5"], "neg_class_ratio", "1.5"),
+        (["stages.0.loss.params.neg_class_ratio=all"], "neg_class_ratio", "all"),
+        (["stages.0.loss.params.temperature=0"], "temperature", "0"),
+        (["stages.0.loss.params.temperature=-0.5"], "temperature", "-0.5"),
+        (["stages.0.loss.params.temperature=true"], "temperature", "True"),
+        (["stages.0.loss.params.contrastive_weight=-1"], "contrastive_weight", "-1"),
+        (["stages.0.loss.params.logit_clip=-1"], "logit_clip", "-1"),
+        (["stages.0.loss.name=cb_bce", "stages.0.loss.params.beta=1"], "beta", "1"),
+        (["stages.0.loss.name=focal", "stages.0.loss.params.gamma=-1"], "gamma", "-1"),
+        (["stages.0.loss.name=logit_adjusted", "stages.0.loss.params.tau=-1"], "tau", "-1"),
+        (["stages.0.loss.name=ldam", "stages.0.loss.params.max_margin=-1"], "max_margin", "-1"),
+    ],
+)
+def test_loss_rejects_a_bad_parameter_value(overrides: list[str], param: str, shown: str) -> None:
+    text = error_at(lambda: _validate(*overrides), f"stages.0.loss.params.{param}", shown)
+    assert "unknown parameter" not in text
+
+
+def test_unknown_loss_parameter_lists_the_loss_parameters() -> None:
+    from bce3s.losses import loss_params
+
+    text = error_at(
+        lambda: _validate("stages.0.loss.params.temprature=0.5"), "stages.0.loss.params.temprature", "'bce3s'"
+    )
+    assert lists_all(text, loss_params("bce3s"))
+    assert [p for p in loss_params("bce3s") if f"'{p}'" in text] == ["temperature"]
+
+
+def test_temperature_on_cb_bce_is_an_unknown_parameter_not_a_range_error() -> None:
+    """cb_bce has no temperature: 0 is reported as an unknown parameter, whatever its value."""
+    from bce3s.losses import loss_params
+
+    two_stages = ["stages.0.name=a", "stages.1.name=b"]
+    base = {"stages": [{"name": "a"}, {"name": "b", "loss": {"name": "cb_bce"}}]}
+    for value in ("0", "0.5"):
+        data = parse_overrides(base, [*two_stages, f"stages.1.loss.params.temperature={value}"], Config)
+        cfg = config_from_dict(Config, data)
+        cfg.check()  # the config layer knows no loss parameter
+        text = error_at(lambda cfg=cfg: validate_config(cfg), "stages.1.loss.params.temperature", "'cb_bce'")
+        assert "unknown parameter" in text and lists_all(text, loss_params("cb_bce"))
+
+
+def test_shipped_losses_validate_with_their_defaults() -> None:
+    from bce3s.losses import LOSSES
+
+    for name in LOSSES:
+        _validate(f"stages.0.loss.name={name}")
 
 
 # --------------------------------------------------------------------------------------------------------- #
@@ -592,7 +704,7 @@ def valid_value(tp: Any, *, garbage: bool = False) -> st.SearchStrategy[Any]:
         strat = st.text(max_size=12)
     elif dataclasses.is_dataclass(tp):
         strat = valid_dict(tp, garbage=garbage)
-    elif origin is list:
+    elif origin in (list, tuple):  # YAML gives lists, also for the tuple fields of the frozen configs
         strat = st.lists(valid_value(typing.get_args(tp)[0], garbage=garbage), max_size=3)
     elif origin is dict:
         strat = st.dictionaries(st.text(max_size=8), PLAIN_VALUES, max_size=3)
@@ -619,7 +731,7 @@ def schema_paths(tp: Any, prefix: str = "") -> list[str]:
         for name, sub in typing.get_type_hints(tp).items():
             out += [f"{prefix}{name}", *schema_paths(sub, f"{prefix}{name}.")]
         return out
-    if typing.get_origin(tp) is list:
+    if typing.get_origin(tp) in (list, tuple):
         return [p for i in range(3) for p in [f"{prefix}{i}", *schema_paths(typing.get_args(tp)[0], f"{prefix}{i}.")]]
     if typing.get_origin(tp) is dict:
         return [f"{prefix}{k}" for k in ("temperature", "neg_class_ratio", "beta", "a.b", "ks.0")]
@@ -631,7 +743,7 @@ def _load_or_config_error(data: Any, overrides: list[str] | None = None) -> None
         if overrides is not None:
             data = parse_overrides(data, overrides, Config)
         cfg = config_from_dict(Config, data)
-        cfg.check()
+        validate_config(cfg)
     except ConfigError as err:
         assert "\n" not in str(err)
 
@@ -707,3 +819,26 @@ def test_property_valid_configs_round_trip(data: dict[str, Any]) -> None:
     cfg = config_from_dict(Config, data)
     assert config_from_dict(Config, config_to_dict(cfg)) == cfg
     assert config_from_dict(Config, yaml.safe_load(dump_config(cfg))) == cfg
+
+
+def _loss_blocks() -> st.SearchStrategy[dict[str, Any]]:
+    """A registered loss with some of its real parameters set to arbitrary YAML values (or numbers)."""
+    from bce3s.losses import LOSSES, loss_params
+
+    def block(name: str) -> st.SearchStrategy[dict[str, Any]]:
+        values = PLAIN_VALUES | st.floats(-2, 2) | st.integers(-3, 3)
+        params = st.dictionaries(st.sampled_from(sorted(loss_params(name)) or ["x"]), values, max_size=3)
+        return st.fixed_dictionaries({"name": st.just(name), "params": params})
+
+    return st.sampled_from(sorted(LOSSES)).flatmap(block)
+
+
+@HYPO
+@given(_loss_blocks())
+def test_property_loss_dry_build_raises_only_config_error_at_the_loss(loss: dict[str, Any]) -> None:
+    cfg = config_from_dict(Config, {"stages": [{"loss": loss}]})
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        text = str(err)
+        assert "\n" not in text and text.startswith("stages.0.loss"), text

@@ -1,7 +1,8 @@
 """Tests of the shipped recipe configs (src/bce3s/configs, linked as ``configs`` at the repository root).
 
-Every YAML file must load through ``bce3s.config.load_config`` (which validates it), every loss block must be
-accepted by ``bce3s.losses.build_loss`` with the dataset's real number of classes, the configs that the issues
+Every YAML file must load through ``bce3s.config.load_config`` and pass ``bce3s.engine.validate.validate_config``
+(which asks the registries), every loss block must be accepted by ``bce3s.losses.build_loss`` with the dataset's
+real number of classes, the configs that the issues
 and docs name must exist, each file's header must carry its source notes and its own run command, the released
 CIFAR-100-LT recipe must hold the official values (SPEC 2.2, 2.3), the CE baselines must match their BCE3S
 partners in data, seed and budget, and every ``bce3s train configs/...`` command written in the docs or in a
@@ -11,6 +12,7 @@ config header must resolve to a shipped file whose ``--set`` overrides are valid
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import re
 import shlex
@@ -20,6 +22,7 @@ import pytest
 
 import bce3s
 from bce3s.config import Config, load_config
+from bce3s.engine.validate import validate_config
 
 CONFIGS = Path(bce3s.__file__).resolve().parent / "configs"
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +107,7 @@ def test_required_configs_exist():
 @pytest.mark.parametrize("rel", ALL)
 def test_config_loads_and_validates(rel):
     cfg = _load(rel)
+    validate_config(cfg)
     assert cfg.runtime.device == "auto"
     assert len(cfg.stages) == 2, "every recipe is two-stage (representation, then classifier re-training)"
     s1, s2 = cfg.stages
@@ -176,8 +180,7 @@ def test_release_recipe_holds_official_values():
     )
     # ResNet-32 variant differs only in the backbone
     r32 = _load("cifar100_lt/bce3s_r32.yaml")
-    r32.model.name = "resnet34_cifar"
-    assert r32 == cfg
+    assert dataclasses.replace(r32, model=dataclasses.replace(r32.model, name="resnet34_cifar")) == cfg
 
 
 def test_small_k_uses_all_classes():
@@ -227,7 +230,7 @@ def test_documented_commands_resolve():
     assert len(cmds) >= len(ALL)
     for where, rel, overrides in cmds:
         assert (CONFIGS / rel).is_file(), f"{where}: 'bce3s train configs/{rel}' names no shipped config"
-        load_config(CONFIGS / rel, overrides)  # raises ConfigError on a bad --set
+        validate_config(load_config(CONFIGS / rel, overrides))  # raises ConfigError on a bad --set
 
 
 def test_recipes_page_lists_every_config():

@@ -2,7 +2,8 @@
 
 Nothing here knows the experiment schema; it walks the resolved type annotations of whatever dataclass it is
 given. Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``X | None``, nested dataclasses,
-``list[X]`` and ``dict[str, X]`` (``X`` may be ``Any``: a free-form YAML value). Every problem with user input
+``list[X]``, ``tuple[X, ...]`` (a YAML list, stored as a tuple: the field of a frozen dataclass) and
+``dict[str, X]`` (``X`` may be ``Any``: a free-form YAML value). Every problem with user input
 raises :class:`~bce3s.errors.ConfigError` with a one-line message that starts with the dotted key path
 (list indices included, e.g. ``stages.1.optim.lr``).
 
@@ -75,8 +76,8 @@ def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(arg) for arg in typing.get_args(tp))
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
+    is_seq, item = _sequence_item(tp)
+    if is_seq:
         return f"list of {_describe(item)}s" if item is not Any else "list"
     if origin is dict:
         return "mapping"
@@ -103,6 +104,17 @@ def _hints(cls: type) -> dict[str, Any]:
     """Resolved annotations of the init fields of dataclass ``cls`` (the module uses postponed annotations)."""
     resolved = typing.get_type_hints(cls)
     return {f.name: resolved[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _sequence_item(tp: Any) -> tuple[bool, Any]:
+    """``list[X]`` or ``tuple[X, ...]`` -> ``(True, X)``; anything else -> ``(False, None)``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is list:
+        return True, (args[0] if args else Any)
+    if origin is tuple and (not args or (len(args) == 2 and args[1] is Ellipsis)):
+        return True, (args[0] if args else Any)
+    return False, None
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -135,7 +147,7 @@ def config_from_dict(cls: type, data: Any, path: str = "") -> Any:
     Keys missing from ``data`` take the dataclass defaults (recursively: a nested mapping or a list item only
     has to give the keys it changes). ``int`` accepts int but not bool, ``float`` accepts int or float (stored
     as float), ``bool`` only bool, ``str`` only str, ``X | None`` also null; nested dataclasses and
-    ``dict[str, ...]`` fields take mappings, ``list[...]`` fields take lists.
+    ``dict[str, ...]`` fields take mappings, ``list[...]`` and ``tuple[..., ...]`` fields take lists.
 
     Args:
         cls: the dataclass to build.
@@ -207,11 +219,12 @@ def _convert_plain(tp: Any, value: Any, path: str) -> Any:
             return config_from_dict(tp, value, path)
         raise _Mismatch
     origin = typing.get_origin(tp)
-    if origin is list:
+    is_seq, item = _sequence_item(tp)
+    if is_seq:
         if not isinstance(value, list):
             raise _Mismatch
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_convert(item, v, _join(path, i)) for i, v in enumerate(value)]
+        items = [_convert(item, v, _join(path, i)) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
             raise _Mismatch
@@ -352,7 +365,7 @@ def _coerce(tp: Any, raw: str) -> Any:
 
 
 def _is_container_type(tp: Any) -> bool:
-    return tp is Any or dataclasses.is_dataclass(tp) or typing.get_origin(tp) in (list, dict)
+    return tp is Any or dataclasses.is_dataclass(tp) or _sequence_item(tp)[0] or typing.get_origin(tp) is dict
 
 
 def _apply(root: dict[str, Any], parts: list[str], raw: str, cls: type) -> None:
@@ -369,9 +382,10 @@ def _apply(root: dict[str, Any], parts: list[str], raw: str, cls: type) -> None:
                 raise _unknown_key(path, part, list(hints))
             key: Any = part
             child_tp = hints[part]
-        elif isinstance(node, list):  # list[X], or a list inside a free-form value
+        elif isinstance(node, list):  # list[X] / tuple[X, ...], or a list inside a free-form value
             key = _index(path, part, node)
-            child_tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else Any
+            is_seq, item = _sequence_item(tp)
+            child_tp = item if is_seq else Any
         else:  # dict[str, X] or a mapping inside a free-form value
             key = part
             args = typing.get_args(tp) if typing.get_origin(tp) is dict else ()
@@ -390,13 +404,13 @@ def _apply(root: dict[str, Any], parts: list[str], raw: str, cls: type) -> None:
                 f"{child_path}: is of type {_describe(child_tp)} and has no sub-keys (cannot set '{'.'.join(parts)}')"
             )
         if isinstance(node, dict) and key not in node:
-            if typing.get_origin(inner) is list and dataclasses.is_dataclass(tp):
+            if _sequence_item(inner)[0] and dataclasses.is_dataclass(tp):
                 default = _field_default(tp, key)
                 node[key] = config_to_dict(default) if default is not dataclasses.MISSING else []
             else:
                 node[key] = {}
         child = node[key]
-        wants_list = typing.get_origin(inner) is list
+        wants_list = _sequence_item(inner)[0]
         if wants_list and not isinstance(child, list):
             raise _type_error(child_path, _describe(inner), child)
         if not wants_list and not isinstance(child, (Mapping, list)):

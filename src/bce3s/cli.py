@@ -158,6 +158,7 @@ def _default_out(config: str) -> Path:
 def _cmd_train(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
     from bce3s.engine.run import train
+    from bce3s.engine.validate import validate_config
 
     overrides = list(args.overrides)
     if args.device:
@@ -182,6 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         RunDir(Path(args.out)).require_run()
         # without a CONFIG the run's own config is used (device/seed/--set still apply and are checked)
         cfg = load_config(_config_path(args.config) if args.config else Path(args.out) / "config.yaml", overrides)
+        validate_config(cfg)
         result = train(cfg, args.out, resume=True, quiet=args.quiet, config_path=args.config, command=sys.argv)
     else:
         if not args.config:
@@ -190,6 +192,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         path = _config_path(args.config)
         cfg = load_config(path, overrides)
+        validate_config(cfg)
         out = Path(args.out) if args.out else _default_out(args.config)
         if restart_unstarted and _same_run_config(out, cfg):
             args.overwrite = True
@@ -311,12 +314,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
+    from bce3s.engine.validate import validate_config
     from bce3s.report.compare import compare_runs, format_markdown
 
     path = _config_path(args.config)
     base = [*args.overrides] + ([f"runtime.device={args.device}"] if args.device else [])
     for seed in args.seeds:  # validate every seed's config before any training starts
-        load_config(path, [*base, f"runtime.seed={seed}"])
+        validate_config(load_config(path, [*base, f"runtime.seed={seed}"]))
     parent = Path(args.out) if args.out else Path(f"{_default_out(args.config)}_sweep")
     if args.jobs < 1:
         raise ConfigError("--jobs: must be >= 1")
@@ -360,6 +364,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
     from bce3s.engine.evaluate import evaluate_run
     from bce3s.engine.run import train
+    from bce3s.engine.validate import validate_config
     from bce3s.report.writer import write_report
 
     parent = Path(args.out)
@@ -369,6 +374,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger("bce3s.data").setLevel(logging.WARNING)
     for label, name in DEMO_RUNS:
         cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
+        validate_config(cfg)
         out = parent / name
         print(f"training {label} -> {out}", flush=True)
         res = train(

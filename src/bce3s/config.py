@@ -2,8 +2,11 @@
 
 One YAML file describes one experiment (data, model, and a list of training stages). Loading merges, in order,
 the dataclass defaults, the YAML file and the ``--set`` overrides; unknown keys and wrong types are rejected
-with the key path in the message, and every value a user can set is range-checked here, before any data is
-loaded or any file is written.
+with the key path in the message, and every value's range is checked here, before any data is loaded or any file
+is written. The config objects are frozen: derive a changed copy with :func:`dataclasses.replace`.
+
+Names that a registry owns (dataset, model, head, loss and its parameters, sampler, preset, pipeline) are only
+type-checked here; :func:`bce3s.engine.validate.validate_config` checks them against the registries.
 
 Example::
 
@@ -37,42 +40,10 @@ __all__ = [
     "config_from_dict",
 ]
 
-DATASETS = (
-    "digits_lt",
-    "fashion_mnist_lt",
-    "mnist_lt",
-    "cifar10_lt",
-    "cifar100_lt",
-    "imagefolder_lt",
-    "imagenet_lt",
-    "places_lt",
-    "inat2018",
-)
-MODELS = ("small_cnn", "resnet32", "resnet34_cifar", "resnet50", "resnext50_32x4d", "resnet152")
-LOSS_NAMES = (
-    "bce3s",
-    "bce",
-    "ce",
-    "focal",
-    "cb_softmax",
-    "cb_sigmoid",
-    "cb_focal",
-    "balanced_softmax",
-    "logit_adjusted",
-    "ldam",
-    "cb_bce",
-)
-SAMPLERS = ("instance", "class_balanced", "sqrt", "power")
-
 
 def _choice(path: str, value: Any, valid: tuple[str, ...], what: str) -> None:
     if value not in valid:
         raise ConfigError(f"{path}: unknown {what} {value!r}; valid: {', '.join(valid)}")
-
-
-def _is_number(value: Any) -> bool:
-    """int or float, but not bool (YAML ``true`` is not a number)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive(path: str, value: float | int, strict: bool = True) -> None:
@@ -81,12 +52,12 @@ def _positive(path: str, value: float | int, strict: bool = True) -> None:
         raise ConfigError(f"{path}: must be {sign} (got {value})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Which dataset, how it is made long-tailed, and how it is augmented.
 
     Attributes:
-        dataset: one of ``DATASETS``.
+        dataset: a name of the dataset registry ``bce3s.data.DATASETS``.
         root: dataset root (layout per dataset, see docs/datasets.md).
         download: let torchvision download CIFAR / (Fashion-)MNIST into ``root`` when missing.
         imbalance_factor: n_max / n_min of the training counts (1 = balanced).
@@ -96,7 +67,7 @@ class DataConfig:
         val_per_class: size per class of the validation split carved from unused training images
             (CIFAR-style sets, iNat); ``None`` = the dataset's default; 0 = no validation split.
         train_list, val_list, test_list: split files (``path label`` per line) for split-file datasets.
-        preset: augmentation preset (``cifar``, ``imagenet``, ``gray``); ``None`` = the dataset's default.
+        preset: augmentation preset (a name in ``bce3s.data.PRESETS``); ``None`` = the dataset's default.
         autoaugment: AutoAugment (CIFAR10 policy) in the ``cifar`` preset.
         cutout: Cutout side in pixels (0 = off).
         randaugment: RandAugment instead of colour jitter in the ``imagenet`` preset.
@@ -121,27 +92,24 @@ class DataConfig:
     image_size: int | None = None
 
     def check(self, path: str = "data") -> None:
-        _choice(f"{path}.dataset", self.dataset, DATASETS, "dataset")
         if not self.imbalance_factor >= 1:
             raise ConfigError(f"{path}.imbalance_factor: must be >= 1 (got {self.imbalance_factor})")
         _choice(f"{path}.profile", self.profile, ("exp", "step"), "profile")
         _choice(f"{path}.order", self.order, ("file", "random"), "order")
         if self.val_per_class is not None:
             _positive(f"{path}.val_per_class", self.val_per_class, strict=False)
-        if self.preset is not None:
-            _choice(f"{path}.preset", self.preset, ("cifar", "imagenet", "gray"), "preset")
         _positive(f"{path}.cutout", self.cutout, strict=False)
         if self.image_size is not None:
             _positive(f"{path}.image_size", self.image_size)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Backbone and head.
 
     Attributes:
-        name: one of ``MODELS``.
-        head: ``normalized`` (unit-norm weight rows + bias, BCE3S) or ``linear``.
+        name: a backbone of ``bce3s.models.MODELS``.
+        head: a head of ``bce3s.models.HEADS``: ``normalized`` (unit-norm weight rows + bias, BCE3S) or ``linear``.
         projector_dim: output size of the projector (built only when the loss needs embeddings).
         sync_bn: convert BatchNorm to SyncBatchNorm under DDP.
         channels_last: channels_last memory format (CUDA).
@@ -156,33 +124,22 @@ class ModelConfig:
     compile: bool = False
 
     def check(self, path: str = "model") -> None:
-        _choice(f"{path}.name", self.name, MODELS, "model")
-        _choice(f"{path}.head", self.head, ("normalized", "linear"), "head")
         _positive(f"{path}.projector_dim", self.projector_dim)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
-    """A loss by registry name plus its keyword parameters (see ``bce3s.losses.LOSSES``)."""
+    """A loss by registry name plus its keyword parameters (see ``bce3s.losses.LOSSES``).
+
+    Both are checked by the loss itself (a dry build in :func:`bce3s.engine.validate.validate_config`); treat
+    ``params`` as read-only.
+    """
 
     name: str = "bce3s"
     params: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, path: str = "loss") -> None:
-        _choice(f"{path}.name", self.name, LOSS_NAMES, "loss")
-        p = self.params
-        if "neg_class_ratio" in p and not (_is_number(p["neg_class_ratio"]) and 0 < p["neg_class_ratio"] <= 1):
-            raise ConfigError(f"{path}.params.neg_class_ratio: must be in (0, 1] (got {p['neg_class_ratio']})")
-        if "temperature" in p and not (_is_number(p["temperature"]) and p["temperature"] > 0):
-            raise ConfigError(f"{path}.params.temperature: must be > 0 (got {p['temperature']})")
-        for key in ("contrastive_weight", "uniform_weight", "gamma", "tau", "max_margin", "neg_weight"):
-            if key in p and not (_is_number(p[key]) and p[key] >= 0):
-                raise ConfigError(f"{path}.params.{key}: must be a number >= 0 (got {p[key]})")
-        if "beta" in p and not (_is_number(p["beta"]) and 0 <= p["beta"] < 1):
-            raise ConfigError(f"{path}.params.beta: must be in [0, 1) (got {p['beta']})")
 
-
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and learning-rate schedule of one stage.
 
@@ -222,14 +179,15 @@ class OptimConfig:
             _positive(f"{path}.grad_clip", self.grad_clip)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixingConfig:
     """GLMC-style mixing: a second batch from a re-balanced sampler, one mixup and one cutmix view.
 
     Attributes:
         enabled: train on [clean, mixup, cutmix] (3B images per step) instead of the clean batch.
         alpha: lambda ~ Beta(alpha, alpha), drawn once per batch.
-        sampler: sampler of the second batch (``power`` with ``rho`` = 0 is uniform, the released run).
+        sampler: sampler of the second batch (a kind of ``bce3s.data.SAMPLER_KINDS``; ``power`` with ``rho`` = 0 is
+            uniform, the released run).
         rho: exponent of the ``power`` sampler, weight of a sample ∝ n_class ** -rho.
     """
 
@@ -240,11 +198,10 @@ class MixingConfig:
 
     def check(self, path: str = "mixing") -> None:
         _positive(f"{path}.alpha", self.alpha)
-        _choice(f"{path}.sampler", self.sampler, SAMPLERS, "sampler")
         _positive(f"{path}.rho", self.rho, strict=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageConfig:
     """One training stage. Stages run in order; each starts from the previous stage's ``init_from`` checkpoint.
 
@@ -252,7 +209,8 @@ class StageConfig:
         name: stage name (used in checkpoint file names and logs).
         epochs: number of epochs (>= 1).
         batch_size: global batch size of clean images (split over DDP ranks).
-        sampler: sampler of the main batch (``instance``, ``class_balanced``, ``sqrt``, ``power``).
+        sampler: sampler of the main batch (a kind of ``bce3s.data.SAMPLER_KINDS``: ``instance``,
+            ``class_balanced``, ``sqrt``, ``power``).
         rho: exponent of the ``power`` sampler.
         loss: the loss of this stage.
         optim: optimizer and schedule.
@@ -290,9 +248,7 @@ class StageConfig:
         if not self.epochs >= 1:
             raise ConfigError(f"{path}.epochs: must be >= 1 (got {self.epochs})")
         _positive(f"{path}.batch_size", self.batch_size)
-        _choice(f"{path}.sampler", self.sampler, SAMPLERS, "sampler")
         _positive(f"{path}.rho", self.rho, strict=False)
-        self.loss.check(f"{path}.loss")
         self.optim.check(f"{path}.optim")
         self.mixing.check(f"{path}.mixing")
         _choice(f"{path}.bn_mode", self.bn_mode, ("train", "eval"), "bn_mode")
@@ -308,7 +264,7 @@ class StageConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Evaluation settings.
 
@@ -327,7 +283,7 @@ class EvalConfig:
         _choice(f"{path}.select_metric", self.select_metric, ("mean_per_class", "top1"), "select_metric")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LogConfig:
     """Logging: TensorBoard event files in ``RUN_DIR/tensorboard`` when ``tensorboard`` is true."""
 
@@ -337,7 +293,7 @@ class LogConfig:
         return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how the run executes.
 
@@ -346,7 +302,8 @@ class RuntimeConfig:
         seed: the run's seed; data order, augmentation, mixing, partial class sets and memory all derive from it.
         amp: autocast dtype on CUDA: ``none``, ``bf16`` or ``fp16``.
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
-        pipeline: ``auto`` (GPU-resident for in-memory datasets), ``gpu`` or ``loader``.
+        pipeline: a name of ``bce3s.data.PIPELINES``: ``auto`` (GPU-resident for in-memory datasets), ``gpu`` or
+            ``loader``.
         num_workers: DataLoader workers of the ``loader`` pipeline.
         nan_policy: what a non-finite loss or gradient does: ``stop`` the run or ``skip`` the step.
         threads: CPU threads for PyTorch (0 = PyTorch's default).
@@ -365,29 +322,38 @@ class RuntimeConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"{path}.device: must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         _choice(f"{path}.amp", self.amp, ("none", "bf16", "fp16"), "amp mode")
-        _choice(f"{path}.pipeline", self.pipeline, ("auto", "gpu", "loader"), "pipeline")
         _positive(f"{path}.num_workers", self.num_workers, strict=False)
         _choice(f"{path}.nan_policy", self.nan_policy, ("stop", "skip"), "nan_policy")
         _positive(f"{path}.threads", self.threads, strict=False)
 
 
-def _default_stages() -> list[StageConfig]:
-    return [StageConfig()]
+def _default_stages() -> tuple[StageConfig, ...]:
+    return (StageConfig(),)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """A whole experiment. ``stages`` run in order (stage 1: representation; stage 2: classifier re-training)."""
+    """A whole experiment. ``stages`` run in order (stage 1: representation; stage 2: classifier re-training).
+
+    ``stages`` is a tuple (a list given to the constructor is stored as a tuple); YAML dumps it as a list.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    stages: list[StageConfig] = field(default_factory=_default_stages)
+    stages: tuple[StageConfig, ...] = field(default_factory=_default_stages)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.stages, list):
+            object.__setattr__(self, "stages", tuple(self.stages))
+
     def check(self) -> None:
-        """Range-check every value; raises :class:`ConfigError` naming the key path."""
+        """Range-check every value; raises :class:`ConfigError` naming the key path.
+
+        Registry names and loss parameters are checked by :func:`bce3s.engine.validate.validate_config`.
+        """
         self.data.check("data")
         self.model.check("model")
         if not self.stages:
@@ -406,7 +372,10 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a config: dataclass defaults < YAML file < ``--set key.path=value`` overrides; then validate.
+    """Load a config: dataclass defaults < YAML file < ``--set key.path=value`` overrides; then range-check it.
+
+    Names owned by registries are not looked up here: call :func:`bce3s.engine.validate.validate_config` on the
+    result before using it (the CLI and ``train`` do).
 
     Raises:
         ConfigError: unreadable file, YAML syntax error, unknown key (with the closest valid key), wrong type,

@@ -1,12 +1,15 @@
 """Catalogue of user mistakes: each gives exactly one line ``bce3s: error: ...`` on stderr, exit code 2, no traceback.
 
-Every case runs ``bce3s.cli.main`` in-process. Config mistakes are caught before any data is loaded or any file is
-written (the output directory must not exist afterwards); data mistakes found while building the data leave no
-output directory either. docs/reliability.md lists every case with its message.
+Every case runs ``bce3s.cli.main`` in-process and checks behaviour, not wording: the one line names the key path
+(config mistakes: the message starts with it), the file or value at fault, and a did-you-mean where one applies.
+Config mistakes are caught before any data is loaded or any file is written (the output directory must not exist
+afterwards); data mistakes found while building the data leave no output directory either. docs/reliability.md
+lists every case with its message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,31 +22,22 @@ from PIL import Image
 from reliability_helpers import read_json, tiny, write_cfg
 
 from bce3s.cli import main
-from bce3s.config import Config, config_from_dict, dump_config
+from bce3s.config import Config, ModelConfig, OptimConfig, config_from_dict, dump_config
+from bce3s.data import DATASETS
 from bce3s.engine.checkpoint import save_checkpoint
-from bce3s.models import build_model
+from bce3s.losses import LOSSES, loss_params
+from bce3s.models import MODELS, build_model
 from bce3s.rundir import RunDir, write_json
-
-OPTIM_KEYS = (
-    "name, lr, momentum, nesterov, weight_decay, no_decay_norm_bias, scheduler, warmup_epochs, min_lr, grad_clip"
-)
-MODEL_KEYS = "name, head, projector_dim, sync_bn, channels_last, compile"
-LOSSES = "bce3s, bce, ce, focal, cb_softmax, cb_sigmoid, cb_focal, balanced_softmax, logit_adjusted, ldam, cb_bce"
-MODELS = "small_cnn, resnet32, resnet34_cifar, resnet50, resnext50_32x4d, resnet152"
-DATASETS = (
-    "digits_lt, fashion_mnist_lt, mnist_lt, cifar10_lt, cifar100_lt, imagefolder_lt, imagenet_lt, places_lt, inat2018"
-)
-BCE3S_PARAMS = (
-    "contrastive_start_epoch, contrastive_weight, embedding_dim, logit_clip, neg_class_ratio, neg_weight, seed, "
-    "temperature, uniform_scale, uniform_weight"
-)
 
 
 @dataclass
 class Case:
     argv: list[str]
-    message: str  # the whole stderr, without the trailing newline
+    key: str | None = None  # the message starts with this key path (``key: ...``)
+    mentions: tuple[str, ...] = ()  # ... and contains each of these (file paths, values, a suggestion)
     creates_out: bool = False  # the output directory may exist afterwards (errors found while training)
+    prefix: str = "bce3s: error: "  # argparse errors name the subcommand: ``bce3s train: error: ``
+    valid: tuple[str, ...] = ()  # names the message must list as the valid choices
 
 
 class Env:
@@ -117,7 +111,8 @@ def case(fn: Callable[[Env], Case]) -> Callable[[Env], Case]:
     return fn
 
 
-E = "bce3s: error: "
+def keys_of(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,65 +123,59 @@ E = "bce3s: error: "
 def unknown_key_with_suggestion(env: Env) -> Case:
     """A misspelt key in the YAML file (stages.0.optim.lrr)."""
     cfg = env.config("c.yaml", **{"stages.0.optim": {"lrr": 0.1}})
-    return Case(env.train(cfg=cfg), f"{E}stages.0.optim.lrr: unknown key; did you mean 'lr'? valid keys: {OPTIM_KEYS}")
+    return Case(env.train(cfg=cfg), "stages.0.optim.lrr", ("'lr'",), valid=keys_of(OptimConfig))
 
 
 @case
 def unknown_key_in_set(env: Env) -> Case:
     """A misspelt key in --set (model.nmae)."""
-    return Case(
-        env.train("--set", "model.nmae=x"),
-        f"{E}model.nmae: unknown key; did you mean 'name'? valid keys: {MODEL_KEYS}",
-    )
+    return Case(env.train("--set", "model.nmae=x"), "model.nmae", ("'name'",), valid=keys_of(ModelConfig))
 
 
 @case
 def unknown_section(env: Env) -> Case:
     """An unknown top-level section (trainer:)."""
     cfg = env.yaml("c.yaml", "trainer:\n  epochs: 3\n")
-    return Case(env.train(cfg=cfg), f"{E}trainer: unknown key; valid keys: data, model, stages, eval, log, runtime")
+    return Case(env.train(cfg=cfg), "trainer", valid=keys_of(Config))
 
 
 @case
 def wrong_type_string_for_int(env: Env) -> Case:
     """A string where an integer is expected (epochs: ten)."""
     cfg = env.config("c.yaml", **{"stages.0.epochs": "ten"})
-    return Case(env.train(cfg=cfg), f"{E}stages.0.epochs: expected int (got 'ten' of type str)")
+    return Case(env.train(cfg=cfg), "stages.0.epochs", ("int", "'ten'"))
 
 
 @case
 def wrong_type_float_for_int(env: Env) -> Case:
     """A float where an integer is expected (--set stages.0.batch_size=3.5)."""
-    return Case(
-        env.train("--set", "stages.0.batch_size=3.5"), f"{E}stages.0.batch_size: expected int (got 3.5 of type float)"
-    )
+    return Case(env.train("--set", "stages.0.batch_size=3.5"), "stages.0.batch_size", ("int", "3.5"))
 
 
 @case
 def wrong_type_mapping_for_list(env: Env) -> Case:
     """A mapping where the list of stages is expected."""
     cfg = env.yaml("c.yaml", "stages: {name: s1}\n")
-    return Case(env.train(cfg=cfg), f"{E}stages: expected list of mappings (got {{'name': 's1'}} of type dict)")
+    return Case(env.train(cfg=cfg), "stages", ("list",))
 
 
 @case
 def lr_zero(env: Env) -> Case:
     """Learning rate 0."""
-    return Case(env.train("--set", "stages.0.optim.lr=0"), f"{E}stages.0.optim.lr: must be > 0 (got 0.0)")
+    return Case(env.train("--set", "stages.0.optim.lr=0"), "stages.0.optim.lr", ("> 0",))
 
 
 @case
 def lr_negative(env: Env) -> Case:
     """Negative learning rate (second stage)."""
-    return Case(env.train("--set", "stages.1.optim.lr=-0.1"), f"{E}stages.1.optim.lr: must be > 0 (got -0.1)")
+    return Case(env.train("--set", "stages.1.optim.lr=-0.1"), "stages.1.optim.lr", ("> 0", "-0.1"))
 
 
 @case
 def neg_class_ratio_above_one(env: Env) -> Case:
     """Partial class ratio above 1."""
     return Case(
-        env.train("--set", "stages.0.loss.params.neg_class_ratio=1.5"),
-        f"{E}stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 1.5)",
+        env.train("--set", "stages.0.loss.params.neg_class_ratio=1.5"), "stages.0.loss.params.neg_class_ratio", ("1.5",)
     )
 
 
@@ -195,7 +184,8 @@ def neg_class_ratio_zero(env: Env) -> Case:
     """Partial class ratio 0."""
     return Case(
         env.train("--set", "stages.0.loss.params.neg_class_ratio=0"),
-        f"{E}stages.0.loss.params.neg_class_ratio: must be in (0, 1] (got 0)",
+        "stages.0.loss.params.neg_class_ratio",
+        ("(0, 1]",),
     )
 
 
@@ -203,42 +193,55 @@ def neg_class_ratio_zero(env: Env) -> Case:
 def temperature_zero(env: Env) -> Case:
     """Contrastive temperature 0."""
     return Case(
-        env.train("--set", "stages.0.loss.params.temperature=0"),
-        f"{E}stages.0.loss.params.temperature: must be > 0 (got 0)",
+        env.train("--set", "stages.0.loss.params.temperature=0"), "stages.0.loss.params.temperature", ("> 0", "got 0")
+    )
+
+
+@case
+def temperature_of_a_loss_without_one(env: Env) -> Case:
+    """A parameter the stage's loss does not have (temperature on the cb_bce stage): unknown, not out of range."""
+    return Case(
+        env.train("--set", "stages.1.loss.params.temperature=0"),
+        "stages.1.loss.params.temperature",
+        ("unknown parameter", "'cb_bce'"),
+        valid=tuple(loss_params("cb_bce")),
     )
 
 
 @case
 def imbalance_factor_below_one(env: Env) -> Case:
     """Imbalance factor below 1."""
-    return Case(env.train("--set", "data.imbalance_factor=0.5"), f"{E}data.imbalance_factor: must be >= 1 (got 0.5)")
+    return Case(env.train("--set", "data.imbalance_factor=0.5"), "data.imbalance_factor", (">= 1", "0.5"))
 
 
 @case
 def epochs_zero(env: Env) -> Case:
     """Zero epochs."""
-    return Case(env.train("--set", "stages.0.epochs=0"), f"{E}stages.0.epochs: must be >= 1 (got 0)")
+    return Case(env.train("--set", "stages.0.epochs=0"), "stages.0.epochs", (">= 1",))
 
 
 @case
 def unknown_loss(env: Env) -> Case:
     """Unknown loss name."""
     return Case(
-        env.train("--set", "stages.0.loss.name=bce4s"), f"{E}stages.0.loss.name: unknown loss 'bce4s'; valid: {LOSSES}"
+        env.train("--set", "stages.0.loss.name=bce4s"),
+        "stages.0.loss.name",
+        ("'bce4s'", "'bce3s'"),
+        valid=tuple(LOSSES),
     )
 
 
 @case
 def unknown_model(env: Env) -> Case:
     """Unknown model name."""
-    return Case(env.train("--set", "model.name=resnet18"), f"{E}model.name: unknown model 'resnet18'; valid: {MODELS}")
+    return Case(env.train("--set", "model.name=resnet18"), "model.name", ("'resnet18'",), valid=tuple(MODELS))
 
 
 @case
 def unknown_dataset(env: Env) -> Case:
     """Unknown dataset name."""
     return Case(
-        env.train("--set", "data.dataset=mnist"), f"{E}data.dataset: unknown dataset 'mnist'; valid: {DATASETS}"
+        env.train("--set", "data.dataset=mnist"), "data.dataset", ("'mnist'", "'mnist_lt'"), valid=tuple(DATASETS)
     )
 
 
@@ -247,115 +250,94 @@ def unknown_loss_parameter(env: Env) -> Case:
     """A misspelt loss parameter (temprature)."""
     return Case(
         env.train("--set", "stages.0.loss.params.temprature=0.5"),
-        f"{E}stages.0.loss.params.temprature: unknown parameter of loss 'bce3s'; did you mean 'temperature'? "
-        f"valid: {BCE3S_PARAMS}",
+        "stages.0.loss.params.temprature",
+        ("'bce3s'", "'temperature'"),
+        valid=tuple(loss_params("bce3s")),
     )
 
 
 @case
 def invalid_loss_parameter_value(env: Env) -> Case:
     """A loss parameter the loss itself rejects (logit_clip=-1)."""
-    return Case(
-        env.train("--set", "stages.0.loss.params.logit_clip=-1"),
-        f"{E}stages.0.loss: Bce3sLoss: logit_clip must be a finite number > 0 (got -1)",
-    )
+    return Case(env.train("--set", "stages.0.loss.params.logit_clip=-1"), "stages.0.loss.params.logit_clip", ("-1",))
 
 
 @case
 def duplicate_stage_name(env: Env) -> Case:
     """Two stages with the same name."""
-    return Case(env.train("--set", "stages.1.name=stage1"), f"{E}stages.1.name: duplicate stage name 'stage1'")
+    return Case(env.train("--set", "stages.1.name=stage1"), "stages.1.name", ("duplicate", "'stage1'"))
 
 
 @case
 def warmup_not_below_epochs(env: Env) -> Case:
     """Warm-up as long as the stage."""
-    return Case(
-        env.train("--set", "stages.0.optim.warmup_epochs=2"),
-        f"{E}stages.0.optim.warmup_epochs: must be < epochs (2) (got 2)",
-    )
+    return Case(env.train("--set", "stages.0.optim.warmup_epochs=2"), "stages.0.optim.warmup_epochs", ("epochs",))
 
 
 @case
 def unknown_nan_policy(env: Env) -> Case:
     """Unknown runtime.nan_policy."""
     return Case(
-        env.train("--set", "runtime.nan_policy=ignore"),
-        f"{E}runtime.nan_policy: unknown nan_policy 'ignore'; valid: stop, skip",
+        env.train("--set", "runtime.nan_policy=ignore"), "runtime.nan_policy", ("'ignore'",), valid=("stop", "skip")
     )
 
 
 @case
 def unknown_device(env: Env) -> Case:
     """Unknown device name."""
-    return Case(env.train("--device", "tpu"), f"{E}runtime.device: must be auto, cpu, cuda or cuda:N (got 'tpu')")
+    return Case(env.train("--device", "tpu"), "runtime.device", ("'tpu'", "cuda:N"))
 
 
 @case
 def malformed_set(env: Env) -> Case:
     """--set without '='."""
-    return Case(
-        env.train("--set", "stages.0.epochs"),
-        f"{E}malformed override 'stages.0.epochs': expected the form --set section.key=value "
-        "(e.g. --set stages.0.epochs=3)",
-    )
+    return Case(env.train("--set", "stages.0.epochs"), None, ("'stages.0.epochs'", "--set section.key=value"))
 
 
 @case
 def set_index_out_of_range(env: Env) -> Case:
     """--set of a stage that does not exist."""
-    return Case(env.train("--set", "stages.5.epochs=1"), f"{E}stages.5: index 5 out of range (valid: 0..1)")
+    return Case(env.train("--set", "stages.5.epochs=1"), "stages.5", ("0..1",))
 
 
 @case
 def missing_config_file(env: Env) -> Case:
     """The config file does not exist."""
     path = env.tmp / "nope.yaml"
-    return Case(
-        env.train(cfg=str(path)),
-        f"{E}config file not found: {path} (give the path of a YAML file, e.g. configs/digits_lt/bce3s.yaml)",
-    )
+    return Case(env.train(cfg=str(path)), None, (str(path), "not found"))
 
 
 @case
 def yaml_syntax_error(env: Env) -> Case:
     """A YAML syntax error (bad indentation on line 3)."""
     cfg = env.yaml("c.yaml", "data:\n  dataset: digits_lt\n   root: x\n")
-    return Case(env.train(cfg=cfg), f"{E}{cfg}: line 3 is not valid YAML (mapping values are not allowed here)")
+    return Case(env.train(cfg=cfg), cfg, ("line 3", "YAML"))
 
 
 @case
 def yaml_top_level_not_a_mapping(env: Env) -> Case:
     """A YAML file whose top level is a list."""
     cfg = env.yaml("c.yaml", "- data\n- model\n")
-    return Case(env.train(cfg=cfg), f"{E}{cfg}: the top level must be a mapping of sections (data, model, stages, ...)")
+    return Case(env.train(cfg=cfg), cfg, ("mapping",))
 
 
 @case
 def train_without_config(env: Env) -> Case:
     """train with neither CONFIG nor --resume."""
-    return Case(
-        ["train", "--out", str(env.out)],
-        f"{E}train needs a CONFIG file (e.g. configs/digits_lt/bce3s.yaml), or --resume --out RUN_DIR",
-    )
+    return Case(["train", "--out", str(env.out)], None, ("CONFIG", "--resume"))
 
 
 @case
 def seed_not_an_integer(env: Env) -> Case:
     """--seed x."""
-    return Case(
-        env.train("--seed", "x"), "bce3s train: error: argument --seed: invalid int value: 'x' (see bce3s train --help)"
-    )
+    return Case(env.train("--seed", "x"), None, ("--seed", "'x'", "--help"), prefix="bce3s train: error: ")
 
 
 @case
 def cuda_without_cuda(env: Env) -> Case:
     """--device cuda on a machine without CUDA."""
     env.mp.setattr(torch.cuda, "is_available", lambda: False)
-    return Case(
-        env.train("--device", "cuda"),
-        f"{E}device 'cuda' requested but CUDA is not available here; use --device cpu (or auto)",
-    )
+    return Case(env.train("--device", "cuda"), None, ("'cuda'", "--device cpu"))
 
 
 @case
@@ -364,10 +346,7 @@ def world_size_does_not_divide_batch(env: Env) -> Case:
     # what torchrun --nproc_per_node=3 sets; the check must come before the process group is joined
     for key, value in (("WORLD_SIZE", "3"), ("RANK", "0"), ("LOCAL_RANK", "0")):
         env.mp.setenv(key, value)
-    return Case(
-        env.train(),
-        f"{E}stages.0.batch_size: 32 is not divisible by the world size 3; use a multiple of the number of processes",
-    )
+    return Case(env.train(), "stages.0.batch_size", ("32", "world size 3"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -380,55 +359,35 @@ def out_under_a_regular_file(env: Env) -> Case:
     blocker = env.tmp / "a_file"
     blocker.write_text("x")
     env.out = blocker / "run"
-    return Case(env.train(), f"{E}output directory {env.out} is not writable (Not a directory); choose another --out")
+    return Case(env.train(), None, (str(env.out), "not writable", "--out"))
 
 
 @case
 def out_holds_a_different_run(env: Env) -> Case:
     """--out holds a run of another config (no --overwrite)."""
     env.fake_run(env.out, **{"stages.0.optim.lr": 0.1})
-    return Case(
-        env.train(),
-        f"{E}{env.out} already holds a different run (stages.0.optim.lr: 0.1 != 0.05); pass --overwrite to "
-        "replace it or choose another --out",
-        creates_out=True,
-    )
+    return Case(env.train(), str(env.out), ("stages.0.optim.lr", "0.1", "0.05", "--overwrite"), creates_out=True)
 
 
 @case
 def out_holds_this_configs_run(env: Env) -> Case:
     """--out holds an unfinished run of the same config (no --resume/--overwrite)."""
     env.fake_run(env.out)
-    return Case(
-        env.train(),
-        f"{E}{env.out} already holds a run of this config; continue it with --resume (or --auto-resume), pass "
-        "--overwrite to replace it, or choose another --out",
-        creates_out=True,
-    )
+    return Case(env.train(), str(env.out), ("--resume", "--overwrite"), creates_out=True)
 
 
 @case
 def auto_resume_of_a_finished_run(env: Env) -> Case:
     """--auto-resume (a scheduler re-running the command) into a finished run of the same config."""
     env.fake_run(env.out, status="finished")
-    return Case(
-        env.train("--auto-resume"),
-        f"{E}{env.out} already holds a finished run of this config (see its final.json); pass --overwrite to train "
-        "it again, or choose another --out",
-        creates_out=True,
-    )
+    return Case(env.train("--auto-resume"), str(env.out), ("finished", "--overwrite"), creates_out=True)
 
 
 @case
 def auto_resume_of_another_configs_run(env: Env) -> Case:
     """--auto-resume into an unfinished run of another config that has no checkpoint yet."""
     env.fake_run(env.out, status="running", **{"runtime.seed": 5})
-    return Case(
-        env.train("--auto-resume"),
-        f"{E}{env.out} already holds a different run (runtime.seed: 5 != 3); pass --overwrite to replace it or "
-        "choose another --out",
-        creates_out=True,
-    )
+    return Case(env.train("--auto-resume"), str(env.out), ("runtime.seed", "5", "3", "--overwrite"), creates_out=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -441,37 +400,27 @@ def missing_data_root(env: Env) -> Case:
     root = env.tmp / "nowhere"
     return Case(
         env.train("--set", "data.dataset=fashion_mnist_lt", "--set", f"data.root={root}"),
-        f"{E}Fashion-MNIST not found: expected {root}/FashionMNIST/raw/{{train-images-idx3-ubyte,"
-        f"train-labels-idx1-ubyte,t10k-images-idx3-ubyte,t10k-labels-idx1-ubyte}}[.gz] (torchvision layout) or the "
-        f"four files directly in {root}; set data.root, or data.download=true",
+        None,
+        ("Fashion-MNIST", str(root), "data.root", "data.download"),
     )
 
 
 @case
 def imbalance_factor_empties_a_class(env: Env) -> Case:
     """An imbalance factor that leaves a class with no image (Digits-LT, IF 1000)."""
-    return Case(
-        env.train("--set", "data.imbalance_factor=1000"),
-        f"{E}imbalance factor 1000 empties class 7 (n_max 134, profile exp): use an imbalance factor <= 134",
-    )
+    return Case(env.train("--set", "data.imbalance_factor=1000"), None, ("1000", "class 7", "<= 134"))
 
 
 @case
 def batch_larger_than_dataset(env: Env) -> Case:
     """A batch larger than the training set."""
-    return Case(
-        env.train("--set", "stages.0.batch_size=5000"),
-        f"{E}stages.0.batch_size: 5000 is larger than the training set (544 images); lower it",
-    )
+    return Case(env.train("--set", "stages.0.batch_size=5000"), "stages.0.batch_size", ("5000", "544"))
 
 
 @case
 def validation_larger_than_class(env: Env) -> Case:
     """A validation size larger than a class."""
-    return Case(
-        env.train("--set", "data.val_per_class=500"),
-        f"{E}class 0 has 148 training images; carving 500 for validation would leave none: lower data.val_per_class",
-    )
+    return Case(env.train("--set", "data.val_per_class=500"), None, ("class 0", "148", "500", "data.val_per_class"))
 
 
 @case
@@ -479,11 +428,7 @@ def split_file_malformed_line(env: Env) -> Case:
     """A split file with a non-integer label on line 3."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000001/0.JPEG 1", "train/n00000002/0.JPEG two"]
     root = env.inet_root(lines={"train": train})
-    return Case(
-        env.train(cfg=env.inet_cfg(root)),
-        f"{E}{root}/ImageNet_LT_train.txt:3: malformed line 'train/n00000002/0.JPEG two'; expected "
-        "'relative/path label' with an integer label",
-    )
+    return Case(env.train(cfg=env.inet_cfg(root)), f"{root}/ImageNet_LT_train.txt:3", ("'train/n00000002/0.JPEG two'",))
 
 
 @case
@@ -491,10 +436,7 @@ def split_file_negative_label(env: Env) -> Case:
     """A split file with a negative label."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000001/0.JPEG -1"]
     root = env.inet_root(lines={"train": train})
-    return Case(
-        env.train(cfg=env.inet_cfg(root)),
-        f"{E}{root}/ImageNet_LT_train.txt:2: label -1 is negative; labels are class ids 0..K-1",
-    )
+    return Case(env.train(cfg=env.inet_cfg(root)), f"{root}/ImageNet_LT_train.txt:2", ("-1",))
 
 
 @case
@@ -502,10 +444,7 @@ def split_file_label_out_of_range(env: Env) -> Case:
     """A test list with a label the train list does not define."""
     test = ["test/n00000000/0.JPEG 0", "test/n00000001/0.JPEG 1", "test/n00000002/0.JPEG 7"]
     root = env.inet_root(lines={"test": test})
-    return Case(
-        env.train(cfg=env.inet_cfg(root)),
-        f"{E}{root}/ImageNet_LT_test.txt:3: label 7 outside [0, 3) (the train list defines 3 classes)",
-    )
+    return Case(env.train(cfg=env.inet_cfg(root)), f"{root}/ImageNet_LT_test.txt:3", ("label 7", "[0, 3)"))
 
 
 @case
@@ -513,11 +452,7 @@ def split_file_class_without_training_image(env: Env) -> Case:
     """A train list without any image of class 1."""
     train = ["train/n00000000/0.JPEG 0", "train/n00000002/0.JPEG 2"]
     root = env.inet_root(lines={"train": train})
-    return Case(
-        env.train(cfg=env.inet_cfg(root)),
-        f"{E}{root}/ImageNet_LT_train.txt: class 1 has no training image (1 of 3 classes missing); every class id "
-        "0..K-1 must appear in the train list",
-    )
+    return Case(env.train(cfg=env.inet_cfg(root)), f"{root}/ImageNet_LT_train.txt", ("class 1",))
 
 
 @case
@@ -526,10 +461,7 @@ def split_file_missing(env: Env) -> Case:
     root = env.inet_root()
     (root / "ImageNet_LT_test.txt").unlink()
     return Case(
-        env.train(cfg=env.inet_cfg(root)),
-        f"{E}ImageNet-LT: test list {root}/ImageNet_LT_test.txt not found; expected {root}/ImageNet_LT_train.txt "
-        f"with lines like 'train/n01440764/n01440764_10026.JPEG 0' and the images under {root} "
-        "(or set data.test_list)",
+        env.train(cfg=env.inet_cfg(root)), None, (f"{root}/ImageNet_LT_test.txt", "not found", "data.test_list")
     )
 
 
@@ -540,8 +472,8 @@ def split_file_image_missing(env: Env) -> Case:
     root = env.inet_root(lines={"train": train})
     return Case(
         env.train(cfg=env.inet_cfg(root)),
-        f"{E}{root}/ImageNet_LT_train.txt:1: image {root}/train/n00000000/99.JPEG not found; data.root must be the "
-        "folder the list's relative paths start from",
+        f"{root}/ImageNet_LT_train.txt:1",
+        (f"{root}/train/n00000000/99.JPEG", "not found", "data.root"),
     )
 
 
@@ -552,7 +484,8 @@ def image_fails_to_decode(env: Env) -> Case:
     bad = root / "val/n00000001/1.JPEG"
     return Case(
         env.train(cfg=env.inet_cfg(root)),
-        f"{E}cannot decode image {bad}: cannot identify image file '{bad}' (re-create or remove the file)",
+        None,
+        ("cannot decode", str(bad)),
         creates_out=True,  # found when the image is first read, during training
     )
 
@@ -564,7 +497,8 @@ def image_fails_to_decode_in_a_loader_worker(env: Env) -> Case:
     bad = root / "val/n00000001/1.JPEG"
     return Case(
         env.train(cfg=env.inet_cfg(root, **{"runtime.num_workers": 1})),
-        f"{E}cannot decode image {bad}: cannot identify image file '{bad}' (re-create or remove the file)",
+        None,
+        ("cannot decode", str(bad)),
         creates_out=True,
     )
 
@@ -580,8 +514,8 @@ def resume_with_a_different_config(env: Env) -> Case:
     cfg = env.config("other.yaml", **{"stages.0.optim.lr": 0.1, "runtime.seed": 4})
     return Case(
         ["train", cfg, "--resume", "--out", str(env.out)],
-        f"{E}cannot resume {env.out} with a different config (runtime.seed: 3 != 4; stages.0.optim.lr: 0.05 != 0.1); "
-        "drop the config/--set to resume as is",
+        None,
+        (str(env.out), "runtime.seed", "stages.0.optim.lr"),
         creates_out=True,
     )
 
@@ -592,8 +526,8 @@ def resume_with_a_different_set(env: Env) -> Case:
     env.fake_run(env.out)
     return Case(
         ["train", "--resume", "--out", str(env.out), "--set", "stages.1.epochs=5"],
-        f"{E}cannot resume {env.out} with a different config (stages.1.epochs: 1 != 5); drop the config/--set to "
-        "resume as is",
+        None,
+        (str(env.out), "stages.1.epochs", "5"),
         creates_out=True,
     )
 
@@ -603,12 +537,7 @@ def resume_without_checkpoint(env: Env) -> Case:
     """--resume of a run that stopped before its first checkpoint."""
     env.fake_run(env.out)
     ck = env.out / "checkpoints" / "last.pt"
-    return Case(
-        ["train", "--resume", "--out", str(env.out)],
-        f"{E}cannot resume {env.out}: {ck} not found (the run stopped before its first checkpoint); start it again "
-        "with --overwrite",
-        creates_out=True,
-    )
+    return Case(["train", "--resume", "--out", str(env.out)], None, (str(ck), "--overwrite"), creates_out=True)
 
 
 @case
@@ -620,10 +549,8 @@ def resume_truncated_checkpoint(env: Env) -> Case:
     rd.checkpoint("last").write_bytes(data[: len(data) // 2])
     return Case(
         ["train", "--resume", "--out", str(env.out)],
-        f"{E}cannot resume {env.out}: checkpoint {rd.checkpoint('last')} is truncated or corrupt "
-        "(PytorchStreamReader failed reading zip archive: failed finding central directory); it was damaged after "
-        "it was written (bce3s writes checkpoints atomically): restore it from a copy or re-create it, or start the "
-        "run again with --overwrite",
+        None,
+        (str(rd.checkpoint("last")), "truncated or corrupt", "--overwrite"),
         creates_out=True,
     )
 
@@ -636,7 +563,8 @@ def resume_checkpoint_with_other_class_count(env: Env) -> Case:
     save_checkpoint(rd.checkpoint("last"), state)
     return Case(
         ["train", "--resume", "--out", str(env.out)],
-        f"{E}{rd.checkpoint('last')} was trained with 5 classes but the data has 10; resume it with its own data",
+        None,
+        (str(rd.checkpoint("last")), "5 classes", "10"),
         creates_out=True,
     )
 
@@ -647,7 +575,8 @@ def resume_not_a_run(env: Env) -> Case:
     env.out.mkdir()
     return Case(
         ["train", "--resume", "--out", str(env.out)],
-        f"{E}{env.out} is not a bce3s run directory (no config.yaml/run.json); give a directory made by 'bce3s train'",
+        None,
+        (str(env.out), "not a bce3s run directory"),
         creates_out=True,
     )
 
@@ -655,13 +584,13 @@ def resume_not_a_run(env: Env) -> Case:
 @case
 def resume_missing_directory(env: Env) -> Case:
     """--resume of a directory that does not exist."""
-    return Case(["train", "--resume", "--out", str(env.out)], f"{E}run directory not found: {env.out}")
+    return Case(["train", "--resume", "--out", str(env.out)], None, (str(env.out), "not found"))
 
 
 @case
 def resume_without_out(env: Env) -> Case:
     """--resume without --out."""
-    return Case(["train", env.cfg, "--resume"], f"{E}--resume needs --out RUN_DIR (the run to continue)")
+    return Case(["train", env.cfg, "--resume"], "--resume", ("--out",))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -671,16 +600,13 @@ def resume_without_out(env: Env) -> Case:
 @case
 def eval_not_a_run(env: Env) -> Case:
     """eval of a directory that is not a run."""
-    return Case(
-        ["eval", str(env.tmp)],
-        f"{E}{env.tmp} is not a bce3s run directory (no config.yaml/run.json); give a directory made by 'bce3s train'",
-    )
+    return Case(["eval", str(env.tmp)], None, (str(env.tmp), "not a bce3s run directory"))
 
 
 @case
 def eval_missing_directory(env: Env) -> Case:
     """eval of a directory that does not exist."""
-    return Case(["eval", str(env.out)], f"{E}run directory not found: {env.out}")
+    return Case(["eval", str(env.out)], None, (str(env.out), "not found"))
 
 
 @case
@@ -688,11 +614,7 @@ def eval_damaged_config(env: Env) -> Case:
     """eval of a run whose config.yaml is damaged."""
     rd = env.fake_run(env.out)
     rd.config.write_text("data: [unclosed\n")
-    return Case(
-        ["eval", str(env.out)],
-        f"{E}cannot read {rd.config} (while parsing a flow sequence); the run directory is damaged",
-        creates_out=True,
-    )
+    return Case(["eval", str(env.out)], None, (str(rd.config), "damaged"), creates_out=True)
 
 
 @case
@@ -701,7 +623,8 @@ def eval_missing_checkpoint(env: Env) -> Case:
     rd = env.fake_run(env.out)
     return Case(
         ["eval", str(env.out), "--checkpoint", "best_val"],
-        f"{E}checkpoint not found: {rd.checkpoint('best_val')} (was the run started? train first, or pick another run)",
+        None,
+        (str(rd.checkpoint("best_val")), "not found"),
         creates_out=True,
     )
 
@@ -712,12 +635,7 @@ def eval_checkpoint_with_other_class_count(env: Env) -> Case:
     rd = env.fake_run(env.out)
     model = build_model("small_cnn", num_classes=5, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict(), "num_classes": 5})
-    return Case(
-        ["eval", str(env.out)],
-        f"{E}{rd.checkpoint('last')} has 5 classes but the run's data has 10; evaluate it with the data it was "
-        "trained on",
-        creates_out=True,
-    )
+    return Case(["eval", str(env.out)], str(rd.checkpoint("last")), ("5 classes", "10"), creates_out=True)
 
 
 @case
@@ -726,13 +644,7 @@ def eval_checkpoint_of_another_model(env: Env) -> Case:
     rd = env.fake_run(env.out)
     model = build_model("small_cnn", num_classes=5, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict()})  # no class count recorded
-    return Case(
-        ["eval", str(env.out)],
-        f"{E}{rd.checkpoint('last')} does not match the run's model (size mismatch for logit_bias: copying a param "
-        "with shape torch.Size([5]) from checkpoint, the shape in current model is torch.Size([10]).); "
-        "evaluate it with the run it was trained in",
-        creates_out=True,
-    )
+    return Case(["eval", str(env.out)], None, (str(rd.checkpoint("last")), "does not match"), creates_out=True)
 
 
 @case
@@ -741,13 +653,7 @@ def eval_truncated_checkpoint(env: Env) -> Case:
     rd = env.fake_run(env.out)
     rd.checkpoints.mkdir()
     rd.checkpoint("last").write_bytes(b"PK\x03\x04 half a zip")
-    return Case(
-        ["eval", str(env.out)],
-        f"{E}checkpoint {rd.checkpoint('last')} is truncated or corrupt (PytorchStreamReader failed reading zip "
-        "archive: not a ZIP archive); it was damaged after it was written (bce3s writes checkpoints "
-        "atomically): restore it from a copy or re-create it",
-        creates_out=True,
-    )
+    return Case(["eval", str(env.out)], None, (str(rd.checkpoint("last")), "truncated or corrupt"), creates_out=True)
 
 
 @case
@@ -756,21 +662,13 @@ def eval_val_split_of_a_run_without_one(env: Env) -> Case:
     rd = env.fake_run(env.out, **{"data.val_per_class": 0})
     model = build_model("small_cnn", num_classes=10, in_channels=1, projector_dim=16)
     save_checkpoint(rd.checkpoint("last"), {"model": model.state_dict(), "num_classes": 10})
-    return Case(
-        ["eval", str(env.out), "--split", "val"],
-        f"{E}--split val: the run {env.out} has no validation split (data.val_per_class is 0)",
-        creates_out=True,
-    )
+    return Case(["eval", str(env.out), "--split", "val"], "--split val", ("data.val_per_class",), creates_out=True)
 
 
 @case
 def eval_unknown_split(env: Env) -> Case:
     """eval --split train."""
-    return Case(
-        ["eval", str(env.out), "--split", "train"],
-        "bce3s eval: error: argument --split: invalid choice: 'train' (choose from 'test', 'val') "
-        "(see bce3s eval --help)",
-    )
+    return Case(["eval", str(env.out), "--split", "train"], None, ("--split", "'train'"), prefix="bce3s eval: error: ")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -791,8 +689,14 @@ def test_bad_input_gives_one_line_and_exit_2(name, tmp_path, capsys, monkeypatch
     rc = _run_main(c.argv)
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err == c.message + "\n"
     assert rc == 2
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    assert err.startswith(c.prefix), err
+    body = err[len(c.prefix) :].rstrip("\n")
+    if c.key is not None:  # the message starts with the key path (or the file) at fault
+        assert body.startswith(c.key) and body[len(c.key) : len(c.key) + 1] in (":", " "), (c.key, body)
+    missing = [m for m in (*c.mentions, *c.valid) if m not in body]
+    assert not missing, f"{body!r} does not mention {missing}"
     run_json = env.out / "run.json"
     if run_json.is_file() and out_existed:  # a refused command does not touch the run it was pointed at
         assert read_json(run_json).get("resumed_from") == [], "a refused resume must not be recorded"
@@ -816,9 +720,8 @@ def test_unwritable_output_directory_chmod(tmp_path, capsys):
         rc = main(["train", str(cfg), "--out", str(locked / "run"), "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2
-        assert err == (
-            f"bce3s: error: output directory {locked / 'run'} is not writable (Permission denied); "
-            "choose another --out\n"
-        )
+        assert err.startswith("bce3s: error: ") and err.count("\n") == 1
+        assert str(locked / "run") in err and "not writable" in err
+        assert not (locked / "run").exists()
     finally:
         locked.chmod(0o700)

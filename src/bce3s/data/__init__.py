@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "DataSplits": "splits",
     "build_data": "splits",
     "read_source": "datasets",
+    "DATASETS": "datasets",
     # imbalance
     "class_counts": "imbalance",
     "lt_subset_indices": "imbalance",

@@ -31,6 +31,7 @@ READERS: dict[str, Callable[[DataConfig], SourceData]] = {
     "places_lt": read_places_lt,
     "inat2018": read_inat2018,
 }
+DATASETS = READERS
 
 
 def read_source(cfg: DataConfig) -> SourceData:

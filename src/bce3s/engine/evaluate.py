@@ -128,10 +128,11 @@ def _read_run_config(rd: Any, checkpoint: str, device: str | None) -> Config:
     import yaml
 
     from bce3s.config import config_from_dict
+    from bce3s.engine.validate import validate_config
 
     try:
         cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
-        cfg.check()
+        validate_config(cfg)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
@@ -140,7 +141,7 @@ def _read_run_config(rd: Any, checkpoint: str, device: str | None) -> Config:
         raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
     if device is not None:
         cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=device))
-        cfg.check()
+        validate_config(cfg)
     return cfg
 
 

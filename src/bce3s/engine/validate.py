@@ -1,29 +1,115 @@
-"""Check a config against the registries before anything is built or written."""
+"""Validation of a whole config against the registries that own its names, before any data is loaded.
+
+:mod:`bce3s.config` checks types and ranges; the names (dataset, model, head, sampler, preset, pipeline, loss)
+and the loss parameters belong to the packages that implement them. :func:`validate_config` asks those
+registries and dry-builds every stage's loss on dummy class counts, so that a bad name or parameter is reported
+with its key path, the valid choices and the closest one, without reading any data or writing any file::
+
+    cfg = load_config("configs/digits_lt/bce3s.yaml", ["stages.1.loss.params.temperature=0"])
+    validate_config(cfg)
+    # ConfigError: stages.1.loss.params.temperature: unknown parameter of loss 'cb_bce'; valid: beta, ...
+"""
 
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Collection
+from typing import Any
 
-from bce3s.config import Config
-from bce3s.errors import ConfigError
+from bce3s.config import Config, LossConfig
+from bce3s.errors import BCE3SError, ConfigError
 
 __all__ = ["validate_config"]
 
+# Dummy class statistics of the dry build of a loss: K = 10 classes, 100..10 training images.
+_DRY_NUM_CLASSES = 10
+_DRY_COUNTS = tuple(range(100, 0, -10))
+
 
 def validate_config(cfg: Config) -> None:
-    """Build every stage's loss once on dummy class counts, so unknown or invalid loss parameters are reported
-    (with the closest valid name) before any data is loaded or any file is written."""
-    from bce3s.engine.build import build_stage_loss
-    from bce3s.losses import loss_params
+    """Check ``cfg`` completely: ranges (``cfg.check()``), then every name against its registry.
 
+    Looked up: ``data.dataset`` in ``bce3s.data.DATASETS``, ``data.preset`` in ``bce3s.data.PRESETS``,
+    ``model.name`` / ``model.head`` in ``bce3s.models.MODELS`` / ``HEADS``, every sampler in
+    ``bce3s.data.SAMPLER_KINDS``, ``runtime.pipeline`` in ``bce3s.data.PIPELINES``, and every stage's loss name in
+    ``bce3s.losses.LOSSES``. Each stage's loss is then built once with ``bce3s.losses.build_loss`` on dummy
+    class counts, so that its parameters are checked by the loss itself.
+
+    Args:
+        cfg: the config to check (not modified).
+
+    Raises:
+        ConfigError: one line that starts with the key path, e.g.
+            ``stages.1.loss.params.temperature: unknown parameter of loss 'cb_bce'; valid: beta, ...`` or
+            ``stages.0.loss.params.temperature: must be a finite number > 0 (got 0)``; an unknown name lists the
+            valid names and suggests the closest one.
+    """
+    import bce3s.data
+    import bce3s.losses
+    import bce3s.models
+
+    cfg.check()
+    _choice("data.dataset", cfg.data.dataset, bce3s.data.DATASETS, "dataset")
+    if cfg.data.preset is not None:
+        _choice("data.preset", cfg.data.preset, bce3s.data.PRESETS, "preset")
+    _choice("model.name", cfg.model.name, bce3s.models.MODELS, "model")
+    _choice("model.head", cfg.model.head, bce3s.models.HEADS, "head")
+    _choice("runtime.pipeline", cfg.runtime.pipeline, bce3s.data.PIPELINES, "pipeline")
     for i, stage in enumerate(cfg.stages):
-        valid = sorted(loss_params(stage.loss.name))
-        for key in stage.loss.params:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f" did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(
-                    f"stages.{i}.loss.params.{key}: unknown parameter of loss '{stage.loss.name}';{hint} "
-                    f"valid: {', '.join(valid)}"
-                )
-        build_stage_loss(cfg, i, 10, list(range(100, 0, -10)))
+        _choice(f"stages.{i}.sampler", stage.sampler, bce3s.data.SAMPLER_KINDS, "sampler")
+        _choice(f"stages.{i}.mixing.sampler", stage.mixing.sampler, bce3s.data.SAMPLER_KINDS, "sampler")
+        _choice(f"stages.{i}.loss.name", stage.loss.name, bce3s.losses.LOSSES, "loss")
+        _dry_build_loss(f"stages.{i}.loss", stage.loss)
+
+
+def _choice(path: str, value: str, valid: Collection[str], what: str) -> None:
+    """Raise a ConfigError at ``path`` unless ``value`` is one of ``valid`` (with a did-you-mean)."""
+    if value not in valid:
+        raise ConfigError(f"{path}: unknown {what} {value!r};{_hint(value, valid)} valid: {', '.join(valid)}")
+
+
+def _hint(value: Any, valid: Collection[str]) -> str:
+    """`` did you mean 'x'?`` for the closest valid name (or the only one ``value`` abbreviates), else ``""``."""
+    text = str(value)
+    close = difflib.get_close_matches(text, list(valid), n=1)
+    if not close and text:
+        close = [name for name in valid if name.startswith(text)]
+    return f" did you mean '{close[0]}'?" if len(close) == 1 else ""
+
+
+def _dry_build_loss(path: str, loss: LossConfig) -> None:
+    """Build ``loss`` on dummy class counts; map the loss's complaint to the key path of the parameter."""
+    from bce3s.losses import build_loss, loss_params
+
+    valid = sorted(loss_params(loss.name))
+    for key in loss.params:
+        if key not in valid:
+            raise ConfigError(
+                f"{path}.params.{key}: unknown parameter of loss '{loss.name}';{_hint(key, valid)} "
+                f"valid: {', '.join(valid) or '(none)'}"
+            )
+    try:
+        build_loss(loss.name, num_classes=_DRY_NUM_CLASSES, class_counts=list(_DRY_COUNTS), **loss.params)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, BCE3SError):
+            raise
+        raise _loss_error(path, loss, err) from None
+
+
+def _loss_error(path: str, loss: LossConfig, err: Exception) -> ConfigError:
+    """The loss's own error message, re-addressed to ``<path>.params.<name>`` when it names a parameter."""
+    lines = [x for x in str(err).strip().splitlines() if x.strip()]
+    text = lines[0].strip() if lines else type(err).__name__
+    # a leading "Where: " that is not a parameter (e.g. "Bce3sLoss: ") says nothing the key path does not
+    where = re.match(r"([A-Za-z_][\w.]*):\s+", text)
+    if where and where.group(1) not in loss.params:
+        text = text[where.end() :]
+    for key in loss.params:
+        head = re.match(rf"{re.escape(key)}\b:?\s*", text)
+        if head:
+            return ConfigError(f"{path}.params.{key}: {text[head.end() :]}")
+    for key in loss.params:
+        if re.search(rf"\b{re.escape(key)}\b", text):
+            return ConfigError(f"{path}.params.{key}: {text}")
+    return ConfigError(f"{path}: {text}")
