@@ -18,7 +18,7 @@ Usage::
     python bench/data.py                        # CPU (and CUDA when available), random CIFAR-size data
     python bench/data.py --quick                # fewer steps and rounds (smoke test)
     python bench/data.py --quick --batch 64     # the BCE3S recipe's batch
-    python bench/data.py --data ../shared/data/cifar10-jpeg   # the extracted CIFAR-10 JPEG tree (train/)
+    python bench/data.py --data /path/to/cifar10-jpeg   # the extracted CIFAR-10 JPEG tree (train/)
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
-from bce3s.data.gpu_pipeline import DEFAULT_CHUNK_IMAGES, STREAM_MIX, step_generator
+from bce3s.data.gpu.pipeline import DEFAULT_CHUNK_IMAGES
 from bce3s.data.imageset import ImageSet
-from bce3s.data.loader import make_batch_source
 from bce3s.data.mixing import glmc_mix
+from bce3s.data.samplers import STREAM_MIX, step_generator
+from bce3s.data.sources import make_batch_source
 
 
 def load_split(data: str | None, n: int) -> tuple[ImageSet, str]:

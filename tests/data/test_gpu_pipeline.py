@@ -10,17 +10,11 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from bce3s.data import gpu_autoaugment as ga
-from bce3s.data.gpu_pipeline import (
-    BatchAugment,
-    GpuBatchSource,
-    block_images,
-    eval_shard,
-    num_batches,
-    slice_params,
-    step_generator,
-    step_seed,
-)
+from bce3s.data.gpu import autoaugment as ga
+from bce3s.data.gpu.augment import BatchAugment, slice_params
+from bce3s.data.gpu.batched_ops import BatchedOps
+from bce3s.data.gpu.pipeline import GpuBatchSource, block_images
+from bce3s.data.samplers import eval_shard, num_batches, step_generator, step_seed
 from bce3s.data.transforms import build_transform, cutout_box, preset_stats
 
 
@@ -70,7 +64,7 @@ def test_policy_table_matches_torchvision() -> None:
 def test_every_op_variant_equals_torchvision_per_image(c: int, h: int, w: int) -> None:
     x = _images(12, c, h, w)
     for table in (ga.autoaugment_table(h, w)[0], ga.randaugment_table(h, w)[0]):
-        fast = ga.BatchedOps(table, c, h, w, torch.device("cpu"))
+        fast = BatchedOps(table, c, h, w, torch.device("cpu"))
         n = x.shape[0]
         for vid, (name, magnitude) in enumerate(table.variants):
             expected = torch.stack([_torchvision_op(x[i], name, magnitude) for i in range(n)])
@@ -90,7 +84,7 @@ def test_mixed_variants_and_two_slots_equal_sequential_reference() -> None:
             if vid >= 0:
                 img = _torchvision_op(img, *table.variants[vid])
         expected.append(img)
-    out = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+    out = BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
     assert torch.equal(out, torch.stack(expected))
 
 
@@ -337,9 +331,9 @@ def test_gpu_output_identical_to_cpu() -> None:
         gpu = aug(xx.cuda(), step_generator(0, 0, 0))
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
     table, _ids, _probs = ga.autoaugment_table(32, 32)
-    fast = ga.BatchedOps(table, 3, 32, 32, torch.device("cuda"))
+    fast = BatchedOps(table, 3, 32, 32, torch.device("cuda"))
     for vid in range(len(table.variants)):
         variants = torch.full((64, 1), vid)
-        ref = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+        ref = BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
         assert torch.equal(fast.apply(x.cuda(), variants).cpu(), ref), table.variants[vid]
     assert F.to_dtype(x.cuda(), torch.float32, scale=True).is_cuda

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bce3s.data.gpu_pipeline import GpuBatchSource
+from bce3s.data.gpu.pipeline import GpuBatchSource
 from bce3s.data.imageset import ImageSet
-from bce3s.data.loader import BatchSource, LoaderBatchSource, make_batch_source
+from bce3s.data.loader import LoaderBatchSource
 from bce3s.data.samplers import epoch_indices
+from bce3s.data.sources import BatchSource, make_batch_source
 from bce3s.errors import DataError
 
 

@@ -1,5 +1,10 @@
 """Data: long-tailed splits, samplers, augmentation presets, batch sources and batch mixing.
 
+Layout: ``readers/`` (one module per dataset format, and the ``DATASETS`` registry), ``imageset``, ``imbalance``,
+``splits`` (long-tailed train/val/test), ``samplers`` (epoch index lists), ``transforms`` (per-image presets),
+``sources`` (the ``BatchSource`` contract and ``make_batch_source``), ``loader`` (the DataLoader pipeline),
+``gpu/`` (the GPU-resident pipeline and batched augmentation) and ``mixing`` (GLMC views).
+
 Public API (imported lazily on first attribute access, so ``import bce3s.data`` stays cheap and a missing
 optional module only fails when its names are used)::
 
@@ -21,7 +26,10 @@ _EXPORTS: dict[str, str] = {
     "ImageSet": "imageset",
     "DataSplits": "splits",
     "build_data": "splits",
-    "read_source": "datasets",
+    "DATASETS": "readers",
+    "READERS": "readers",
+    "SourceData": "readers",
+    "read_source": "readers",
     # imbalance
     "class_counts": "imbalance",
     "lt_subset_indices": "imbalance",
@@ -29,9 +37,11 @@ _EXPORTS: dict[str, str] = {
     "index_hash": "imbalance",
     # samplers
     "SAMPLER_KINDS": "samplers",
-    "LTSampler": "samplers",
     "class_probabilities": "samplers",
     "epoch_indices": "samplers",
+    "eval_shard": "samplers",
+    "step_generator": "samplers",
+    "STREAM_MIX": "samplers",
     # transforms
     "PRESETS": "transforms",
     "DATASET_PRESETS": "transforms",
@@ -45,15 +55,12 @@ _EXPORTS: dict[str, str] = {
     "flip_tta": "transforms",
     "preset_stats": "transforms",
     # batch sources
-    "PIPELINES": "loader",
-    "BatchSource": "loader",
+    "PIPELINES": "sources",
+    "BatchSource": "sources",
+    "make_batch_source": "sources",
     "LoaderBatchSource": "loader",
-    "make_batch_source": "loader",
-    "BatchAugment": "gpu_pipeline",
-    "GpuBatchSource": "gpu_pipeline",
-    "eval_shard": "gpu_pipeline",
-    "step_generator": "gpu_pipeline",
-    "STREAM_MIX": "gpu_pipeline",
+    "BatchAugment": "gpu.augment",
+    "GpuBatchSource": "gpu.pipeline",
     # mixing
     "MixedBatch": "mixing",
     "glmc_mix": "mixing",
@@ -68,19 +75,21 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "Cutout",
+    "DATASETS",
     "DATASET_PRESETS",
     "DataSplits",
     "GpuBatchSource",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageSet",
-    "LTSampler",
     "LoaderBatchSource",
     "MixedBatch",
     "PIPELINES",
     "PRESETS",
+    "READERS",
     "SAMPLER_KINDS",
     "STREAM_MIX",
+    "SourceData",
     "VIEW_CLEAN",
     "VIEW_CUTMIX",
     "VIEW_MIXUP",
@@ -117,13 +126,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the real names
-    from bce3s.data.datasets import read_source
-    from bce3s.data.gpu_pipeline import STREAM_MIX, BatchAugment, GpuBatchSource, eval_shard, step_generator
+    from bce3s.data.gpu.augment import BatchAugment
+    from bce3s.data.gpu.pipeline import GpuBatchSource
     from bce3s.data.imageset import ImageSet
     from bce3s.data.imbalance import carve_val, class_counts, index_hash, lt_subset_indices
-    from bce3s.data.loader import PIPELINES, BatchSource, LoaderBatchSource, make_batch_source
+    from bce3s.data.loader import LoaderBatchSource
     from bce3s.data.mixing import VIEW_CLEAN, VIEW_CUTMIX, VIEW_MIXUP, MixedBatch, glmc_mix
-    from bce3s.data.samplers import SAMPLER_KINDS, LTSampler, class_probabilities, epoch_indices
+    from bce3s.data.readers import DATASETS, READERS, SourceData, read_source
+    from bce3s.data.samplers import (
+        SAMPLER_KINDS,
+        STREAM_MIX,
+        class_probabilities,
+        epoch_indices,
+        eval_shard,
+        step_generator,
+    )
+    from bce3s.data.sources import PIPELINES, BatchSource, make_batch_source
     from bce3s.data.splits import DataSplits, build_data
     from bce3s.data.transforms import (
         CIFAR_MEAN,

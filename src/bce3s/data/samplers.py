@@ -15,8 +15,10 @@ takes ``indices[r::world_size]``, so the ranks' slices are disjoint and together
 Example::
 
     idx = epoch_indices(labels, kind="power", rho=0.0, seed=0, epoch=3)   # LongTensor (N,)
-    sampler = LTSampler(labels, "class_balanced", seed=0, rank=rank, world_size=world)
-    sampler.set_epoch(epoch)
+
+Both batch sources (:mod:`bce3s.data.sources`) iterate these lists through :class:`EpochIndexedSource`, which
+also holds the evaluation order (:func:`eval_shard`: each rank a contiguous block, no padding). This module also
+derives the per-step augmentation and mixing seeds (:func:`step_seed`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,21 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
 
-__all__ = ["SAMPLER_KINDS", "LTSampler", "class_probabilities", "epoch_generator", "epoch_indices"]
+__all__ = [
+    "SAMPLER_KINDS",
+    "STREAM_AUGMENT",
+    "STREAM_MIX",
+    "STREAM_SAMPLE",
+    "EpochIndexedSource",
+    "class_probabilities",
+    "epoch_generator",
+    "epoch_indices",
+    "eval_shard",
+    "num_batches",
+    "step_generator",
+    "step_seed",
+]
 
 SAMPLER_KINDS = ("instance", "class_balanced", "sqrt", "power")
 
@@ -134,65 +148,102 @@ def epoch_indices(
     return idx[rank::world_size].contiguous()
 
 
-class LTSampler(Sampler[int]):
-    """A ``torch.utils.data.Sampler`` over :func:`epoch_indices`; call ``set_epoch`` before each epoch.
+# Stream tags keep the random streams of different consumers of (seed, epoch, step) apart.
+STREAM_AUGMENT = 0
+STREAM_SAMPLE = 1
+STREAM_MIX = 2
 
-    Args:
-        labels: (N,) class ids of the training set.
-        kind: ``instance``, ``class_balanced``, ``sqrt`` or ``power``.
-        rho: exponent of ``power``.
-        seed: run seed.
-        num_samples: draws per epoch over all ranks (default N).
-        rank: this process's rank.
-        world_size: number of processes.
-        drop_last: drop the tail to a multiple of ``world_size`` instead of padding by wrapping.
+
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> int:
+    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing.
+
+    ``GpuBatchSource`` passes its chunk index as ``step`` (stream ``STREAM_AUGMENT``); other consumers (e.g.
+    ``glmc_mix`` with ``STREAM_MIX``) pass the training step.
+    """
+    words = [int(v) for v in (seed, epoch, step, rank, stream)]
+    if min(words) < 0:
+        raise ValueError(f"seed, epoch, step, rank and stream must be >= 0 (got {words})")
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def step_generator(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`step_seed` (e.g. ``stream=STREAM_MIX`` for ``glmc_mix``)."""
+    return torch.Generator().manual_seed(step_seed(seed, epoch, step, rank, stream))
+
+
+def eval_shard(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """The contiguous block of ``range(n)`` that ``rank`` evaluates: no padding, no duplicates.
+
+    Blocks follow ``numpy.array_split`` (the first ``n % world_size`` ranks get one more item); concatenating the
+    blocks of ranks 0..world_size-1 gives ``range(n)``, so gathered predictions need no de-duplication.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) (got rank={rank}, world_size={world_size})")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches for ``n`` items: ``ceil(n / batch_size)``, or ``floor`` with ``drop_last``."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+class EpochIndexedSource:
+    """What both batch sources share: the epoch's per-rank index list (sampler, or a contiguous eval shard).
+
+    Implements ``set_epoch``, ``indices``, ``__len__`` and ``__iter__`` of the ``BatchSource`` contract
+    (:mod:`bce3s.data.sources`).
+
+    Subclasses set ``train``, ``sampler``, ``rho``, ``seed``, ``num_samples``, ``rank``, ``world_size``,
+    ``batch_size``, ``drop_last`` and ``epoch`` and implement ``iter_from(step)`` and ``_index_labels()``.
     """
 
-    def __init__(
-        self,
-        labels: Tensor | Sequence[int],
-        kind: str = "instance",
-        rho: float = 0.0,
-        seed: int = 0,
-        num_samples: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-    ) -> None:
-        self.labels = torch.as_tensor(labels).detach().to("cpu", torch.int64).flatten()
-        _exponent(kind, rho)
-        self.kind = kind
-        self.rho = rho
-        self.seed = seed
-        self.num_samples = num_samples
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
-        self.epoch = 0
+    train: bool
+    sampler: str
+    rho: float
+    seed: int
+    num_samples: int | None
+    rank: int
+    world_size: int
+    batch_size: int
+    drop_last: bool
+    epoch: int
+    _cache: tuple[int, Tensor] | None
+
+    def _index_labels(self) -> Tensor:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose indices the next ``__iter__`` yields."""
+        """Select the epoch whose index list and augmentation draws the next iteration uses."""
         self.epoch = int(epoch)
 
     def indices(self) -> Tensor:
-        """int64 indices of the current epoch on this rank."""
-        return epoch_indices(
-            self.labels,
-            kind=self.kind,
-            rho=self.rho,
-            seed=self.seed,
-            epoch=self.epoch,
-            num_samples=self.num_samples,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-        )
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
+        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
+        labels = self._index_labels()
+        if not self.train:
+            shard = eval_shard(len(labels), self.rank, self.world_size)
+            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
+        if self._cache is None or self._cache[0] != self.epoch:
+            idx = epoch_indices(
+                labels.cpu(),
+                kind=self.sampler,
+                rho=self.rho,
+                seed=self.seed,
+                epoch=self.epoch,
+                num_samples=self.num_samples,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
+        return self._cache[1]
 
     def __len__(self) -> int:
-        total = self.labels.numel() if self.num_samples is None else int(self.num_samples)
-        if self.drop_last:
-            return total // self.world_size
-        return -(-total // self.world_size)
+        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError

@@ -2,7 +2,7 @@
 
 Presets (``DataConfig.preset``):
 
-- ``cifar`` (CIFAR-LT, the official BCE3S recipe, SPEC 2.2), train: ``RandomCrop(size, padding=4)`` →
+- ``cifar`` (CIFAR-LT, the official BCE3S recipe), train: ``RandomCrop(size, padding=4)`` →
   ``RandomHorizontalFlip`` → ``AutoAugment(CIFAR10)`` (optional) → ``ToDtype(float32, scale=True)`` →
   :class:`Cutout` (side ``cutout``, 0 = off) → ``Normalize`` with the CIFAR-10 statistics the official code uses.
   Eval: ``ToDtype`` → ``Normalize``.
@@ -14,7 +14,7 @@ Presets (``DataConfig.preset``):
   Eval: ``ToDtype`` → ``Normalize``.
 
 ``autoaugment`` and ``cutout`` act in the ``cifar`` preset only, ``randaugment`` in the ``imagenet`` preset only.
-The GPU-resident pipeline (:mod:`bce3s.data.gpu_pipeline`) implements the same presets batched.
+The GPU-resident pipeline (:mod:`bce3s.data.gpu`) implements the same presets batched.
 
 Example::
 
@@ -50,7 +50,7 @@ __all__ = [
 
 PRESETS = ("cifar", "imagenet", "gray")
 
-# The official code normalizes CIFAR-100 with the CIFAR-10 statistics (SPEC 2.2); kept for faithfulness.
+# The official code normalizes CIFAR-100 with the CIFAR-10 statistics ; kept for faithfulness.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

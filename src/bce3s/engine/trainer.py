@@ -158,7 +158,7 @@ def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
 
 def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
     """The deterministic, un-augmented source of an evaluation split (each rank a disjoint part, no padding)."""
-    from bce3s.data.loader import make_batch_source
+    from bce3s.data.sources import make_batch_source
 
     return make_batch_source(
         split,
@@ -303,7 +303,7 @@ class _Run:
 
     # -- sources -----------------------------------------------------------------------------------------
     def _source(self, split: Any, *, train: bool, stage: StageConfig | None, stage_index: int, mixing: bool = False):
-        from bce3s.data.loader import make_batch_source
+        from bce3s.data.sources import make_batch_source
 
         cfg, d = self.cfg, self.dist
         if train:
