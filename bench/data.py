@@ -30,6 +30,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from bce3s.data.gpu.pipeline import DEFAULT_CHUNK_IMAGES
 from bce3s.data.imageset import ImageSet
 from bce3s.data.mixing import glmc_mix
 from bce3s.data.samplers import STREAM_MIX, step_generator
-from bce3s.data.sources import make_batch_source
+from bce3s.data.sources import AugmentSpec, SamplingSpec, make_batch_source
 
 
 def load_split(data: str | None, n: int) -> tuple[ImageSet, str]:
@@ -75,18 +76,12 @@ def measure(
 ) -> float:
     """Clean images per second over one epoch of ``steps`` batches, after ``warmup`` batches of another epoch."""
     torch.set_num_threads(threads)
-    kwargs = {
-        "train": True,
-        "preset": "cifar",
-        "batch_size": batch,
-        "device": device,
-        "pipeline": pipeline,
-        "num_workers": workers,
-        "num_samples": steps * batch,
-        "chunk_images": chunk_images,
-    }
-    main = make_batch_source(split, seed=0, **kwargs)
-    second = make_batch_source(split, seed=1, sampler="power", rho=0.0, **kwargs) if mix else None
+    augment = AugmentSpec("cifar")
+    options = {"device": device, "pipeline": pipeline, "num_workers": workers, "chunk_images": chunk_images}
+    sampling = SamplingSpec(train=True, batch_size=batch, num_samples=steps * batch, seed=0)
+    main = make_batch_source(split, augment, sampling, **options)
+    mixing = replace(sampling, seed=1, sampler="power", rho=0.0)
+    second = make_batch_source(split, augment, mixing, **options) if mix else None
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def epoch(index: int, limit: int) -> int:

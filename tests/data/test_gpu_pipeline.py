@@ -14,7 +14,7 @@ from bce3s.data.gpu import autoaugment as ga
 from bce3s.data.gpu.augment import BatchAugment, slice_params
 from bce3s.data.gpu.batched_ops import BatchedOps
 from bce3s.data.gpu.pipeline import GpuBatchSource, block_images
-from bce3s.data.samplers import eval_shard, num_batches, step_generator, step_seed
+from bce3s.data.samplers import SamplingSpec, eval_shard, num_batches, step_generator, step_seed
 from bce3s.data.transforms import build_transform, cutout_box, preset_stats
 
 
@@ -124,8 +124,8 @@ def test_crop_offsets_uniform_and_flip_rate_through_chunks() -> None:
     aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=0)
     n = 6000
     x = _crop_probe().expand(n, -1, -1, -1).contiguous()
-    src = GpuBatchSource(x, torch.zeros(n, dtype=torch.int64), augment=aug, batch_size=100, device=torch.device("cpu"),
-                         train=True, chunk_images=1000)
+    src = GpuBatchSource(x, torch.zeros(n, dtype=torch.int64), aug, SamplingSpec(train=True, batch_size=100),
+                         device="cpu", chunk_images=1000)
     src.block_batches = 4  # blocks of 4, 4 and 2 batches inside each chunk
     assert src.chunk_batches == 10
     out = _to_uint8(torch.cat([b for b, _ in src]))
@@ -181,8 +181,8 @@ def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
     batch = x.repeat(reps, 1, 1, 1)
     aug = BatchAugment("cifar", train=True, image_size=32)
     # through the chunked source: 2 chunks of 10 batches, each augmented in one call
-    src = GpuBatchSource(batch, torch.zeros(len(batch), dtype=torch.int64), augment=aug, batch_size=32,
-                         device=torch.device("cpu"), train=True, chunk_images=320)
+    labels = torch.zeros(len(batch), dtype=torch.int64)
+    src = GpuBatchSource(batch, labels, aug, SamplingSpec(train=True, batch_size=32), device="cpu", chunk_images=320)
     assert (src.chunk_batches, src.block_batches) == (10, 10)
     ours = torch.cat([b for b, _ in src])
     torch.manual_seed(0)
@@ -249,10 +249,12 @@ def test_autocontrast_without_sync_equals_torchvision() -> None:
         ga.autocontrast(torch.zeros(1, 3, 4, 4))
 
 
-def _source(x: torch.Tensor, **kwargs) -> GpuBatchSource:
-    kwargs.setdefault("augment", BatchAugment("cifar", train=True, image_size=32))
-    kwargs.setdefault("train", True)
-    return GpuBatchSource(x, torch.arange(len(x)) % 3, device=torch.device("cpu"), **kwargs)
+def _source(x: torch.Tensor, *, augment: BatchAugment | None = None, rank: int = 0, world_size: int = 1,
+            chunk_images: int | None = None, train: bool = True, **sampling) -> GpuBatchSource:
+    """A CPU GpuBatchSource over ``x`` with labels ``arange(N) % 3``; ``sampling``: SamplingSpec fields."""
+    augment = augment or BatchAugment("cifar", train=True, image_size=32)
+    return GpuBatchSource(x, torch.arange(len(x)) % 3, augment, SamplingSpec(train=train, **sampling), device="cpu",
+                          rank=rank, world_size=world_size, chunk_images=chunk_images)
 
 
 def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:

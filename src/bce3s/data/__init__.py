@@ -9,7 +9,9 @@ Public API (imported lazily on first attribute access, so ``import bce3s.data`` 
 optional module only fails when its names are used)::
 
     splits = build_data(cfg.data)                      # DataSplits(train, val, test, train_counts, ...)
-    source = make_batch_source(splits.train, train=True, preset="cifar", batch_size=64, device=device)
+    augment = AugmentSpec("cifar")                     # preset, image_size, flip, autoaugment, cutout, randaugment
+    sampling = SamplingSpec(train=True, batch_size=64)  # sampler, rho, seed, num_samples, drop_last
+    source = make_batch_source(splits.train, augment, sampling, device=device, rank=0, world_size=1)
     source.set_epoch(epoch)
     for images, labels in source: ...                  # float (B, C, H, W) normalized, int64 (B,)
     mixed = glmc_mix(x, y, x2, y2, num_classes=K, generator=g)   # MixedBatch (3B views)
@@ -39,11 +41,13 @@ _EXPORTS: dict[str, str] = {
     "SAMPLER_KINDS": "samplers",
     "class_probabilities": "samplers",
     "epoch_indices": "samplers",
+    "SamplingSpec": "samplers",
     "eval_shard": "samplers",
     "step_generator": "samplers",
     "STREAM_MIX": "samplers",
     # transforms
     "PRESETS": "transforms",
+    "AugmentSpec": "transforms",
     "DATASET_PRESETS": "transforms",
     "CIFAR_MEAN": "transforms",
     "CIFAR_STD": "transforms",
@@ -70,6 +74,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "AugmentSpec",
     "BatchAugment",
     "BatchSource",
     "CIFAR_MEAN",
@@ -89,6 +94,7 @@ __all__ = [
     "READERS",
     "SAMPLER_KINDS",
     "STREAM_MIX",
+    "SamplingSpec",
     "SourceData",
     "VIEW_CLEAN",
     "VIEW_CUTMIX",
@@ -136,6 +142,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from bce3s.data.samplers import (
         SAMPLER_KINDS,
         STREAM_MIX,
+        SamplingSpec,
         class_probabilities,
         epoch_indices,
         eval_shard,
@@ -150,6 +157,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         IMAGENET_MEAN,
         IMAGENET_STD,
         PRESETS,
+        AugmentSpec,
         Cutout,
         build_transform,
         default_flip,

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bce3s.data.imageset import ImageSet
-from bce3s.data.samplers import STREAM_AUGMENT, EpochIndexedSource, step_seed
+from bce3s.data.samplers import STREAM_AUGMENT, EpochIndexedSource, SamplingSpec, step_seed
 
 __all__ = ["LoaderBatchSource"]
 
@@ -66,55 +66,35 @@ class LoaderBatchSource(EpochIndexedSource):
 
     Args:
         split: in-memory or file-based :class:`ImageSet`.
-        transform: per-image transform uint8 (C, H, W) -> float (C, S, S).
-        batch_size, device, train, sampler, rho, num_samples, seed, rank, world_size, drop_last: as in
-            :func:`bce3s.data.sources.make_batch_source`.
+        transform: per-image transform uint8 (C, H, W) -> float (C, S, S) (augmenting when ``sampling.train``).
+        sampling: order and batching (:class:`bce3s.data.samplers.SamplingSpec`).
+        device: where batches are delivered.
+        rank, world_size: DDP position.
         num_workers: DataLoader worker processes (0 = in the main process).
     """
 
     def __init__(
         self,
         split: ImageSet,
-        *,
         transform: torch.nn.Module,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        sampler: str = "instance",
-        rho: float = 0.0,
-        num_samples: int | None = None,
-        seed: int = 0,
+        sampling: SamplingSpec,
+        *,
+        device: torch.device | str,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = False,
         num_workers: int = 0,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        super().__init__(split.labels, sampling, rank=rank, world_size=world_size)
         self.split = split
         self.dataset = _TransformedImages(split, transform)
-        self.batch_size = batch_size
         self.device = torch.device(device)
-        self.train = train
-        self.sampler = sampler
-        self.rho = rho
-        self.num_samples = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last and train
         self.num_workers = num_workers
-        self.epoch = 0
-        self._cache: tuple[int, Tensor] | None = None
-
-    def _index_labels(self) -> Tensor:
-        return self.split.labels
 
     def _batches(self, step: int) -> list[list[tuple[int, int]]]:
         idx = self.indices().tolist()
         if self.train:
             # one seed per epoch position; +position keeps them distinct (mt19937 seeds need not be "random")
-            base = step_seed(self.seed, self.epoch, 0, self.rank, STREAM_AUGMENT) >> 2
+            base = step_seed(self.sampling.seed, self.epoch, 0, self.rank, STREAM_AUGMENT) >> 2
             seeds = [base + p for p in range(len(idx))]
         else:
             seeds = [-1] * len(idx)
@@ -132,7 +112,7 @@ class LoaderBatchSource(EpochIndexedSource):
             batch_sampler=_Batches(self._batches(step)),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, 0, self.rank)),
+            generator=torch.Generator().manual_seed(step_seed(self.sampling.seed, self.epoch, 0, self.rank)),
         )
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "STREAM_MIX",
     "STREAM_SAMPLE",
     "EpochIndexedSource",
+    "SamplingSpec",
     "class_probabilities",
     "epoch_generator",
     "epoch_indices",
@@ -190,30 +192,61 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Which images a batch source yields, in which order and batches (the same on every rank).
+
+    Attributes:
+        train: sampled epochs with augmentation (True) or the split in order, un-augmented (False).
+        batch_size: images per batch on each rank (the global batch is ``batch_size * world_size``).
+        sampler: ``instance``, ``class_balanced``, ``sqrt`` or ``power`` (training only).
+        rho: exponent of ``power`` (weight ∝ n_class^-rho).
+        seed: base seed of sampling and augmentation (use another one for a second, mixing source).
+        num_samples: draws per epoch over all ranks; ``None`` = the split's size.
+        drop_last: drop the last incomplete training batch (default: the last batch may be smaller).
+    """
+
+    train: bool
+    batch_size: int
+    sampler: str = "instance"
+    rho: float = 0.0
+    seed: int = 0
+    num_samples: int | None = None
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 (got {self.batch_size})")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1 (got {self.num_samples})")
+        _exponent(self.sampler, self.rho)
+
+
 class EpochIndexedSource:
     """What both batch sources share: the epoch's per-rank index list (sampler, or a contiguous eval shard).
 
     Implements ``set_epoch``, ``indices``, ``__len__`` and ``__iter__`` of the ``BatchSource`` contract
-    (:mod:`bce3s.data.sources`).
+    (:mod:`bce3s.data.sources`); subclasses implement ``iter_from(step)``.
 
-    Subclasses set ``train``, ``sampler``, ``rho``, ``seed``, ``num_samples``, ``rank``, ``world_size``,
-    ``batch_size``, ``drop_last`` and ``epoch`` and implement ``iter_from(step)`` and ``_index_labels()``.
+    Args:
+        labels: int64 (N,) labels of the split (CPU or device).
+        sampling: order and batching.
+        rank, world_size: DDP position; training slices come from :func:`epoch_indices`, evaluation uses
+            :func:`eval_shard`.
     """
 
-    train: bool
-    sampler: str
-    rho: float
-    seed: int
-    num_samples: int | None
-    rank: int
-    world_size: int
-    batch_size: int
-    drop_last: bool
-    epoch: int
-    _cache: tuple[int, Tensor] | None
-
-    def _index_labels(self) -> Tensor:
-        raise NotImplementedError
+    def __init__(self, labels: Tensor, sampling: SamplingSpec, *, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self._index_labels = labels
+        self.sampling = sampling
+        self.batch_size = sampling.batch_size
+        self.train = sampling.train
+        self.drop_last = sampling.drop_last and sampling.train
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._cache: tuple[int, Tensor] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose index list and augmentation draws the next iteration uses."""
@@ -221,18 +254,19 @@ class EpochIndexedSource:
 
     def indices(self) -> Tensor:
         """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
-        labels = self._index_labels()
+        labels = self._index_labels
         if not self.train:
             shard = eval_shard(len(labels), self.rank, self.world_size)
             return torch.arange(shard.start, shard.stop, dtype=torch.int64)
         if self._cache is None or self._cache[0] != self.epoch:
+            s = self.sampling
             idx = epoch_indices(
                 labels.cpu(),
-                kind=self.sampler,
-                rho=self.rho,
-                seed=self.seed,
+                kind=s.sampler,
+                rho=s.rho,
+                seed=s.seed,
                 epoch=self.epoch,
-                num_samples=self.num_samples,
+                num_samples=s.num_samples,
                 rank=self.rank,
                 world_size=self.world_size,
             )

@@ -25,12 +25,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
 __all__ = [
+    "AugmentSpec",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASET_PRESETS",
@@ -103,6 +106,45 @@ def default_flip(preset: str) -> bool:
 def eval_resize_size(image_size: int) -> int:
     """Resize side of the ``imagenet`` eval preset: 256 for a 224 crop (the usual 0.875 crop ratio)."""
     return int(round(image_size / 0.875))
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What a batch source does to each image (the arguments of :func:`build_transform` and ``BatchAugment``).
+
+    Training sources augment with it, evaluation sources apply the preset's deterministic eval transform.
+
+    Attributes:
+        preset: ``cifar``, ``imagenet`` or ``gray`` (see the module docstring).
+        image_size: output side; ``None`` = the stored image side (in-memory splits) or 224 (file-based).
+        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
+        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
+        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
+        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
+    """
+
+    preset: str
+    image_size: int | None = None
+    flip: bool | None = None
+    autoaugment: bool = True
+    cutout: int = 16
+    randaugment: bool = False
+
+    def __post_init__(self) -> None:
+        _check_preset(self.preset)
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size must be > 0 (got {self.image_size})")
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (got {self.cutout})")
+
+    def options(self) -> dict[str, Any]:
+        """The keywords ``flip``, ``autoaugment``, ``cutout`` and ``randaugment`` of :func:`build_transform`."""
+        return {
+            "flip": self.flip,
+            "autoaugment": self.autoaugment,
+            "cutout": self.cutout,
+            "randaugment": self.randaugment,
+        }
 
 
 def cutout_box(cy: int, cx: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:

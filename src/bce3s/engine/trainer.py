@@ -142,35 +142,35 @@ def default_preset(cfg: Config, data: Any) -> str:
     return "cifar" if size <= 64 else "imagenet"
 
 
-def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
-    """Augmentation keywords of ``make_batch_source``; horizontal flips follow the dataset (never for digits)."""
+def augment_spec(cfg: Config, data: Any) -> Any:
+    """The run's ``AugmentSpec``: the preset, and horizontal flips following the dataset (never for digits)."""
+    from bce3s.data.sources import AugmentSpec
     from bce3s.data.transforms import DATASET_PRESETS
 
     c = cfg.data
-    return {
-        "flip": DATASET_PRESETS.get(c.dataset, ("", True))[1],
-        "autoaugment": c.autoaugment,
-        "cutout": c.cutout,
-        "randaugment": c.randaugment,
-        "image_size": c.image_size or data.image_size,
-    }
+    return AugmentSpec(
+        preset=default_preset(cfg, data),
+        image_size=c.image_size or data.image_size,
+        flip=DATASET_PRESETS.get(c.dataset, ("", True))[1],
+        autoaugment=c.autoaugment,
+        cutout=c.cutout,
+        randaugment=c.randaugment,
+    )
 
 
 def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
     """The deterministic, un-augmented source of an evaluation split (each rank a disjoint part, no padding)."""
-    from bce3s.data.sources import make_batch_source
+    from bce3s.data.sources import SamplingSpec, make_batch_source
 
     return make_batch_source(
         split,
-        train=False,
-        preset=default_preset(cfg, data),
-        batch_size=cfg.eval.batch_size,
+        augment_spec(cfg, data),
+        SamplingSpec(train=False, batch_size=cfg.eval.batch_size),
         device=dist.device,
-        pipeline=cfg.runtime.pipeline,
         rank=dist.rank,
         world_size=dist.world_size,
+        pipeline=cfg.runtime.pipeline,
         num_workers=cfg.runtime.num_workers,
-        **augment_options(cfg, data),
     )
 
 
@@ -303,40 +303,35 @@ class _Run:
 
     # -- sources -----------------------------------------------------------------------------------------
     def _source(self, split: Any, *, train: bool, stage: StageConfig | None, stage_index: int, mixing: bool = False):
-        from bce3s.data.sources import make_batch_source
+        from bce3s.data.sources import SamplingSpec, make_batch_source
 
         cfg, d = self.cfg, self.dist
         if train:
             assert stage is not None
-            sampler = stage.mixing.sampler if mixing else stage.sampler
-            rho = stage.mixing.rho if mixing else stage.rho
             purpose = "mix-data" if mixing else "data"
+            sampling = SamplingSpec(
+                train=True,
+                batch_size=stage.batch_size // d.world_size,
+                sampler=stage.mixing.sampler if mixing else stage.sampler,
+                rho=stage.mixing.rho if mixing else stage.rho,
+                seed=derive_seed(cfg.runtime.seed, purpose, stage_index) % (2**31),
+                num_samples=len(split) if mixing else None,
+            )
             return make_batch_source(
                 split,
-                train=True,
-                preset=self.preset,
-                batch_size=stage.batch_size // d.world_size,
-                sampler=sampler,
-                rho=rho,
-                class_counts=self.data.train_counts,
+                augment_spec(cfg, self.data),
+                sampling,
                 device=d.device,
-                pipeline=cfg.runtime.pipeline,
-                seed=derive_seed(cfg.runtime.seed, purpose, stage_index) % (2**31),
                 rank=d.rank,
                 world_size=d.world_size,
+                pipeline=cfg.runtime.pipeline,
                 num_workers=cfg.runtime.num_workers,
-                num_samples=len(split) if mixing else None,
-                **self.aug_options,
             )
         return eval_source(cfg, self.data, split, d)
 
     @property
     def preset(self) -> str:
         return default_preset(self.cfg, self.data)
-
-    @property
-    def aug_options(self) -> dict[str, Any]:
-        return augment_options(self.cfg, self.data)
 
     # -- evaluation --------------------------------------------------------------------------------------
     def evaluate_split(self, model: nn.Module, split: Any, *, tta: bool = False) -> dict[str, Any]:

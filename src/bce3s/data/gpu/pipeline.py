@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from bce3s.data.gpu.augment import BatchAugment, slice_params
-from bce3s.data.samplers import EpochIndexedSource, step_generator
+from bce3s.data.samplers import EpochIndexedSource, SamplingSpec, step_generator
 
 __all__ = ["DEFAULT_CHUNK_IMAGES", "GpuBatchSource", "block_images"]
 
@@ -58,8 +58,8 @@ def block_images(image_pixels: int, device: torch.device | str) -> int:
 class GpuBatchSource(EpochIndexedSource):
     """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment` chunk by chunk.
 
-    Satisfies the ``BatchSource`` protocol (``set_epoch``, ``__len__``, ``__iter__``) and adds
-    :meth:`iter_from` (exact mid-epoch resume) and :meth:`indices`. Build it with
+    Satisfies the ``BatchSource`` contract (``set_epoch``, ``__len__``, ``__iter__``, :meth:`iter_from` for an
+    exact mid-epoch resume and ``indices``). Build it with
     :func:`bce3s.data.sources.make_batch_source`.
 
     The epoch's batches are grouped into *chunks* of :attr:`chunk_batches` consecutive batches (``chunk_images``
@@ -75,15 +75,11 @@ class GpuBatchSource(EpochIndexedSource):
     Args:
         images: uint8 (N, C, H, W), any device (moved to ``device`` on first use).
         labels: int64 (N,).
-        augment: the batched transform.
-        batch_size: images per batch.
+        augment: the batched transform (its ``train`` flag selects augmentation or the eval transform).
+        sampling: order and batching (:class:`bce3s.data.samplers.SamplingSpec`).
         device: where batches are produced.
-        train: sampled, augmented epochs (True) or sequential, deterministic evaluation (False).
-        sampler, rho, num_samples: the epoch index list (``samplers.epoch_indices``), training only.
-        seed: base seed of sampling and augmentation.
         rank, world_size: DDP position; training slices come from the sampler, evaluation uses
-            :func:`eval_shard`.
-        drop_last: drop the last incomplete batch (training only).
+            :func:`bce3s.data.samplers.eval_shard`.
         chunk_images: images per chunk; ``None`` = :data:`DEFAULT_CHUNK_IMAGES` (8192); 0 or fewer than
             ``batch_size`` = one batch per chunk (the per-batch behaviour).
     """
@@ -92,50 +88,30 @@ class GpuBatchSource(EpochIndexedSource):
         self,
         images: Tensor,
         labels: Tensor,
-        *,
         augment: BatchAugment,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        sampler: str = "instance",
-        rho: float = 0.0,
-        num_samples: int | None = None,
-        seed: int = 0,
+        sampling: SamplingSpec,
+        *,
+        device: torch.device | str,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = False,
         chunk_images: int | None = None,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if chunk_images is not None and chunk_images < 0:
             raise ValueError(f"chunk_images must be >= 0 or None (got {chunk_images})")
+        super().__init__(labels, sampling, rank=rank, world_size=world_size)
         self._images_src = images
         self._labels_src = labels
         self._images: Tensor | None = None
         self._labels: Tensor | None = None
         self.augment = augment
-        self.batch_size = batch_size
         self.device = torch.device(device)
-        self.train = train
-        self.sampler = sampler
-        self.rho = rho
-        self.num_samples = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last and train
+        batch_size = sampling.batch_size
         chunk = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
         self.chunk_batches = max(1, chunk // batch_size)
         pixels = max(int(images.shape[-2]) * int(images.shape[-1]), augment.image_size**2)
         self.block_batches = min(self.chunk_batches, max(1, block_images(pixels, self.device) // batch_size))
-        self.epoch = 0
-        self._cache: tuple[int, Tensor] | None = None
-
-    def _index_labels(self) -> Tensor:
-        return self._labels_src
 
     def _resident(self) -> tuple[Tensor, Tensor]:
         if self._images is None or self._labels is None:
@@ -167,7 +143,7 @@ class GpuBatchSource(EpochIndexedSource):
             params: dict[str, Tensor] = {}
             if self.augment.train:
                 n = min(len(idx), end * bs) - first * bs
-                gen = step_generator(self.seed, self.epoch, chunk, self.rank)
+                gen = step_generator(self.sampling.seed, self.epoch, chunk, self.rank)
                 params = self.augment.sample(n, gen, height, width)
             for block in range(first + max(0, step - first) // per_block * per_block, end, per_block):
                 block_end = min(end, block + per_block)
