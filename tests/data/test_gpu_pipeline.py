@@ -39,13 +39,52 @@ def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([noise, smooth, const])
 
 
+_NEAREST = F.InterpolationMode.NEAREST
+
+
 def _torchvision_op(image: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-    """Naive reference: torchvision's own AutoAugment op dispatch, one image at a time."""
-    aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    if hasattr(aa, "_apply_image_or_video_transform"):
-        return aa._apply_image_or_video_transform(image, name, magnitude, interpolation=aa.interpolation,
-                                                  fill=aa._fill)
-    return ga.apply_op(image, name, magnitude)  # pragma: no cover - older torchvision
+    """Reference: one AutoAugment / RandAugment op on one uint8 (C, H, W) image with public v2 functional ops.
+
+    The op semantics of ``v2.AutoAugment`` / ``v2.RandAugment`` (nearest interpolation, fill 0, shears about the
+    top-left corner, integer translations, factors ``1 + magnitude``, solarize threshold ``255 * magnitude``),
+    written out here independently of ``bce3s``.
+    """
+    if name == "Identity":
+        return image
+    if name in ("ShearX", "ShearY"):
+        angle = math.degrees(math.atan(magnitude))
+        shear = [angle, 0.0] if name == "ShearX" else [0.0, angle]
+        return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=_NEAREST,
+                        fill=None, center=[0, 0])
+    if name in ("TranslateX", "TranslateY"):
+        shift = [int(magnitude), 0] if name == "TranslateX" else [0, int(magnitude)]
+        return F.affine(image, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=_NEAREST,
+                        fill=None)
+    factor_ops = {"Brightness": F.adjust_brightness, "Color": F.adjust_saturation, "Contrast": F.adjust_contrast,
+                  "Sharpness": F.adjust_sharpness}
+    if name in factor_ops:
+        return factor_ops[name](image, 1.0 + magnitude)
+    if name == "Rotate":
+        return F.rotate(image, magnitude, interpolation=_NEAREST, fill=None)
+    if name == "Posterize":
+        return F.posterize(image, int(magnitude))
+    if name == "Solarize":
+        return F.solarize(image, 255.0 * magnitude)
+    return {"AutoContrast": F.autocontrast, "Equalize": F.equalize, "Invert": F.invert}[name](image)
+
+
+def test_reference_ops_follow_their_definitions() -> None:
+    """The reference itself, on hand-computable ops: pointwise formulas and translations with zero fill."""
+    x = _images(4, 3, 9, 7, seed=11)[0]
+    xi = x.long()
+    assert torch.equal(_torchvision_op(x, "Invert", 0.0), (255 - xi).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Posterize", 4.0), (xi & 0xF0).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Solarize", 0.5), torch.where(xi >= 127.5, 255 - xi, xi).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Brightness", 0.5), (xi * 1.5).clamp(max=255).to(torch.uint8))
+    right = _torchvision_op(x, "TranslateX", 2.0)
+    assert torch.equal(right[..., 2:], x[..., :-2]) and not right[..., :2].any()
+    up = _torchvision_op(x, "TranslateY", -3.0)
+    assert torch.equal(up[:, :-3], x[:, 3:]) and not up[:, -3:].any()
 
 
 def test_policy_table_matches_torchvision() -> None:
