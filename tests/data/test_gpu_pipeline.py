@@ -297,24 +297,24 @@ def _source(x: torch.Tensor, *, augment: BatchAugment | None = None, rank: int =
 
 
 def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:
-    """Chunk c = one BatchAugment call seeded (seed, epoch, c, rank); chunk_images < batch = per-batch seeding."""
+    """Chunk c = one BatchAugment call seeded (seed, epoch, c); chunk_images < batch = per-batch seeding."""
     x = _images(50, 3, 32, 32, seed=4)
-    src = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=31)  # 3 whole batches
+    src = _source(x, batch_size=8, seed=4, chunk_images=31)  # 3 whole batches
     src.set_epoch(3)
     idx = src.indices()
-    assert len(idx) == 25 and len(src) == 4 and src.chunk_batches == 3
+    assert len(idx) == 50 and len(src) == 7 and src.chunk_batches == 3
     got = list(src)
-    assert [len(y) for _b, y in got] == [8, 8, 8, 1]
+    assert [len(y) for _b, y in got] == [8] * 6 + [2]
     aug = src.augment
-    ref = torch.cat([aug(x[idx[:24]], step_generator(4, 3, 0, 1)), aug(x[idx[24:]], step_generator(4, 3, 1, 1))])
+    ref = torch.cat([aug(x[idx[24 * c : 24 * c + 24]], step_generator(4, 3, c)) for c in range(3)])
     assert torch.equal(torch.cat([b for b, _ in got]), ref)
     assert torch.equal(torch.cat([y for _b, y in got]), (idx % 3))
     for chunk_images in (0, 7):  # one batch per chunk: batch k seeded with step k, as before chunking
-        per_batch = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=chunk_images)
+        per_batch = _source(x, batch_size=8, seed=4, chunk_images=chunk_images)
         per_batch.set_epoch(3)
         assert per_batch.chunk_batches == 1
         for k, (b, _y) in enumerate(per_batch):
-            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], step_generator(4, 3, k, 1)))
+            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], step_generator(4, 3, k)))
     with pytest.raises(ValueError, match="chunk_images"):
         _source(x, batch_size=8, chunk_images=-1)
     with pytest.raises(ValueError, match="step"):

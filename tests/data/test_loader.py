@@ -152,6 +152,32 @@ def test_ddp_training_slices_are_disjoint() -> None:
     assert sorted(torch.cat(idx).tolist()) == list(range(40))
 
 
+@pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
+@pytest.mark.parametrize("n", [40, 44])
+def test_ranks_get_rows_of_the_one_process_global_batch(pipeline: str, n: int) -> None:
+    """Rank r of 2 (batch 4) yields rows r, r + 2, ... of the one-process batch of 8: images and augmentation.
+
+    Several chunks (GPU-resident: 3 global batches per chunk), AutoAugment and Cutout on; with n = 44 the last
+    global batch holds 4 images (2 per rank).
+    """
+    split = _split(n)
+    kwargs = {"train": True, "sampler": "power", "rho": 0.5, "seed": 9, "pipeline": pipeline, "chunk_images": 24}
+    one = _source(split, batch_size=8, **kwargs)
+    one.set_epoch(4)
+    global_batches = list(one)
+    assert len(global_batches) == -(-n // 8)
+    for rank in range(2):
+        src = _source(split, batch_size=4, rank=rank, world_size=2, **kwargs)
+        src.set_epoch(4)
+        mine = list(src)
+        assert len(mine) == len(global_batches)
+        for (x, y), (gx, gy) in zip(mine, global_batches):
+            assert torch.equal(y, gy[rank::2])
+            assert torch.equal(x, gx[rank::2])
+        resumed = list(src.iter_from(3))  # a mid-epoch resume under DDP (inside the second chunk)
+        assert all(torch.equal(x, gx[rank::2]) for (x, _y), (gx, _gy) in zip(resumed, global_batches[3:]))
+
+
 def test_file_based_split_uses_loader(tmp_path) -> None:
     from PIL import Image
 

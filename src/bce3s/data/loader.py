@@ -2,7 +2,9 @@
 
 :class:`LoaderBatchSource` works for in-memory and file-based splits. Every random draw of an image's
 transform comes from a seed fixed by the image's position in the epoch (a forked torch RNG per sample), so the
-batches depend neither on ``num_workers`` nor on the worker that transforms an image. Build it with
+batches depend neither on ``num_workers`` nor on the worker that transforms an image. The position is the one in
+the epoch's global index list (all DDP ranks together), so a W-process run augments every image as the
+one-process run with the global batch does. Build it with
 :func:`bce3s.data.sources.make_batch_source`.
 """
 
@@ -93,9 +95,11 @@ class LoaderBatchSource(EpochIndexedSource):
     def _batches(self, step: int) -> list[list[tuple[int, int]]]:
         idx = self.indices().tolist()
         if self.train:
-            # one seed per epoch position; +position keeps them distinct (mt19937 seeds need not be "random")
-            base = step_seed(self.sampling.seed, self.epoch, 0, self.rank, STREAM_AUGMENT) >> 2
-            seeds = [base + p for p in range(len(idx))]
+            # one seed per *global* epoch position (rank r holds positions r, r + W, ...: the sampler's slice), so
+            # an image is augmented the same for any number of processes; +position keeps the seeds distinct
+            # (mt19937 seeds need not be "random")
+            base = step_seed(self.sampling.seed, self.epoch, 0, 0, STREAM_AUGMENT) >> 2
+            seeds = [base + p * self.world_size + self.rank for p in range(len(idx))]
         else:
             seeds = [-1] * len(idx)
         b = self.batch_size

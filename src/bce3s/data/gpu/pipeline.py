@@ -8,14 +8,15 @@ applied to many batches in one call (:meth:`~bce3s.data.gpu.augment.BatchAugment
 CIFAR-size images on a GPU, see :func:`block_images`), and the batches are yielded as slices. One call for many
 batches saves the per-call host work (Python, kernel launches), which dominated on the GPU for CIFAR-size batches.
 
-All random parameters of a chunk are drawn on the CPU from a generator seeded by ``(seed, epoch, chunk, rank)``
-(:func:`bce3s.data.samplers.step_generator` with the chunk index as ``step``), then moved to the device without
-waiting for it. No draw depends on pixel values and every image is transformed independently of the others, so
-the batches are identical on every device and for any number of batches per call, and resuming at any step
-(:meth:`GpuBatchSource.iter_from` draws the step's chunk again and starts at the step's slice) reproduces the
-uninterrupted run exactly. The hot path is written without host synchronisations (no boolean-mask indexing of
-device tensors, no blocking host-to-device copies). On a CPU-only machine this is also the fast path: no worker
-processes, no per-image Python work.
+All random parameters of a chunk are drawn on the CPU from a generator seeded by ``(seed, epoch, chunk)``
+(:func:`bce3s.data.samplers.step_generator` with the chunk index as ``step``), for the chunk of the global batch
+(all DDP ranks together; each rank keeps its own rows, so the augmentation does not depend on the number of
+processes), then moved to the device without waiting for it. No draw depends on pixel values and every image is
+transformed independently of the others, so the batches are identical on every device and for any number of
+batches per call, and resuming at any step (:meth:`GpuBatchSource.iter_from` draws the step's chunk again and
+starts at the step's slice) reproduces the uninterrupted run exactly. The hot path is written without host
+synchronisations (no boolean-mask indexing of device tensors, no blocking host-to-device copies). On a CPU-only
+machine this is also the fast path: no worker processes, no per-image Python work.
 """
 
 from __future__ import annotations
@@ -63,11 +64,15 @@ class GpuBatchSource(EpochIndexedSource):
     :func:`bce3s.data.sources.make_batch_source`.
 
     The epoch's batches are grouped into *chunks* of :attr:`chunk_batches` consecutive batches (``chunk_images``
-    images, rounded down to whole batches). The random parameters of a training chunk ``c`` are drawn at once
-    (:meth:`BatchAugment.sample`) from ``step_generator(seed, epoch, c, rank)``: the chunk index takes the place of
-    the step, so with one batch per chunk every batch is augmented exactly like a per-batch call with
-    ``step_generator(seed, epoch, step, rank)``. The chunk is then transformed in *blocks* of
-    :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU; :func:`block_images`), one
+    images of the global batch, i.e. of all ranks together, rounded down to whole global batches). The random
+    parameters of a training chunk ``c`` are drawn at once for the *global* chunk (:meth:`BatchAugment.sample`)
+    from ``step_generator(seed, epoch, c)``, which no rank-dependent value enters, and rank ``r`` keeps rows
+    ``r, r + W, ...``: the sampler gives rank ``r`` the global positions ``r, r + W, ...`` of the epoch, so every
+    image is augmented with the parameters of its global position, and a W-process run yields the rows of the
+    one-process run with the global batch (exactly, when the epoch length is a multiple of W; otherwise the
+    sampler pads the index list and the last chunk differs). With one batch per chunk every batch is augmented
+    like a per-batch call with ``step_generator(seed, epoch, step)``. The chunk is then transformed in *blocks*
+    of :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU; :func:`block_images`), one
     :meth:`BatchAugment.apply` call per block, and its batches are yielded as slices of the block. Only the
     current block's output is held. The pixels depend on ``chunk_images`` (resuming needs the same value) but
     not on the block size, so they are the same on every device.
@@ -109,7 +114,7 @@ class GpuBatchSource(EpochIndexedSource):
         self.device = torch.device(device)
         batch_size = sampling.batch_size
         chunk = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
-        self.chunk_batches = max(1, chunk // batch_size)
+        self.chunk_batches = max(1, chunk // (batch_size * world_size))  # whole global batches
         pixels = max(int(images.shape[-2]) * int(images.shape[-1]), augment.image_size**2)
         self.block_batches = min(self.chunk_batches, max(1, block_images(pixels, self.device) // batch_size))
 
@@ -142,9 +147,11 @@ class GpuBatchSource(EpochIndexedSource):
             first, end = chunk * per_chunk, min(total, (chunk + 1) * per_chunk)
             params: dict[str, Tensor] = {}
             if self.augment.train:
-                n = min(len(idx), end * bs) - first * bs
-                gen = step_generator(self.sampling.seed, self.epoch, chunk, self.rank)
-                params = self.augment.sample(n, gen, height, width)
+                n = min(len(idx), end * bs) - first * bs  # this rank's images; every rank has as many
+                world, rank = self.world_size, self.rank
+                gen = step_generator(self.sampling.seed, self.epoch, chunk)  # the same on every rank
+                drawn = self.augment.sample(n * world, gen, height, width)  # the global chunk
+                params = {k: v[rank::world].contiguous() for k, v in drawn.items()} if world > 1 else drawn
             for block in range(first + max(0, step - first) // per_block * per_block, end, per_block):
                 block_end = min(end, block + per_block)
                 lo, hi = (block - first) * bs, (block_end - first) * bs  # image rows within the chunk
