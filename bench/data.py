@@ -38,8 +38,8 @@ import torch
 from bce3s.data.gpu.pipeline import DEFAULT_CHUNK_IMAGES
 from bce3s.data.imageset import ImageSet
 from bce3s.data.mixing import glmc_mix
-from bce3s.data.samplers import STREAM_MIX, step_generator
 from bce3s.data.sources import AugmentSpec, SamplingSpec, make_batch_source
+from bce3s.seeding import make_generator
 
 
 def load_split(data: str | None, n: int) -> tuple[ImageSet, str]:
@@ -94,7 +94,7 @@ def measure(
             if step == limit:
                 break
             if other is not None:
-                gen = step_generator(0, index, step, stream=STREAM_MIX)
+                gen = make_generator(0, "mix", index, step)
                 x = glmc_mix(x, y, other[0], other[1], num_classes=10, generator=gen).images
             count += len(y)
         return count

@@ -14,8 +14,9 @@ from bce3s.data.gpu import autoaugment as ga
 from bce3s.data.gpu.augment import BatchAugment, slice_params
 from bce3s.data.gpu.batched_ops import BatchedOps
 from bce3s.data.gpu.pipeline import GpuBatchSource, block_images
-from bce3s.data.samplers import SamplingSpec, eval_shard, num_batches, step_generator, step_seed
+from bce3s.data.samplers import SamplingSpec, eval_shard, num_batches
 from bce3s.data.transforms import build_transform, cutout_box, preset_stats
+from bce3s.seeding import make_generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -239,14 +240,14 @@ def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
 def test_gray_and_imagenet_presets_batched() -> None:
     x = _images(40, 1, 28, 28)
     aug = BatchAugment("gray", train=True, image_size=28)
-    out = aug(x, step_generator(0, 0, 0))
+    out = aug(x, make_generator(0, "augment", 0, 0))
     assert out.shape == (40, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
     rgb = _images(16, 3, 40, 48)
     im = BatchAugment("imagenet", train=True, image_size=24)
-    out = im(rgb, step_generator(0, 0, 0))
+    out = im(rgb, make_generator(0, "augment", 0, 0))
     assert out.shape == (16, 3, 24, 24) and torch.isfinite(out).all()
     ra = BatchAugment("imagenet", train=True, image_size=24, randaugment=True)
-    assert ra(rgb, step_generator(0, 0, 1)).shape == (16, 3, 24, 24)
+    assert ra(rgb, make_generator(0, "augment", 0, 1)).shape == (16, 3, 24, 24)
     with pytest.raises(ValueError, match="Generator"):
         im(rgb)
 
@@ -263,12 +264,9 @@ def test_eval_batch_equals_per_image_transform(preset: str, shape: tuple[int, in
 def test_determinism_and_seeding() -> None:
     x = _images(32, 3, 32, 32)
     aug = BatchAugment("cifar", train=True, image_size=32)
-    a = aug(x, step_generator(1, 2, 3))
-    assert torch.equal(a, aug(x, step_generator(1, 2, 3)))
-    assert not torch.equal(a, aug(x, step_generator(1, 2, 4)))
-    assert step_seed(0, 0, 1) != step_seed(0, 1, 0) != step_seed(1, 0, 0)
-    with pytest.raises(ValueError):
-        step_seed(-1, 0, 0)
+    a = aug(x, make_generator(1, "augment", 2, 3))
+    assert torch.equal(a, aug(x, make_generator(1, "augment", 2, 3)))
+    assert not torch.equal(a, aug(x, make_generator(1, "augment", 2, 4)))
 
 
 def test_eval_shard_and_num_batches() -> None:
@@ -306,7 +304,7 @@ def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:
     got = list(src)
     assert [len(y) for _b, y in got] == [8] * 6 + [2]
     aug = src.augment
-    ref = torch.cat([aug(x[idx[24 * c : 24 * c + 24]], step_generator(4, 3, c)) for c in range(3)])
+    ref = torch.cat([aug(x[idx[24 * c : 24 * c + 24]], make_generator(4, "augment", 3, c)) for c in range(3)])
     assert torch.equal(torch.cat([b for b, _ in got]), ref)
     assert torch.equal(torch.cat([y for _b, y in got]), (idx % 3))
     for chunk_images in (0, 7):  # one batch per chunk: batch k seeded with step k, as before chunking
@@ -314,7 +312,7 @@ def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:
         per_batch.set_epoch(3)
         assert per_batch.chunk_batches == 1
         for k, (b, _y) in enumerate(per_batch):
-            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], step_generator(4, 3, k)))
+            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], make_generator(4, "augment", 3, k)))
     with pytest.raises(ValueError, match="chunk_images"):
         _source(x, batch_size=8, chunk_images=-1)
     with pytest.raises(ValueError, match="step"):
@@ -368,8 +366,8 @@ def test_gpu_output_identical_to_cpu() -> None:
     for preset, kwargs in (("cifar", {}), ("gray", {"flip": True})):
         xx = x if preset == "cifar" else x[:, :1]
         aug = BatchAugment(preset, train=True, image_size=32, **kwargs)
-        cpu = aug(xx, step_generator(0, 0, 0))
-        gpu = aug(xx.cuda(), step_generator(0, 0, 0))
+        cpu = aug(xx, make_generator(0, "augment", 0, 0))
+        gpu = aug(xx.cuda(), make_generator(0, "augment", 0, 0))
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
     table, _ids, _probs = ga.autoaugment_table(32, 32)
     fast = BatchedOps(table, 3, 32, 32, torch.device("cuda"))

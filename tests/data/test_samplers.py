@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bce3s.data.samplers import class_probabilities, epoch_indices
+from bce3s.seeding import make_generator
 
 COUNTS = [400, 200, 100, 50, 25, 10, 4, 1]
 _SHUFFLE = torch.randperm(sum(COUNTS), generator=torch.Generator().manual_seed(0))
@@ -95,6 +96,14 @@ def test_ddp_slices_disjoint_and_covering(kind, world):
                for r in range(world)]  # fmt: skip
     assert sum(d.numel() for d in dropped) == n - n % world
     assert sorted(torch.cat(dropped).tolist()) == sorted(full[: n - n % world].tolist())
+
+
+def test_epoch_list_comes_from_the_package_seed_scheme():
+    """instance = one permutation drawn from make_generator(seed, "sampler", epoch); rank r takes r::W."""
+    full = torch.randperm(len(LABELS), generator=make_generator(3, "sampler", 7))
+    assert torch.equal(epoch_indices(LABELS, kind="instance", seed=3, epoch=7), full)
+    padded = torch.cat([full, full[:1]]) if len(LABELS) % 2 else full
+    assert torch.equal(epoch_indices(LABELS, kind="instance", seed=3, epoch=7, rank=1, world_size=2), padded[1::2])
 
 
 def test_errors():

@@ -68,7 +68,7 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
     assert torch.equal(mem0["class_memory.seen"], mem1["class_memory.seen"])
     # the stored projections come from slightly different weights (see 3), so compare them loosely
     cos = torch.nn.functional.cosine_similarity(mem0["class_memory.memory"], mem1["class_memory.memory"], dim=1)
-    assert bool((cos[mem0["class_memory.seen"]] > 0.95).all()), cos  # measured 0.988 (seed 1)
+    assert bool((cos[mem0["class_memory.seen"]] > 0.95).all()), cos  # measured 0.989 (seed 1)
     # 3) one process with the same global batch moves the weights the same way, within a stated tolerance. Both
     #    runs see the same images with the same augmentation in the same global order (the sampler and the
     #    augmentation draws are rank-independent: rank r gets rows r, r + 2, ... of the one-process batch, see
@@ -77,9 +77,9 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
     #    running buffers average other values), plus the all-reduce summing gradients in another order. Per
     #    tensor, with du = single-process update and dd = DDP update from the common init (measured, seed 1,
     #    5-layer small CNN, 17 steps): head and projector |dd - du| / |du| < 0.25 and cos(du, dd) > 0.97
-    #    (measured at most 0.13 and at least 0.993; summing instead of averaging gradients would give about
-    #    1.0); backbone tensors, whose BatchNorm layers see the per-rank statistics directly, < 1.2 and > 0.6
-    #    (measured up to 0.91, for the bias of the first BatchNorm, and down to 0.70; with a per-rank
+    #    (measured at most 0.12 and at least 0.993; summing instead of averaging gradients would give about
+    #    1.0); backbone tensors, whose BatchNorm layers see the per-rank statistics directly, < 1.2 and > 0.5
+    #    (measured up to 0.87 and down to 0.66, both for the bias of the first BatchNorm; with a per-rank
     #    augmentation stream they were up to 1.35 and down to 0.17).
     init = _init_state()
     for k, v in one["model"].items():
@@ -93,7 +93,7 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
         if k.startswith(("head.", "projector.")):
             assert rel < 0.25 and cos > 0.97, (k, float(rel), float(cos))
         else:
-            assert rel < 1.2 and cos > 0.6, (k, float(rel), float(cos))
+            assert rel < 1.2 and cos > 0.5, (k, float(rel), float(cos))
 
 
 def _init_state() -> dict[str, torch.Tensor]:

@@ -43,8 +43,6 @@ _EXPORTS: dict[str, str] = {
     "epoch_indices": "samplers",
     "SamplingSpec": "samplers",
     "eval_shard": "samplers",
-    "step_generator": "samplers",
-    "STREAM_MIX": "samplers",
     # transforms
     "PRESETS": "transforms",
     "AugmentSpec": "transforms",
@@ -93,7 +91,6 @@ __all__ = [
     "PRESETS",
     "READERS",
     "SAMPLER_KINDS",
-    "STREAM_MIX",
     "SamplingSpec",
     "SourceData",
     "VIEW_CLEAN",
@@ -114,7 +111,6 @@ __all__ = [
     "make_batch_source",
     "preset_stats",
     "read_source",
-    "step_generator",
 ]
 
 
@@ -141,12 +137,10 @@ if TYPE_CHECKING:  # static analysers see the real names
     from bce3s.data.readers import DATASETS, READERS, SourceData, read_source
     from bce3s.data.samplers import (
         SAMPLER_KINDS,
-        STREAM_MIX,
         SamplingSpec,
         class_probabilities,
         epoch_indices,
         eval_shard,
-        step_generator,
     )
     from bce3s.data.sources import PIPELINES, BatchSource, make_batch_source
     from bce3s.data.splits import DataSplits, build_data

@@ -17,7 +17,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bce3s.data.imageset import ImageSet
-from bce3s.data.samplers import STREAM_AUGMENT, EpochIndexedSource, SamplingSpec, step_seed
+from bce3s.data.samplers import EpochIndexedSource, SamplingSpec
+from bce3s.seeding import derive_seed
 
 __all__ = ["LoaderBatchSource"]
 
@@ -98,7 +99,7 @@ class LoaderBatchSource(EpochIndexedSource):
             # one seed per *global* epoch position (rank r holds positions r, r + W, ...: the sampler's slice), so
             # an image is augmented the same for any number of processes; +position keeps the seeds distinct
             # (mt19937 seeds need not be "random")
-            base = step_seed(self.sampling.seed, self.epoch, 0, 0, STREAM_AUGMENT) >> 2
+            base = derive_seed(self.sampling.seed, "augment", self.epoch) >> 2
             seeds = [base + p * self.world_size + self.rank for p in range(len(idx))]
         else:
             seeds = [-1] * len(idx)
@@ -116,7 +117,7 @@ class LoaderBatchSource(EpochIndexedSource):
             batch_sampler=_Batches(self._batches(step)),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(step_seed(self.sampling.seed, self.epoch, 0, self.rank)),
+            generator=torch.Generator().manual_seed(derive_seed(self.sampling.seed, "workers", self.epoch, self.rank)),
         )
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:

@@ -17,13 +17,14 @@ Example::
     idx = epoch_indices(labels, kind="power", rho=0.0, seed=0, epoch=3)   # LongTensor (N,)
 
 Both batch sources (:mod:`bce3s.data.sources`) iterate these lists through :class:`EpochIndexedSource`, which
-also holds the evaluation order (:func:`eval_shard`: each rank a contiguous block, no padding). This module also
-derives the per-step augmentation and mixing seeds (:func:`step_seed`).
+also holds the evaluation order (:func:`eval_shard`: each rank a contiguous block, no padding).
+
+Seeds follow the package's one scheme (:func:`bce3s.seeding.derive_seed`): an epoch's index list is drawn from
+``make_generator(seed, "sampler", epoch)``, the augmentation of the sources from ``(seed, "augment", epoch, ...)``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,20 +32,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bce3s.seeding import make_generator
+
 __all__ = [
     "SAMPLER_KINDS",
-    "STREAM_AUGMENT",
-    "STREAM_MIX",
-    "STREAM_SAMPLE",
     "EpochIndexedSource",
     "SamplingSpec",
     "class_probabilities",
-    "epoch_generator",
     "epoch_indices",
     "eval_shard",
     "num_batches",
-    "step_generator",
-    "step_seed",
 ]
 
 SAMPLER_KINDS = ("instance", "class_balanced", "sqrt", "power")
@@ -54,12 +51,6 @@ def _exponent(kind: str, rho: float) -> float:
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
     return {"instance": 0.0, "class_balanced": 1.0, "sqrt": 0.5, "power": float(rho)}[kind]
-
-
-def epoch_generator(seed: int, epoch: int, stream: str = "sampler") -> torch.Generator:
-    """A CPU generator seeded from ``(seed, epoch, stream)`` (a hash, so nearby seeds give unrelated streams)."""
-    digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def class_probabilities(counts: Sequence[int] | Tensor, *, kind: str, rho: float = 0.0) -> Tensor:
@@ -140,7 +131,7 @@ def epoch_indices(
     total = n if num_samples is None else int(num_samples)
     if total < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
-    gen = epoch_generator(seed, epoch)
+    gen = make_generator(seed, "sampler", epoch)
     idx = _global_indices(lab, q, kind == "instance", total, gen)
     if drop_last:
         idx = idx[: total - total % world_size]
@@ -148,30 +139,6 @@ def epoch_indices(
         pad = world_size - total % world_size
         idx = torch.cat([idx, idx.repeat(-(-pad // total))[:pad]])
     return idx[rank::world_size].contiguous()
-
-
-# Stream tags keep the random streams of different consumers of (seed, epoch, step) apart.
-STREAM_AUGMENT = 0
-STREAM_SAMPLE = 1
-STREAM_MIX = 2
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> int:
-    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing.
-
-    ``GpuBatchSource`` passes its chunk index as ``step`` (stream ``STREAM_AUGMENT``); other consumers (e.g.
-    ``glmc_mix`` with ``STREAM_MIX``) pass the training step.
-    """
-    words = [int(v) for v in (seed, epoch, step, rank, stream)]
-    if min(words) < 0:
-        raise ValueError(f"seed, epoch, step, rank and stream must be >= 0 (got {words})")
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def step_generator(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by :func:`step_seed` (e.g. ``stream=STREAM_MIX`` for ``glmc_mix``)."""
-    return torch.Generator().manual_seed(step_seed(seed, epoch, step, rank, stream))
 
 
 def eval_shard(n: int, rank: int = 0, world_size: int = 1) -> range:

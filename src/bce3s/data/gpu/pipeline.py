@@ -9,7 +9,7 @@ CIFAR-size images on a GPU, see :func:`block_images`), and the batches are yield
 batches saves the per-call host work (Python, kernel launches), which dominated on the GPU for CIFAR-size batches.
 
 All random parameters of a chunk are drawn on the CPU from a generator seeded by ``(seed, epoch, chunk)``
-(:func:`bce3s.data.samplers.step_generator` with the chunk index as ``step``), for the chunk of the global batch
+(``bce3s.seeding.make_generator(seed, "augment", epoch, chunk)``), for the chunk of the global batch
 (all DDP ranks together; each rank keeps its own rows, so the augmentation does not depend on the number of
 processes), then moved to the device without waiting for it. No draw depends on pixel values and every image is
 transformed independently of the others, so the batches are identical on every device and for any number of
@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from bce3s.data.gpu.augment import BatchAugment, slice_params
-from bce3s.data.samplers import EpochIndexedSource, SamplingSpec, step_generator
+from bce3s.data.samplers import EpochIndexedSource, SamplingSpec
+from bce3s.seeding import make_generator
 
 __all__ = ["DEFAULT_CHUNK_IMAGES", "GpuBatchSource", "block_images"]
 
@@ -66,16 +67,16 @@ class GpuBatchSource(EpochIndexedSource):
     The epoch's batches are grouped into *chunks* of :attr:`chunk_batches` consecutive batches (``chunk_images``
     images of the global batch, i.e. of all ranks together, rounded down to whole global batches). The random
     parameters of a training chunk ``c`` are drawn at once for the *global* chunk (:meth:`BatchAugment.sample`)
-    from ``step_generator(seed, epoch, c)``, which no rank-dependent value enters, and rank ``r`` keeps rows
+    from ``make_generator(seed, "augment", epoch, c)``, which no rank-dependent value enters, and rank ``r`` keeps rows
     ``r, r + W, ...``: the sampler gives rank ``r`` the global positions ``r, r + W, ...`` of the epoch, so every
     image is augmented with the parameters of its global position, and a W-process run yields the rows of the
     one-process run with the global batch (exactly, when the epoch length is a multiple of W; otherwise the
     sampler pads the index list and the last chunk differs). With one batch per chunk every batch is augmented
-    like a per-batch call with ``step_generator(seed, epoch, step)``. The chunk is then transformed in *blocks*
-    of :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU; :func:`block_images`), one
-    :meth:`BatchAugment.apply` call per block, and its batches are yielded as slices of the block. Only the
-    current block's output is held. The pixels depend on ``chunk_images`` (resuming needs the same value) but
-    not on the block size, so they are the same on every device.
+    like a per-batch call with ``make_generator(seed, "augment", epoch, step)``. The chunk is then transformed in
+    *blocks* of :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU;
+    :func:`block_images`), one :meth:`BatchAugment.apply` call per block, and its batches are yielded as slices
+    of the block. Only the current block's output is held. The pixels depend on ``chunk_images`` (resuming needs
+    the same value) but not on the block size, so they are the same on every device.
 
     Args:
         images: uint8 (N, C, H, W), any device (moved to ``device`` on first use).
@@ -149,7 +150,7 @@ class GpuBatchSource(EpochIndexedSource):
             if self.augment.train:
                 n = min(len(idx), end * bs) - first * bs  # this rank's images; every rank has as many
                 world, rank = self.world_size, self.rank
-                gen = step_generator(self.sampling.seed, self.epoch, chunk)  # the same on every rank
+                gen = make_generator(self.sampling.seed, "augment", self.epoch, chunk)  # the same on every rank
                 drawn = self.augment.sample(n * world, gen, height, width)  # the global chunk
                 params = {k: v[rank::world].contiguous() for k, v in drawn.items()} if world > 1 else drawn
             for block in range(first + max(0, step - first) // per_block * per_block, end, per_block):
