@@ -18,7 +18,7 @@ Usage::
     python bench/data.py                        # CPU (and CUDA when available), random CIFAR-size data
     python bench/data.py --quick                # fewer steps and rounds (smoke test)
     python bench/data.py --quick --batch 64     # the BCE3S recipe's batch
-    python bench/data.py --data ../shared/data/cifar10-jpeg   # the extracted CIFAR-10 JPEG tree (train/)
+    python bench/data.py --data /path/to/cifar10-jpeg   # the extracted CIFAR-10 JPEG tree (train/)
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from bce3s.data.gpu_pipeline import DEFAULT_CHUNK_IMAGES, STREAM_MIX, step_generator
+from bce3s.data.gpu.pipeline import DEFAULT_CHUNK_IMAGES
 from bce3s.data.imageset import ImageSet
-from bce3s.data.loader import make_batch_source
 from bce3s.data.mixing import glmc_mix
+from bce3s.data.sources import AugmentSpec, SamplingSpec, make_batch_source
+from bce3s.seeding import make_generator
 
 
 def load_split(data: str | None, n: int) -> tuple[ImageSet, str]:
@@ -74,18 +76,12 @@ def measure(
 ) -> float:
     """Clean images per second over one epoch of ``steps`` batches, after ``warmup`` batches of another epoch."""
     torch.set_num_threads(threads)
-    kwargs = {
-        "train": True,
-        "preset": "cifar",
-        "batch_size": batch,
-        "device": device,
-        "pipeline": pipeline,
-        "num_workers": workers,
-        "num_samples": steps * batch,
-        "chunk_images": chunk_images,
-    }
-    main = make_batch_source(split, seed=0, **kwargs)
-    second = make_batch_source(split, seed=1, sampler="power", rho=0.0, **kwargs) if mix else None
+    augment = AugmentSpec("cifar")
+    options = {"device": device, "pipeline": pipeline, "num_workers": workers, "chunk_images": chunk_images}
+    sampling = SamplingSpec(train=True, batch_size=batch, num_samples=steps * batch, seed=0)
+    main = make_batch_source(split, augment, sampling, **options)
+    mixing = replace(sampling, seed=1, sampler="power", rho=0.0)
+    second = make_batch_source(split, augment, mixing, **options) if mix else None
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def epoch(index: int, limit: int) -> int:
@@ -98,7 +94,7 @@ def measure(
             if step == limit:
                 break
             if other is not None:
-                gen = step_generator(0, index, step, stream=STREAM_MIX)
+                gen = make_generator(0, "mix", index, step)
                 x = glmc_mix(x, y, other[0], other[1], num_classes=10, generator=gen).images
             count += len(y)
         return count

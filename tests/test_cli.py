@@ -14,7 +14,7 @@ import yaml
 
 from bce3s.cli import build_parser, main
 from bce3s.config import load_config
-from bce3s.data import build_data, make_batch_source
+from bce3s.data import AugmentSpec, SamplingSpec, build_data, make_batch_source
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.eval.metrics import summarize
 from bce3s.models import build_model
@@ -80,7 +80,7 @@ def test_train_eval_report_compare(cfg_file, tmp_path, capsys):
     data = build_data(cfg.data)
     model = build_model("small_cnn", num_classes=10, in_channels=1, head="normalized", projector_dim=16)
     model.load_state_dict(load_checkpoint(out / "checkpoints" / "stage1_last.pt")["model"])
-    src = make_batch_source(data.test, train=False, preset="gray", batch_size=4096, device="cpu")
+    src = make_batch_source(data.test, AugmentSpec("gray"), SamplingSpec(train=False, batch_size=4096), device="cpu")
     ((x, y),) = list(src)
     with torch.no_grad():
         want = summarize(model.eval()(x).logits, y, data.train_counts)

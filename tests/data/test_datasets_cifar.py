@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data import source
+from bce3s.data.readers import base
 from bce3s.data.splits import build_data
 from bce3s.errors import DataError
 
@@ -150,7 +150,7 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
             calls.append((root, train, download))
             make_cifar10(Path(root), per_class=60)
 
-    monkeypatch.setattr(source, "torchvision_dataset", {"CIFAR10": FakeCIFAR10}.__getitem__)
+    monkeypatch.setattr(base, "torchvision_dataset", {"CIFAR10": FakeCIFAR10}.__getitem__)
     data = build_data(DataConfig(dataset="cifar10_lt", root=str(tmp_path / "dl"), download=True, imbalance_factor=1))
     assert calls == [(str(tmp_path / "dl"), True, True)]
     assert data.train_counts == [10] * 10
@@ -163,6 +163,6 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
 def test_download_hook_is_torchvision():
     import torchvision.datasets as tvd
 
-    assert source.torchvision_dataset("CIFAR10") is tvd.CIFAR10
-    assert source.torchvision_dataset("CIFAR100") is tvd.CIFAR100
-    assert source.torchvision_dataset("FashionMNIST") is tvd.FashionMNIST
+    assert base.torchvision_dataset("CIFAR10") is tvd.CIFAR10
+    assert base.torchvision_dataset("CIFAR100") is tvd.CIFAR100
+    assert base.torchvision_dataset("FashionMNIST") is tvd.FashionMNIST

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data.digits import load_digits_arrays
+from bce3s.data.readers.digits import load_digits_arrays
 from bce3s.data.splits import build_data
 
 FIRST = [

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data import source
-from bce3s.data.idx import read_idx
+from bce3s.data.readers import base
+from bce3s.data.readers.idx import read_idx
 from bce3s.data.splits import build_data
 from bce3s.errors import DataError
 
@@ -113,7 +113,7 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
             calls.append((root, train, download))
             make_idx_tree(Path(root) / "MNIST" / "raw")
 
-    monkeypatch.setattr(source, "torchvision_dataset", {"MNIST": FakeMNIST}.__getitem__)
+    monkeypatch.setattr(base, "torchvision_dataset", {"MNIST": FakeMNIST}.__getitem__)
     data = build_data(DataConfig(dataset="mnist_lt", root=str(tmp_path), download=True, imbalance_factor=1))
     assert calls == [(str(tmp_path), True, True)]
     assert data.train_counts == [30] * 10

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from bce3s.config import DataConfig
-from bce3s.data.splitfile import KNOWN_SHA256, read_split_file
+from bce3s.data.readers.splitfile import KNOWN_SHA256, read_split_file
 from bce3s.data.splits import build_data
 from bce3s.errors import DataError
 

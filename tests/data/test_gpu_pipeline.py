@@ -10,18 +10,13 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from bce3s.data import gpu_autoaugment as ga
-from bce3s.data.gpu_pipeline import (
-    BatchAugment,
-    GpuBatchSource,
-    block_images,
-    eval_shard,
-    num_batches,
-    slice_params,
-    step_generator,
-    step_seed,
-)
+from bce3s.data.gpu import autoaugment as ga
+from bce3s.data.gpu.augment import BatchAugment, slice_params
+from bce3s.data.gpu.batched_ops import BatchedOps
+from bce3s.data.gpu.pipeline import GpuBatchSource, block_images
+from bce3s.data.samplers import SamplingSpec, eval_shard, num_batches
 from bce3s.data.transforms import build_transform, cutout_box, preset_stats
+from bce3s.seeding import make_generator
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,13 +40,52 @@ def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([noise, smooth, const])
 
 
+_NEAREST = F.InterpolationMode.NEAREST
+
+
 def _torchvision_op(image: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-    """Naive reference: torchvision's own AutoAugment op dispatch, one image at a time."""
-    aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-    if hasattr(aa, "_apply_image_or_video_transform"):
-        return aa._apply_image_or_video_transform(image, name, magnitude, interpolation=aa.interpolation,
-                                                  fill=aa._fill)
-    return ga.apply_op(image, name, magnitude)  # pragma: no cover - older torchvision
+    """Reference: one AutoAugment / RandAugment op on one uint8 (C, H, W) image with public v2 functional ops.
+
+    The op semantics of ``v2.AutoAugment`` / ``v2.RandAugment`` (nearest interpolation, fill 0, shears about the
+    top-left corner, integer translations, factors ``1 + magnitude``, solarize threshold ``255 * magnitude``),
+    written out here independently of ``bce3s``.
+    """
+    if name == "Identity":
+        return image
+    if name in ("ShearX", "ShearY"):
+        angle = math.degrees(math.atan(magnitude))
+        shear = [angle, 0.0] if name == "ShearX" else [0.0, angle]
+        return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=_NEAREST,
+                        fill=None, center=[0, 0])
+    if name in ("TranslateX", "TranslateY"):
+        shift = [int(magnitude), 0] if name == "TranslateX" else [0, int(magnitude)]
+        return F.affine(image, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=_NEAREST,
+                        fill=None)
+    factor_ops = {"Brightness": F.adjust_brightness, "Color": F.adjust_saturation, "Contrast": F.adjust_contrast,
+                  "Sharpness": F.adjust_sharpness}
+    if name in factor_ops:
+        return factor_ops[name](image, 1.0 + magnitude)
+    if name == "Rotate":
+        return F.rotate(image, magnitude, interpolation=_NEAREST, fill=None)
+    if name == "Posterize":
+        return F.posterize(image, int(magnitude))
+    if name == "Solarize":
+        return F.solarize(image, 255.0 * magnitude)
+    return {"AutoContrast": F.autocontrast, "Equalize": F.equalize, "Invert": F.invert}[name](image)
+
+
+def test_reference_ops_follow_their_definitions() -> None:
+    """The reference itself, on hand-computable ops: pointwise formulas and translations with zero fill."""
+    x = _images(4, 3, 9, 7, seed=11)[0]
+    xi = x.long()
+    assert torch.equal(_torchvision_op(x, "Invert", 0.0), (255 - xi).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Posterize", 4.0), (xi & 0xF0).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Solarize", 0.5), torch.where(xi >= 127.5, 255 - xi, xi).to(torch.uint8))
+    assert torch.equal(_torchvision_op(x, "Brightness", 0.5), (xi * 1.5).clamp(max=255).to(torch.uint8))
+    right = _torchvision_op(x, "TranslateX", 2.0)
+    assert torch.equal(right[..., 2:], x[..., :-2]) and not right[..., :2].any()
+    up = _torchvision_op(x, "TranslateY", -3.0)
+    assert torch.equal(up[:, :-3], x[:, 3:]) and not up[:, -3:].any()
 
 
 def test_policy_table_matches_torchvision() -> None:
@@ -70,7 +104,7 @@ def test_policy_table_matches_torchvision() -> None:
 def test_every_op_variant_equals_torchvision_per_image(c: int, h: int, w: int) -> None:
     x = _images(12, c, h, w)
     for table in (ga.autoaugment_table(h, w)[0], ga.randaugment_table(h, w)[0]):
-        fast = ga.BatchedOps(table, c, h, w, torch.device("cpu"))
+        fast = BatchedOps(table, c, h, w, torch.device("cpu"))
         n = x.shape[0]
         for vid, (name, magnitude) in enumerate(table.variants):
             expected = torch.stack([_torchvision_op(x[i], name, magnitude) for i in range(n)])
@@ -90,7 +124,7 @@ def test_mixed_variants_and_two_slots_equal_sequential_reference() -> None:
             if vid >= 0:
                 img = _torchvision_op(img, *table.variants[vid])
         expected.append(img)
-    out = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+    out = BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
     assert torch.equal(out, torch.stack(expected))
 
 
@@ -130,8 +164,8 @@ def test_crop_offsets_uniform_and_flip_rate_through_chunks() -> None:
     aug = BatchAugment("cifar", train=True, image_size=32, autoaugment=False, cutout=0)
     n = 6000
     x = _crop_probe().expand(n, -1, -1, -1).contiguous()
-    src = GpuBatchSource(x, torch.zeros(n, dtype=torch.int64), augment=aug, batch_size=100, device=torch.device("cpu"),
-                         train=True, chunk_images=1000)
+    src = GpuBatchSource(x, torch.zeros(n, dtype=torch.int64), aug, SamplingSpec(train=True, batch_size=100),
+                         device="cpu", chunk_images=1000)
     src.block_batches = 4  # blocks of 4, 4 and 2 batches inside each chunk
     assert src.chunk_batches == 10
     out = _to_uint8(torch.cat([b for b, _ in src]))
@@ -187,8 +221,8 @@ def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
     batch = x.repeat(reps, 1, 1, 1)
     aug = BatchAugment("cifar", train=True, image_size=32)
     # through the chunked source: 2 chunks of 10 batches, each augmented in one call
-    src = GpuBatchSource(batch, torch.zeros(len(batch), dtype=torch.int64), augment=aug, batch_size=32,
-                         device=torch.device("cpu"), train=True, chunk_images=320)
+    labels = torch.zeros(len(batch), dtype=torch.int64)
+    src = GpuBatchSource(batch, labels, aug, SamplingSpec(train=True, batch_size=32), device="cpu", chunk_images=320)
     assert (src.chunk_batches, src.block_batches) == (10, 10)
     ours = torch.cat([b for b, _ in src])
     torch.manual_seed(0)
@@ -206,14 +240,14 @@ def test_cifar_pipeline_statistics_match_torchvision_preset() -> None:
 def test_gray_and_imagenet_presets_batched() -> None:
     x = _images(40, 1, 28, 28)
     aug = BatchAugment("gray", train=True, image_size=28)
-    out = aug(x, step_generator(0, 0, 0))
+    out = aug(x, make_generator(0, "augment", 0, 0))
     assert out.shape == (40, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
     rgb = _images(16, 3, 40, 48)
     im = BatchAugment("imagenet", train=True, image_size=24)
-    out = im(rgb, step_generator(0, 0, 0))
+    out = im(rgb, make_generator(0, "augment", 0, 0))
     assert out.shape == (16, 3, 24, 24) and torch.isfinite(out).all()
     ra = BatchAugment("imagenet", train=True, image_size=24, randaugment=True)
-    assert ra(rgb, step_generator(0, 0, 1)).shape == (16, 3, 24, 24)
+    assert ra(rgb, make_generator(0, "augment", 0, 1)).shape == (16, 3, 24, 24)
     with pytest.raises(ValueError, match="Generator"):
         im(rgb)
 
@@ -230,12 +264,9 @@ def test_eval_batch_equals_per_image_transform(preset: str, shape: tuple[int, in
 def test_determinism_and_seeding() -> None:
     x = _images(32, 3, 32, 32)
     aug = BatchAugment("cifar", train=True, image_size=32)
-    a = aug(x, step_generator(1, 2, 3))
-    assert torch.equal(a, aug(x, step_generator(1, 2, 3)))
-    assert not torch.equal(a, aug(x, step_generator(1, 2, 4)))
-    assert step_seed(0, 0, 1) != step_seed(0, 1, 0) != step_seed(1, 0, 0)
-    with pytest.raises(ValueError):
-        step_seed(-1, 0, 0)
+    a = aug(x, make_generator(1, "augment", 2, 3))
+    assert torch.equal(a, aug(x, make_generator(1, "augment", 2, 3)))
+    assert not torch.equal(a, aug(x, make_generator(1, "augment", 2, 4)))
 
 
 def test_eval_shard_and_num_batches() -> None:
@@ -255,31 +286,33 @@ def test_autocontrast_without_sync_equals_torchvision() -> None:
         ga.autocontrast(torch.zeros(1, 3, 4, 4))
 
 
-def _source(x: torch.Tensor, **kwargs) -> GpuBatchSource:
-    kwargs.setdefault("augment", BatchAugment("cifar", train=True, image_size=32))
-    kwargs.setdefault("train", True)
-    return GpuBatchSource(x, torch.arange(len(x)) % 3, device=torch.device("cpu"), **kwargs)
+def _source(x: torch.Tensor, *, augment: BatchAugment | None = None, rank: int = 0, world_size: int = 1,
+            chunk_images: int | None = None, train: bool = True, **sampling) -> GpuBatchSource:
+    """A CPU GpuBatchSource over ``x`` with labels ``arange(N) % 3``; ``sampling``: SamplingSpec fields."""
+    augment = augment or BatchAugment("cifar", train=True, image_size=32)
+    return GpuBatchSource(x, torch.arange(len(x)) % 3, augment, SamplingSpec(train=train, **sampling), device="cpu",
+                          rank=rank, world_size=world_size, chunk_images=chunk_images)
 
 
 def test_source_chunks_equal_direct_augmentation_of_each_chunk() -> None:
-    """Chunk c = one BatchAugment call seeded (seed, epoch, c, rank); chunk_images < batch = per-batch seeding."""
+    """Chunk c = one BatchAugment call seeded (seed, epoch, c); chunk_images < batch = per-batch seeding."""
     x = _images(50, 3, 32, 32, seed=4)
-    src = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=31)  # 3 whole batches
+    src = _source(x, batch_size=8, seed=4, chunk_images=31)  # 3 whole batches
     src.set_epoch(3)
     idx = src.indices()
-    assert len(idx) == 25 and len(src) == 4 and src.chunk_batches == 3
+    assert len(idx) == 50 and len(src) == 7 and src.chunk_batches == 3
     got = list(src)
-    assert [len(y) for _b, y in got] == [8, 8, 8, 1]
+    assert [len(y) for _b, y in got] == [8] * 6 + [2]
     aug = src.augment
-    ref = torch.cat([aug(x[idx[:24]], step_generator(4, 3, 0, 1)), aug(x[idx[24:]], step_generator(4, 3, 1, 1))])
+    ref = torch.cat([aug(x[idx[24 * c : 24 * c + 24]], make_generator(4, "augment", 3, c)) for c in range(3)])
     assert torch.equal(torch.cat([b for b, _ in got]), ref)
     assert torch.equal(torch.cat([y for _b, y in got]), (idx % 3))
     for chunk_images in (0, 7):  # one batch per chunk: batch k seeded with step k, as before chunking
-        per_batch = _source(x, batch_size=8, seed=4, rank=1, world_size=2, chunk_images=chunk_images)
+        per_batch = _source(x, batch_size=8, seed=4, chunk_images=chunk_images)
         per_batch.set_epoch(3)
         assert per_batch.chunk_batches == 1
         for k, (b, _y) in enumerate(per_batch):
-            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], step_generator(4, 3, k, 1)))
+            assert torch.equal(b, aug(x[idx[8 * k : 8 * k + 8]], make_generator(4, "augment", 3, k)))
     with pytest.raises(ValueError, match="chunk_images"):
         _source(x, batch_size=8, chunk_images=-1)
     with pytest.raises(ValueError, match="step"):
@@ -333,13 +366,13 @@ def test_gpu_output_identical_to_cpu() -> None:
     for preset, kwargs in (("cifar", {}), ("gray", {"flip": True})):
         xx = x if preset == "cifar" else x[:, :1]
         aug = BatchAugment(preset, train=True, image_size=32, **kwargs)
-        cpu = aug(xx, step_generator(0, 0, 0))
-        gpu = aug(xx.cuda(), step_generator(0, 0, 0))
+        cpu = aug(xx, make_generator(0, "augment", 0, 0))
+        gpu = aug(xx.cuda(), make_generator(0, "augment", 0, 0))
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
     table, _ids, _probs = ga.autoaugment_table(32, 32)
-    fast = ga.BatchedOps(table, 3, 32, 32, torch.device("cuda"))
+    fast = BatchedOps(table, 3, 32, 32, torch.device("cuda"))
     for vid in range(len(table.variants)):
         variants = torch.full((64, 1), vid)
-        ref = ga.BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
+        ref = BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
         assert torch.equal(fast.apply(x.cuda(), variants).cpu(), ref), table.variants[vid]
     assert F.to_dtype(x.cuda(), torch.float32, scale=True).is_cuda

@@ -24,7 +24,7 @@ def test_cifar100_if100_counts():
     assert counts[-1] == 5
     assert counts == [int(500 * 100 ** (-i / 99)) for i in range(100)]
     assert counts == naive_exp(500, 100, 100)
-    # Many (> 100) / Medium / Few (< 20) = 35 / 35 / 30 (SPEC 2.2)
+    # Many (> 100) / Medium / Few (< 20) = 35 / 35 / 30
     assert sum(n > 100 for n in counts) == 35
     assert sum(n < 20 for n in counts) == 30
     assert all(a >= b for a, b in zip(counts, counts[1:]))

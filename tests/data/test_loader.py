@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bce3s.data.gpu_pipeline import GpuBatchSource
+from bce3s.data.gpu.pipeline import GpuBatchSource
 from bce3s.data.imageset import ImageSet
-from bce3s.data.loader import BatchSource, LoaderBatchSource, make_batch_source
+from bce3s.data.loader import LoaderBatchSource
 from bce3s.data.samplers import epoch_indices
+from bce3s.data.sources import AugmentSpec, BatchSource, SamplingSpec, make_batch_source
 from bce3s.errors import DataError
 
 
@@ -28,6 +29,15 @@ def _split(n: int = 45, c: int = 3, size: int = 32, k: int = 5) -> ImageSet:
     return ImageSet(images=images, paths=None, labels=labels)
 
 
+def _source(split: ImageSet, *, preset: str = "cifar", image_size: int | None = None, rank: int = 0,
+            world_size: int = 1, pipeline: str = "auto", num_workers: int = 0, chunk_images: int | None = None,
+            device: str = "cpu", **sampling) -> BatchSource:
+    """``make_batch_source`` with the default augmentation of ``preset``; ``sampling``: SamplingSpec fields."""
+    return make_batch_source(split, AugmentSpec(preset, image_size=image_size), SamplingSpec(**sampling),
+                             device=device, rank=rank, world_size=world_size, pipeline=pipeline,
+                             num_workers=num_workers, chunk_images=chunk_images)
+
+
 def _collect(source) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     xs, ys = [], []
     for x, y in source:
@@ -39,8 +49,7 @@ def _collect(source) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 @pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
 def test_train_source_shapes_order_and_last_batch(pipeline: str) -> None:
     split = _split()
-    src = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
-                            pipeline=pipeline, seed=3)
+    src = _source(split, train=True, preset="cifar", batch_size=16, pipeline=pipeline, seed=3)
     assert isinstance(src, BatchSource)
     assert isinstance(src, GpuBatchSource if pipeline == "gpu" else LoaderBatchSource)
     src.set_epoch(2)
@@ -51,18 +60,17 @@ def test_train_source_shapes_order_and_last_batch(pipeline: str) -> None:
     idx = epoch_indices(split.labels, kind="instance", seed=3, epoch=2)
     assert torch.equal(src.indices(), idx)
     assert torch.equal(torch.cat(ys), split.labels[idx])
-    dropped = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
-                                pipeline=pipeline, drop_last=True)
+    dropped = _source(split, train=True, preset="cifar", batch_size=16, pipeline=pipeline, drop_last=True)
     assert len(dropped) == 2 and [len(y) for _x, y in dropped] == [16, 16]
 
 
 @pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
 def test_epochs_are_reproducible_and_resume_is_exact(pipeline: str) -> None:
-    kwargs = {"train": True, "preset": "cifar", "batch_size": 8, "device": torch.device("cpu"), "pipeline": pipeline}
-    src = make_batch_source(_split(30), **kwargs)
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 8, "pipeline": pipeline}
+    src = _source(_split(30), **kwargs)
     src.set_epoch(1)
     full_x, full_y = _collect(src)
-    again = make_batch_source(_split(30), **kwargs)
+    again = _source(_split(30), **kwargs)
     again.set_epoch(1)
     tail = list(again.iter_from(2))
     assert len(tail) == len(full_x) - 2
@@ -78,16 +86,16 @@ def test_epochs_are_reproducible_and_resume_is_exact(pipeline: str) -> None:
 def test_chunked_resume_is_bit_identical_at_every_step(chunk_images: int | None, block: int | None,
                                                        drop_last: bool) -> None:
     """30 images, batch 4: 8 batches (7 with drop_last) in chunks of 3 batches, blocks of 2 or 3 batches."""
-    kwargs = {"train": True, "preset": "cifar", "batch_size": 4, "device": torch.device("cpu"), "pipeline": "gpu",
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 4, "pipeline": "gpu",
               "seed": 5, "chunk_images": chunk_images, "drop_last": drop_last}
-    src = make_batch_source(_split(30), **kwargs)
+    src = _source(_split(30), **kwargs)
     if block is not None:
         src.block_batches = block
     src.set_epoch(2)
     full = list(src)
     assert len(full) == len(src) == (7 if drop_last else 8)
     for step in range(len(full) + 1):
-        resumed = make_batch_source(_split(30), **kwargs)  # a fresh process after preemption
+        resumed = _source(_split(30), **kwargs)  # a fresh process after preemption
         if block is not None:
             resumed.block_batches = block
         resumed.set_epoch(2)
@@ -98,11 +106,11 @@ def test_chunked_resume_is_bit_identical_at_every_step(chunk_images: int | None,
 
 
 def test_loader_output_independent_of_workers_and_global_rng() -> None:
-    kwargs = {"train": True, "preset": "cifar", "batch_size": 10, "device": torch.device("cpu"), "pipeline": "loader"}
+    kwargs = {"train": True, "preset": "cifar", "batch_size": 10, "pipeline": "loader"}
     state = torch.get_rng_state()
-    a, _ = _collect(make_batch_source(_split(20), num_workers=0, **kwargs))
+    a, _ = _collect(_source(_split(20), num_workers=0, **kwargs))
     assert torch.equal(torch.get_rng_state(), state)  # the per-sample seeding forks the global RNG
-    b, _ = _collect(make_batch_source(_split(20), num_workers=1, **kwargs))
+    b, _ = _collect(_source(_split(20), num_workers=1, **kwargs))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
@@ -112,8 +120,8 @@ def test_eval_sources_are_sequential_sharded_and_pipeline_independent() -> None:
     for pipeline in ("gpu", "loader"):
         parts = []
         for rank in range(3):
-            src = make_batch_source(split, train=False, preset="cifar", batch_size=4, device=torch.device("cpu"),
-                                    pipeline=pipeline, rank=rank, world_size=3, drop_last=True)
+            src = _source(split, train=False, preset="cifar", batch_size=4, pipeline=pipeline, rank=rank,
+                          world_size=3, drop_last=True)
             xs, ys = _collect(src)
             idx = src.indices()
             assert torch.equal(torch.cat(ys), split.labels[idx])
@@ -129,9 +137,9 @@ def test_eval_sources_are_sequential_sharded_and_pipeline_independent() -> None:
 
 def test_mixing_source_matches_main_length() -> None:
     split = _split(45)
-    main = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"))
-    second = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"),
-                               sampler="power", rho=0.5, seed=1, num_samples=len(main.indices()))
+    main = _source(split, train=True, preset="cifar", batch_size=16)
+    second = _source(split, train=True, preset="cifar", batch_size=16,
+                     sampler="power", rho=0.5, seed=1, num_samples=len(main.indices()))
     assert len(second) == len(main) == 3
     sizes = [(len(y1), len(y2)) for (_a, y1), (_b, y2) in zip(main, second)]
     assert sizes == [(16, 16), (16, 16), (13, 13)]
@@ -139,10 +147,35 @@ def test_mixing_source_matches_main_length() -> None:
 
 def test_ddp_training_slices_are_disjoint() -> None:
     split = _split(40)
-    idx = [make_batch_source(split, train=True, preset="cifar", batch_size=8, device=torch.device("cpu"),
-                             rank=r, world_size=2).indices() for r in range(2)]
+    idx = [_source(split, train=True, preset="cifar", batch_size=8, rank=r, world_size=2).indices() for r in range(2)]
     assert len(idx[0]) == len(idx[1]) == 20
     assert sorted(torch.cat(idx).tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize("pipeline", ["gpu", "loader"], ids=["resident", "dataloader"])
+@pytest.mark.parametrize("n", [40, 44])
+def test_ranks_get_rows_of_the_one_process_global_batch(pipeline: str, n: int) -> None:
+    """Rank r of 2 (batch 4) yields rows r, r + 2, ... of the one-process batch of 8: images and augmentation.
+
+    Several chunks (GPU-resident: 3 global batches per chunk), AutoAugment and Cutout on; with n = 44 the last
+    global batch holds 4 images (2 per rank).
+    """
+    split = _split(n)
+    kwargs = {"train": True, "sampler": "power", "rho": 0.5, "seed": 9, "pipeline": pipeline, "chunk_images": 24}
+    one = _source(split, batch_size=8, **kwargs)
+    one.set_epoch(4)
+    global_batches = list(one)
+    assert len(global_batches) == -(-n // 8)
+    for rank in range(2):
+        src = _source(split, batch_size=4, rank=rank, world_size=2, **kwargs)
+        src.set_epoch(4)
+        mine = list(src)
+        assert len(mine) == len(global_batches)
+        for (x, y), (gx, gy) in zip(mine, global_batches):
+            assert torch.equal(y, gy[rank::2])
+            assert torch.equal(x, gx[rank::2])
+        resumed = list(src.iter_from(3))  # a mid-epoch resume under DDP (inside the second chunk)
+        assert all(torch.equal(x, gx[rank::2]) for (x, _y), (gx, _gy) in zip(resumed, global_batches[3:]))
 
 
 def test_file_based_split_uses_loader(tmp_path) -> None:
@@ -155,34 +188,35 @@ def test_file_based_split_uses_loader(tmp_path) -> None:
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(p)
         paths.append(str(p))
     files = ImageSet(images=None, paths=paths, labels=split.labels)
-    src = make_batch_source(files, train=False, preset="imagenet", batch_size=4, device=torch.device("cpu"),
-                            image_size=16)
+    src = _source(files, train=False, preset="imagenet", batch_size=4, image_size=16)
     assert isinstance(src, LoaderBatchSource)
     xs, _ = _collect(src)
-    ref = make_batch_source(split, train=False, preset="imagenet", batch_size=4, device=torch.device("cpu"),
-                            pipeline="gpu", image_size=16)
+    ref = _source(split, train=False, preset="imagenet", batch_size=4, pipeline="gpu", image_size=16)
     assert torch.equal(torch.cat(xs), torch.cat(_collect(ref)[0]))  # PNG is lossless
-    train = make_batch_source(files, train=True, preset="imagenet", batch_size=4, device=torch.device("cpu"),
-                              image_size=16)
+    train = _source(files, train=True, preset="imagenet", batch_size=4, image_size=16)
     assert [x.shape for x, _ in train] == [(4, 3, 16, 16), (2, 3, 16, 16)]
     with pytest.raises(DataError, match="in-memory"):
-        make_batch_source(files, train=True, preset="imagenet", batch_size=4, device=torch.device("cpu"),
-                          pipeline="gpu")
+        _source(files, train=True, preset="imagenet", batch_size=4, pipeline="gpu")
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="pipeline"):
-        make_batch_source(_split(4), train=True, preset="cifar", batch_size=2, device=torch.device("cpu"),
-                          pipeline="fast")
+        _source(_split(4), train=True, preset="cifar", batch_size=2, pipeline="fast")
     with pytest.raises(ValueError, match="preset"):
-        make_batch_source(_split(4), train=True, preset="svhn", batch_size=2, device=torch.device("cpu"))
+        _source(_split(4), train=True, preset="svhn", batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        SamplingSpec(train=True, batch_size=0)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SamplingSpec(train=True, batch_size=2, sampler="balanced")
+    with pytest.raises(ValueError, match="cutout"):
+        AugmentSpec("cifar", cutout=-1)
 
 
 @pytest.mark.gpu
 def test_gpu_source_on_cuda_matches_cpu() -> None:
     split = _split(40)
-    cpu = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cpu"))
-    cuda = make_batch_source(split, train=True, preset="cifar", batch_size=16, device=torch.device("cuda"))
+    cpu = _source(split, train=True, preset="cifar", batch_size=16)
+    cuda = _source(split, train=True, preset="cifar", batch_size=16, device="cuda")
     cpu.block_batches = 1  # one batch per call on the CPU, the whole chunk on the GPU: the same pixels
     for (xc, yc), (xg, yg) in zip(cpu, cuda):
         assert xg.is_cuda and yg.is_cuda

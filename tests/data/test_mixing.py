@@ -1,4 +1,4 @@
-"""GLMC mixing (SPEC 1.1): hand-checked example, soft targets, CutMix box rule, lambda distribution."""
+"""GLMC mixing: hand-checked example, soft targets, CutMix box rule, lambda distribution."""
 
 from __future__ import annotations
 

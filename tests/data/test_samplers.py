@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from bce3s.data.samplers import LTSampler, class_probabilities, epoch_indices
+from bce3s.data.samplers import class_probabilities, epoch_indices
+from bce3s.seeding import make_generator
 
 COUNTS = [400, 200, 100, 50, 25, 10, 4, 1]
 _SHUFFLE = torch.randperm(sum(COUNTS), generator=torch.Generator().manual_seed(0))
@@ -98,27 +98,17 @@ def test_ddp_slices_disjoint_and_covering(kind, world):
     assert sorted(torch.cat(dropped).tolist()) == sorted(full[: n - n % world].tolist())
 
 
-def test_sampler_wrapper():
-    s = LTSampler(LABELS, "sqrt", seed=2, num_samples=101, rank=1, world_size=2)
-    assert len(s) == 51
-    s.set_epoch(4)
-    first = list(s)
-    assert first == epoch_indices(LABELS, kind="sqrt", seed=2, epoch=4, num_samples=101, rank=1, world_size=2).tolist()
-    assert list(s) == first
-    s.set_epoch(5)
-    assert list(s) != first
-    assert len(LTSampler(LABELS, "instance", num_samples=101, world_size=2, drop_last=True)) == 50
-    data = TensorDataset(torch.arange(len(LABELS)), LABELS)
-    loader = DataLoader(data, batch_size=64, sampler=LTSampler(LABELS, "instance", seed=0))
-    seen = torch.cat([x for x, _ in loader])
-    assert sorted(seen.tolist()) == list(range(len(LABELS)))
+def test_epoch_list_comes_from_the_package_seed_scheme():
+    """instance = one permutation drawn from make_generator(seed, "sampler", epoch); rank r takes r::W."""
+    full = torch.randperm(len(LABELS), generator=make_generator(3, "sampler", 7))
+    assert torch.equal(epoch_indices(LABELS, kind="instance", seed=3, epoch=7), full)
+    padded = torch.cat([full, full[:1]]) if len(LABELS) % 2 else full
+    assert torch.equal(epoch_indices(LABELS, kind="instance", seed=3, epoch=7, rank=1, world_size=2), padded[1::2])
 
 
 def test_errors():
     with pytest.raises(ValueError, match="unknown sampler 'balanced'; valid: instance, class_balanced, sqrt, power"):
         epoch_indices(LABELS, kind="balanced", seed=0, epoch=0)
-    with pytest.raises(ValueError, match="unknown sampler"):
-        LTSampler(LABELS, "balanced")
     with pytest.raises(ValueError, match="rank"):
         epoch_indices(LABELS, kind="instance", seed=0, epoch=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="empty"):

@@ -1,4 +1,5 @@
-"""torchrun with two CPU processes (gloo): ranks agree exactly, and match one process with the same global batch."""
+"""torchrun with two CPU processes (gloo): ranks agree exactly, and match one process with the same global batch
+up to BatchNorm's per-rank batch statistics."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ CFG = {
 
 def _run(cmd: list[str], tmp: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if env.get("PYTHONPATH"):  # the workers run in tmp: a relative entry (PYTHONPATH=src) must stay valid
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep))
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -65,15 +68,19 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
     assert torch.equal(mem0["class_memory.seen"], mem1["class_memory.seen"])
     # the stored projections come from slightly different weights (see 3), so compare them loosely
     cos = torch.nn.functional.cosine_similarity(mem0["class_memory.memory"], mem1["class_memory.memory"], dim=1)
-    assert bool((cos[mem0["class_memory.seen"]] > 0.8).all()), cos  # measured 0.88-0.92 (seed 1)
-    # 3) one process with the same global batch moves the weights the same way, within a stated tolerance. The
-    #    runs are not bit-equal: BatchNorm normalizes per rank (16 images instead of 32), each rank draws its own
-    #    augmentation stream (so the backbone sees differently cropped images), and the all-reduce sums in
-    #    another order. Per tensor, with du = single-process update and dd = DDP update from the common init:
-    #    head and projector |dd - du| / |du| < 0.5 and cos(du, dd) > 0.9 (measured, seed 1, 5-layer small CNN:
-    #    at most 0.41 and at least 0.91; summing instead of averaging gradients would give about 1.0 here);
-    #    backbone tensors only < 1.6 and > 0.1 (measured up to 1.35 and down to 0.17: one epoch of 17 small
-    #    steps is dominated by the augmentation noise that differs between the two runs).
+    assert bool((cos[mem0["class_memory.seen"]] > 0.95).all()), cos  # measured 0.989 (seed 1)
+    # 3) one process with the same global batch moves the weights the same way, within a stated tolerance. Both
+    #    runs see the same images with the same augmentation in the same global order (the sampler and the
+    #    augmentation draws are rank-independent: rank r gets rows r, r + 2, ... of the one-process batch, see
+    #    tests/data/test_loader.py) and the same mixing draws. What remains is BatchNorm: in training it
+    #    normalizes with the statistics of each rank's 16 images instead of the 32 of the global batch (and its
+    #    running buffers average other values), plus the all-reduce summing gradients in another order. Per
+    #    tensor, with du = single-process update and dd = DDP update from the common init (measured, seed 1,
+    #    5-layer small CNN, 17 steps): head and projector |dd - du| / |du| < 0.25 and cos(du, dd) > 0.97
+    #    (measured at most 0.12 and at least 0.993; summing instead of averaging gradients would give about
+    #    1.0); backbone tensors, whose BatchNorm layers see the per-rank statistics directly, < 1.2 and > 0.5
+    #    (measured up to 0.87 and down to 0.66, both for the bias of the first BatchNorm; with a per-rank
+    #    augmentation stream they were up to 1.35 and down to 0.17).
     init = _init_state()
     for k, v in one["model"].items():
         if not v.dtype.is_floating_point or "running_" in k or v.numel() < 2 or k not in init:
@@ -84,9 +91,9 @@ def test_torchrun_two_ranks_match_each_other_and_one_process(tmp_path):
         rel = (dd - du).norm() / du.norm()
         cos = torch.nn.functional.cosine_similarity(du.flatten(), dd.flatten(), dim=0)
         if k.startswith(("head.", "projector.")):
-            assert rel < 0.5 and cos > 0.9, (k, float(rel), float(cos))
+            assert rel < 0.25 and cos > 0.97, (k, float(rel), float(cos))
         else:
-            assert rel < 1.6 and cos > 0.1, (k, float(rel), float(cos))
+            assert rel < 1.2 and cos > 0.5, (k, float(rel), float(cos))
 
 
 def _init_state() -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from torch import nn
 import bce3s
 from bce3s import faults
 from bce3s.config import Config, load_config
-from bce3s.data import build_data, make_batch_source
+from bce3s.data import AugmentSpec, SamplingSpec, build_data, make_batch_source
 from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.errors import BCE3SError
@@ -128,7 +128,9 @@ def eval_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The test split exactly as evaluation sees it (un-augmented, normalized with the config's ``gray`` preset)."""
     cfg = load_config(CONFIG)
     data = build_data(cfg.data)
-    src = make_batch_source(data.test, train=False, preset=cfg.data.preset, batch_size=4096, device="cpu")
+    src = make_batch_source(
+        data.test, AugmentSpec(cfg.data.preset), SamplingSpec(train=False, batch_size=4096), device="cpu"
+    )
     xs, ys = zip(*src)
     return torch.cat(xs), torch.cat(ys)
 

@@ -1,10 +1,17 @@
 """Data: long-tailed splits, samplers, augmentation presets, batch sources and batch mixing.
 
+Layout: ``readers/`` (one module per dataset format, and the ``DATASETS`` registry), ``imageset``, ``imbalance``,
+``splits`` (long-tailed train/val/test), ``samplers`` (epoch index lists), ``transforms`` (per-image presets),
+``sources`` (the ``BatchSource`` contract and ``make_batch_source``), ``loader`` (the DataLoader pipeline),
+``gpu/`` (the GPU-resident pipeline and batched augmentation) and ``mixing`` (GLMC views).
+
 Public API (imported lazily on first attribute access, so ``import bce3s.data`` stays cheap and a missing
 optional module only fails when its names are used)::
 
     splits = build_data(cfg.data)                      # DataSplits(train, val, test, train_counts, ...)
-    source = make_batch_source(splits.train, train=True, preset="cifar", batch_size=64, device=device)
+    augment = AugmentSpec("cifar")                     # preset, image_size, flip, autoaugment, cutout, randaugment
+    sampling = SamplingSpec(train=True, batch_size=64)  # sampler, rho, seed, num_samples, drop_last
+    source = make_batch_source(splits.train, augment, sampling, device=device, rank=0, world_size=1)
     source.set_epoch(epoch)
     for images, labels in source: ...                  # float (B, C, H, W) normalized, int64 (B,)
     mixed = glmc_mix(x, y, x2, y2, num_classes=K, generator=g)   # MixedBatch (3B views)
@@ -21,8 +28,10 @@ _EXPORTS: dict[str, str] = {
     "ImageSet": "imageset",
     "DataSplits": "splits",
     "build_data": "splits",
-    "read_source": "datasets",
-    "DATASETS": "datasets",
+    "DATASETS": "readers",
+    "READERS": "readers",
+    "SourceData": "readers",
+    "read_source": "readers",
     # imbalance
     "class_counts": "imbalance",
     "lt_subset_indices": "imbalance",
@@ -30,11 +39,13 @@ _EXPORTS: dict[str, str] = {
     "index_hash": "imbalance",
     # samplers
     "SAMPLER_KINDS": "samplers",
-    "LTSampler": "samplers",
     "class_probabilities": "samplers",
     "epoch_indices": "samplers",
+    "SamplingSpec": "samplers",
+    "eval_shard": "samplers",
     # transforms
     "PRESETS": "transforms",
+    "AugmentSpec": "transforms",
     "DATASET_PRESETS": "transforms",
     "CIFAR_MEAN": "transforms",
     "CIFAR_STD": "transforms",
@@ -46,15 +57,12 @@ _EXPORTS: dict[str, str] = {
     "flip_tta": "transforms",
     "preset_stats": "transforms",
     # batch sources
-    "PIPELINES": "loader",
-    "BatchSource": "loader",
+    "PIPELINES": "sources",
+    "BatchSource": "sources",
+    "make_batch_source": "sources",
     "LoaderBatchSource": "loader",
-    "make_batch_source": "loader",
-    "BatchAugment": "gpu_pipeline",
-    "GpuBatchSource": "gpu_pipeline",
-    "eval_shard": "gpu_pipeline",
-    "step_generator": "gpu_pipeline",
-    "STREAM_MIX": "gpu_pipeline",
+    "BatchAugment": "gpu.augment",
+    "GpuBatchSource": "gpu.pipeline",
     # mixing
     "MixedBatch": "mixing",
     "glmc_mix": "mixing",
@@ -64,24 +72,27 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "AugmentSpec",
     "BatchAugment",
     "BatchSource",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "Cutout",
+    "DATASETS",
     "DATASET_PRESETS",
     "DataSplits",
     "GpuBatchSource",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageSet",
-    "LTSampler",
     "LoaderBatchSource",
     "MixedBatch",
     "PIPELINES",
     "PRESETS",
+    "READERS",
     "SAMPLER_KINDS",
-    "STREAM_MIX",
+    "SamplingSpec",
+    "SourceData",
     "VIEW_CLEAN",
     "VIEW_CUTMIX",
     "VIEW_MIXUP",
@@ -100,7 +111,6 @@ __all__ = [
     "make_batch_source",
     "preset_stats",
     "read_source",
-    "step_generator",
 ]
 
 
@@ -118,13 +128,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the real names
-    from bce3s.data.datasets import read_source
-    from bce3s.data.gpu_pipeline import STREAM_MIX, BatchAugment, GpuBatchSource, eval_shard, step_generator
+    from bce3s.data.gpu.augment import BatchAugment
+    from bce3s.data.gpu.pipeline import GpuBatchSource
     from bce3s.data.imageset import ImageSet
     from bce3s.data.imbalance import carve_val, class_counts, index_hash, lt_subset_indices
-    from bce3s.data.loader import PIPELINES, BatchSource, LoaderBatchSource, make_batch_source
+    from bce3s.data.loader import LoaderBatchSource
     from bce3s.data.mixing import VIEW_CLEAN, VIEW_CUTMIX, VIEW_MIXUP, MixedBatch, glmc_mix
-    from bce3s.data.samplers import SAMPLER_KINDS, LTSampler, class_probabilities, epoch_indices
+    from bce3s.data.readers import DATASETS, READERS, SourceData, read_source
+    from bce3s.data.samplers import (
+        SAMPLER_KINDS,
+        SamplingSpec,
+        class_probabilities,
+        epoch_indices,
+        eval_shard,
+    )
+    from bce3s.data.sources import PIPELINES, BatchSource, make_batch_source
     from bce3s.data.splits import DataSplits, build_data
     from bce3s.data.transforms import (
         CIFAR_MEAN,
@@ -133,6 +151,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         IMAGENET_MEAN,
         IMAGENET_STD,
         PRESETS,
+        AugmentSpec,
         Cutout,
         build_transform,
         default_flip,

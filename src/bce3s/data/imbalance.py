@@ -1,9 +1,9 @@
 """Long-tailed subsets: class-count profiles, subset selection, validation carving, index hashes.
 
-Pure functions over label vectors; nothing here reads files. The conventions follow LDAM-DRW / WB / BCE3S
-(SPEC 2.2, 7.6, 7.7): class ``i`` keeps ``n_i = int(n_max * IF ** (-i / (K - 1)))`` images (class 0 is the
-head), taken as the first ``n_i`` images of that class in file order (or a seeded random choice), and a
-class-balanced validation split comes from the images the subset did not use.
+Pure functions over label vectors; nothing here reads files. The conventions follow LDAM-DRW / WB / BCE3S:
+class ``i`` keeps ``n_i = int(n_max * IF ** (-i / (K - 1)))`` images (class 0 is the head), taken as the first
+``n_i`` images of that class in file order (or a seeded random choice), and a class-balanced validation split
+comes from the images the subset did not use.
 
 Example::
 
@@ -164,7 +164,7 @@ def carve_val(
     order: str = "file",
     seed: int = 0,
 ) -> Tensor:
-    """A class-balanced validation split from the images a subset did not use (SPEC 7.6).
+    """A class-balanced validation split from the images a subset did not use.
 
     Args:
         labels: (N,) class ids of the full training set, in file order.
@@ -202,7 +202,7 @@ def carve_val(
 def per_class_carve(labels: Tensor | Sequence[int], per_class: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Split an (already long-tailed) training set into train and a small class-balanced validation set.
 
-    Used for iNaturalist 2018, whose official val list serves as the test set (SPEC 7.6). ``per_class``
+    Used for iNaturalist 2018, whose official val list serves as the test set. ``per_class``
     images of every class, chosen at random with ``seed``, move to validation; the rest stay in train.
 
     Args:

@@ -1,71 +1,26 @@
-"""Batch sources: what the engine iterates over (``make_batch_source``), GPU-resident or torch ``DataLoader``.
+"""The ``loader`` pipeline: a torch ``DataLoader`` applying a per-image torchvision v2 transform.
 
-``make_batch_source`` returns an object with ``set_epoch(epoch)``, ``__len__`` (batches per epoch on this rank)
-and ``__iter__`` yielding ``(images float (B, C, S, S) normalized, labels int64 (B,))`` on ``device``, plus
-``iter_from(step)`` (resume mid-epoch exactly) and ``indices()`` (the dataset indices this rank iterates).
-
-Two pipelines implement it:
-
-- ``gpu`` (:class:`bce3s.data.gpu_pipeline.GpuBatchSource`): the uint8 split lives on ``device`` and batches are
-  augmented batched; needs an in-memory split. Also the fast path on CPU.
-- ``loader`` (:class:`LoaderBatchSource`): a ``torch.utils.data.DataLoader`` applying the per-image
-  torchvision v2 transform of :func:`bce3s.data.transforms.build_transform`; works for file-based splits.
-
-Both take the epoch's index list from :func:`bce3s.data.samplers.epoch_indices` (same ``seed`` and ``epoch`` give
-the same images in the same order in both pipelines) and derive every random draw from ``(seed, epoch, step)``
-(the ``gpu`` path from the chunk of consecutive batches it augments together, see :class:`GpuBatchSource`);
-the DataLoader path seeds torch's RNG per *sample* (from its position in the epoch), so its output does not
-depend on ``num_workers`` either. Training sources under DDP take this rank's slice from the sampler; evaluation
-sources (``train=False``) iterate the split in order, each rank a contiguous block without padding
-(:func:`eval_shard`), so gathering the ranks' outputs in rank order gives every item exactly once.
-
-A second source for mixing uses the same ``batch_size`` and ``num_samples = len(main epoch)``, so both yield the
-same number of batches; give it a different ``seed`` (e.g. ``seed + 1``) so it draws other images.
+:class:`LoaderBatchSource` works for in-memory and file-based splits. Every random draw of an image's
+transform comes from a seed fixed by the image's position in the epoch (a forked torch RNG per sample), so the
+batches depend neither on ``num_workers`` nor on the worker that transforms an image. The position is the one in
+the epoch's global index list (all DDP ranks together), so a W-process run augments every image as the
+one-process run with the global batch does. Build it with
+:func:`bce3s.data.sources.make_batch_source`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from bce3s.data.gpu_pipeline import (
-    STREAM_AUGMENT,
-    BatchAugment,
-    EpochIndexedSource,
-    GpuBatchSource,
-    eval_shard,
-    step_generator,
-    step_seed,
-)
 from bce3s.data.imageset import ImageSet
-from bce3s.data.transforms import PRESETS, build_transform
-from bce3s.errors import DataError
+from bce3s.data.samplers import EpochIndexedSource, SamplingSpec
+from bce3s.seeding import derive_seed
 
-__all__ = [
-    "PIPELINES",
-    "BatchSource",
-    "LoaderBatchSource",
-    "eval_shard",
-    "make_batch_source",
-    "step_generator",
-]
-
-PIPELINES = ("auto", "gpu", "loader")
-
-
-@runtime_checkable
-class BatchSource(Protocol):
-    """What the engine iterates over."""
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-    def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+__all__ = ["LoaderBatchSource"]
 
 
 class _TransformedImages(Dataset):
@@ -114,56 +69,38 @@ class LoaderBatchSource(EpochIndexedSource):
 
     Args:
         split: in-memory or file-based :class:`ImageSet`.
-        transform: per-image transform uint8 (C, H, W) -> float (C, S, S).
-        batch_size, device, train, sampler, rho, num_samples, seed, rank, world_size, drop_last: as in
-            :func:`make_batch_source`.
+        transform: per-image transform uint8 (C, H, W) -> float (C, S, S) (augmenting when ``sampling.train``).
+        sampling: order and batching (:class:`bce3s.data.samplers.SamplingSpec`).
+        device: where batches are delivered.
+        rank, world_size: DDP position.
         num_workers: DataLoader worker processes (0 = in the main process).
     """
 
     def __init__(
         self,
         split: ImageSet,
-        *,
         transform: torch.nn.Module,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        sampler: str = "instance",
-        rho: float = 0.0,
-        num_samples: int | None = None,
-        seed: int = 0,
+        sampling: SamplingSpec,
+        *,
+        device: torch.device | str,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = False,
         num_workers: int = 0,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        super().__init__(split.labels, sampling, rank=rank, world_size=world_size)
         self.split = split
         self.dataset = _TransformedImages(split, transform)
-        self.batch_size = batch_size
         self.device = torch.device(device)
-        self.train = train
-        self.sampler = sampler
-        self.rho = rho
-        self.num_samples = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last and train
         self.num_workers = num_workers
-        self.epoch = 0
-        self._cache: tuple[int, Tensor] | None = None
-
-    def _index_labels(self) -> Tensor:
-        return self.split.labels
 
     def _batches(self, step: int) -> list[list[tuple[int, int]]]:
         idx = self.indices().tolist()
         if self.train:
-            # one seed per epoch position; +position keeps them distinct (mt19937 seeds need not be "random")
-            base = step_seed(self.seed, self.epoch, 0, self.rank, STREAM_AUGMENT) >> 2
-            seeds = [base + p for p in range(len(idx))]
+            # one seed per *global* epoch position (rank r holds positions r, r + W, ...: the sampler's slice), so
+            # an image is augmented the same for any number of processes; +position keeps the seeds distinct
+            # (mt19937 seeds need not be "random")
+            base = derive_seed(self.sampling.seed, "augment", self.epoch) >> 2
+            seeds = [base + p * self.world_size + self.rank for p in range(len(idx))]
         else:
             seeds = [-1] * len(idx)
         b = self.batch_size
@@ -180,95 +117,8 @@ class LoaderBatchSource(EpochIndexedSource):
             batch_sampler=_Batches(self._batches(step)),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(step_seed(self.seed, self.epoch, 0, self.rank)),
+            generator=torch.Generator().manual_seed(derive_seed(self.sampling.seed, "workers", self.epoch, self.rank)),
         )
         non_blocking = self.device.type == "cuda"
         for images, labels in loader:
             yield images.to(self.device, non_blocking=non_blocking), labels.to(self.device, non_blocking=non_blocking)
-
-
-def make_batch_source(
-    split: ImageSet,
-    *,
-    train: bool,
-    preset: str,
-    batch_size: int,
-    sampler: str = "instance",
-    rho: float = 0.0,
-    class_counts: Sequence[int] | None = None,
-    device: torch.device,
-    pipeline: str = "auto",
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    num_samples: int | None = None,
-    image_size: int | None = None,
-    autoaugment: bool = True,
-    cutout: int = 16,
-    randaugment: bool = False,
-    flip: bool | None = None,
-    chunk_images: int | None = None,
-) -> GpuBatchSource | LoaderBatchSource:
-    """Build the batch source of one split.
-
-    Args:
-        split: the split; ``split.images`` must be set for ``pipeline="gpu"``.
-        train: sampled and augmented (True) or sequential and deterministic (False).
-        preset: ``cifar``, ``imagenet`` or ``gray`` (:mod:`bce3s.data.transforms`).
-        batch_size: images per batch (per rank).
-        sampler: ``instance``, ``class_balanced``, ``sqrt`` or ``power`` (training only).
-        rho: exponent of the ``power`` sampler (weight ∝ n_class^-rho).
-        class_counts: accepted for symmetry with the loss builders; the sampler derives counts from the labels.
-        device: where batches are produced.
-        pipeline: ``gpu``, ``loader`` or ``auto`` (``gpu`` when the split is in memory).
-        seed: base seed of sampling and augmentation (use a different one for a second, mixing source).
-        rank, world_size: DDP position.
-        drop_last: drop the last incomplete training batch (default False: the last batch may be smaller).
-        num_workers: DataLoader workers (``loader`` only).
-        num_samples: samples per epoch (all ranks together) for the sampler; ``None`` = len(split).
-        image_size: output side; ``None`` = the stored image side (in-memory) or 224 (files, ``imagenet``).
-        autoaugment, cutout, randaugment, flip: augmentation options (``DataConfig``; see ``build_transform``).
-        chunk_images: ``gpu`` only: images whose augmentation parameters come from one generator (whole
-            batches; see :class:`GpuBatchSource`); ``None`` = 8192, 0 = one batch per chunk (per-batch seeding).
-            The pixels depend on it: resuming mid-epoch needs the same value.
-
-    Returns:
-        A :class:`BatchSource` (with ``iter_from`` and ``indices``).
-
-    Raises:
-        DataError: ``pipeline="gpu"`` for a file-based split.
-        ValueError: unknown preset or pipeline.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline!r}; valid: {', '.join(PIPELINES)}")
-    device = torch.device(device)
-    if pipeline == "auto":
-        pipeline = "gpu" if split.images is not None else "loader"
-    if pipeline == "gpu" and split.images is None:
-        raise DataError("pipeline 'gpu' needs an in-memory split (images decoded into one tensor); use 'loader'")
-    if image_size is None:
-        image_size = int(split.images.shape[-1]) if split.images is not None else 224
-    common = {
-        "batch_size": batch_size,
-        "device": device,
-        "train": train,
-        "sampler": sampler,
-        "rho": rho,
-        "num_samples": num_samples,
-        "seed": seed,
-        "rank": rank,
-        "world_size": world_size,
-        "drop_last": drop_last,
-    }
-    options = {"autoaugment": autoaugment, "cutout": cutout, "randaugment": randaugment, "flip": flip}
-    if pipeline == "gpu":
-        augment = BatchAugment(preset, train=train, image_size=image_size, **options)
-        gpu_options = {**common, "augment": augment, "chunk_images": chunk_images}
-        return GpuBatchSource(split.images, split.labels, **gpu_options)  # type: ignore[arg-type]
-    channels = int(split.images.shape[1]) if split.images is not None else (1 if split.mode == "L" else 3)
-    transform = build_transform(preset, train=train, image_size=image_size, channels=channels, **options)
-    return LoaderBatchSource(split, transform=transform, num_workers=num_workers, **common)

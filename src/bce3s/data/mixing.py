@@ -1,4 +1,4 @@
-"""GLMC-style batch mixing (SPEC 1.1): one clean, one MixUp and one CutMix view with soft targets.
+"""GLMC-style batch mixing: one clean, one MixUp and one CutMix view with soft targets.
 
 A second batch ``(x2, y2)`` (from a second, possibly re-balanced sampler) is mixed into the clean batch with one
 ``lambda ~ Beta(alpha, alpha)`` per batch:
@@ -107,7 +107,7 @@ def glmc_mix(
     alpha: float = 1.0,
     generator: torch.Generator,
 ) -> MixedBatch:
-    """Build the clean / MixUp / CutMix views of a batch (SPEC 1.1).
+    """Build the clean / MixUp / CutMix views of a batch.
 
     Args:
         x: float (B, C, H, W) clean images.

@@ -15,21 +15,34 @@ takes ``indices[r::world_size]``, so the ranks' slices are disjoint and together
 Example::
 
     idx = epoch_indices(labels, kind="power", rho=0.0, seed=0, epoch=3)   # LongTensor (N,)
-    sampler = LTSampler(labels, "class_balanced", seed=0, rank=rank, world_size=world)
-    sampler.set_epoch(epoch)
+
+Both batch sources (:mod:`bce3s.data.sources`) iterate these lists through :class:`EpochIndexedSource`, which
+also holds the evaluation order (:func:`eval_shard`: each rank a contiguous block, no padding).
+
+Seeds follow the package's one scheme (:func:`bce3s.seeding.derive_seed`): an epoch's index list is drawn from
+``make_generator(seed, "sampler", epoch)``, the augmentation of the sources from ``(seed, "augment", epoch, ...)``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
 
-__all__ = ["SAMPLER_KINDS", "LTSampler", "class_probabilities", "epoch_generator", "epoch_indices"]
+from bce3s.seeding import make_generator
+
+__all__ = [
+    "SAMPLER_KINDS",
+    "EpochIndexedSource",
+    "SamplingSpec",
+    "class_probabilities",
+    "epoch_indices",
+    "eval_shard",
+    "num_batches",
+]
 
 SAMPLER_KINDS = ("instance", "class_balanced", "sqrt", "power")
 
@@ -38,12 +51,6 @@ def _exponent(kind: str, rho: float) -> float:
     if kind not in SAMPLER_KINDS:
         raise ValueError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
     return {"instance": 0.0, "class_balanced": 1.0, "sqrt": 0.5, "power": float(rho)}[kind]
-
-
-def epoch_generator(seed: int, epoch: int, stream: str = "sampler") -> torch.Generator:
-    """A CPU generator seeded from ``(seed, epoch, stream)`` (a hash, so nearby seeds give unrelated streams)."""
-    digest = hashlib.sha256(f"{stream}:{int(seed)}:{int(epoch)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def class_probabilities(counts: Sequence[int] | Tensor, *, kind: str, rho: float = 0.0) -> Tensor:
@@ -124,7 +131,7 @@ def epoch_indices(
     total = n if num_samples is None else int(num_samples)
     if total < 1:
         raise ValueError(f"num_samples must be >= 1 (got {num_samples})")
-    gen = epoch_generator(seed, epoch)
+    gen = make_generator(seed, "sampler", epoch)
     idx = _global_indices(lab, q, kind == "instance", total, gen)
     if drop_last:
         idx = idx[: total - total % world_size]
@@ -134,65 +141,110 @@ def epoch_indices(
     return idx[rank::world_size].contiguous()
 
 
-class LTSampler(Sampler[int]):
-    """A ``torch.utils.data.Sampler`` over :func:`epoch_indices`; call ``set_epoch`` before each epoch.
+def eval_shard(n: int, rank: int = 0, world_size: int = 1) -> range:
+    """The contiguous block of ``range(n)`` that ``rank`` evaluates: no padding, no duplicates.
 
-    Args:
-        labels: (N,) class ids of the training set.
-        kind: ``instance``, ``class_balanced``, ``sqrt`` or ``power``.
-        rho: exponent of ``power``.
-        seed: run seed.
-        num_samples: draws per epoch over all ranks (default N).
-        rank: this process's rank.
-        world_size: number of processes.
-        drop_last: drop the tail to a multiple of ``world_size`` instead of padding by wrapping.
+    Blocks follow ``numpy.array_split`` (the first ``n % world_size`` ranks get one more item); concatenating the
+    blocks of ranks 0..world_size-1 gives ``range(n)``, so gathered predictions need no de-duplication.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) (got rank={rank}, world_size={world_size})")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches for ``n`` items: ``ceil(n / batch_size)``, or ``floor`` with ``drop_last``."""
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Which images a batch source yields, in which order and batches (the same on every rank).
+
+    Attributes:
+        train: sampled epochs with augmentation (True) or the split in order, un-augmented (False).
+        batch_size: images per batch on each rank (the global batch is ``batch_size * world_size``).
+        sampler: ``instance``, ``class_balanced``, ``sqrt`` or ``power`` (training only).
+        rho: exponent of ``power`` (weight ∝ n_class^-rho).
+        seed: base seed of sampling and augmentation (use another one for a second, mixing source).
+        num_samples: draws per epoch over all ranks; ``None`` = the split's size.
+        drop_last: drop the last incomplete training batch (default: the last batch may be smaller).
     """
 
-    def __init__(
-        self,
-        labels: Tensor | Sequence[int],
-        kind: str = "instance",
-        rho: float = 0.0,
-        seed: int = 0,
-        num_samples: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-    ) -> None:
-        self.labels = torch.as_tensor(labels).detach().to("cpu", torch.int64).flatten()
-        _exponent(kind, rho)
-        self.kind = kind
-        self.rho = rho
-        self.seed = seed
-        self.num_samples = num_samples
+    train: bool
+    batch_size: int
+    sampler: str = "instance"
+    rho: float = 0.0
+    seed: int = 0
+    num_samples: int | None = None
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 (got {self.batch_size})")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1 (got {self.num_samples})")
+        _exponent(self.sampler, self.rho)
+
+
+class EpochIndexedSource:
+    """What both batch sources share: the epoch's per-rank index list (sampler, or a contiguous eval shard).
+
+    Implements ``set_epoch``, ``indices``, ``__len__`` and ``__iter__`` of the ``BatchSource`` contract
+    (:mod:`bce3s.data.sources`); subclasses implement ``iter_from(step)``.
+
+    Args:
+        labels: int64 (N,) labels of the split (CPU or device).
+        sampling: order and batching.
+        rank, world_size: DDP position; training slices come from :func:`epoch_indices`, evaluation uses
+            :func:`eval_shard`.
+    """
+
+    def __init__(self, labels: Tensor, sampling: SamplingSpec, *, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self._index_labels = labels
+        self.sampling = sampling
+        self.batch_size = sampling.batch_size
+        self.train = sampling.train
+        self.drop_last = sampling.drop_last and sampling.train
         self.rank = rank
         self.world_size = world_size
-        self.drop_last = drop_last
         self.epoch = 0
+        self._cache: tuple[int, Tensor] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose indices the next ``__iter__`` yields."""
+        """Select the epoch whose index list and augmentation draws the next iteration uses."""
         self.epoch = int(epoch)
 
     def indices(self) -> Tensor:
-        """int64 indices of the current epoch on this rank."""
-        return epoch_indices(
-            self.labels,
-            kind=self.kind,
-            rho=self.rho,
-            seed=self.seed,
-            epoch=self.epoch,
-            num_samples=self.num_samples,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-        )
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
+        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
+        labels = self._index_labels
+        if not self.train:
+            shard = eval_shard(len(labels), self.rank, self.world_size)
+            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
+        if self._cache is None or self._cache[0] != self.epoch:
+            s = self.sampling
+            idx = epoch_indices(
+                labels.cpu(),
+                kind=s.sampler,
+                rho=s.rho,
+                seed=s.seed,
+                epoch=self.epoch,
+                num_samples=s.num_samples,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
+        return self._cache[1]
 
     def __len__(self) -> int:
-        total = self.labels.numel() if self.num_samples is None else int(self.num_samples)
-        if self.drop_last:
-            return total // self.world_size
-        return -(-total // self.world_size)
+        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError

@@ -1,8 +1,8 @@
 """Long-tailed train / val / test splits of a configured dataset: :func:`build_data`.
 
-``build_data(cfg)`` reads the dataset (``bce3s.data.datasets``), takes the long-tailed training subset
+``build_data(cfg)`` reads the dataset (``bce3s.data.readers``), takes the long-tailed training subset
 (``class_counts`` profile, first n_i per class in file order or a seeded choice), carves the validation split
-(SPEC 7.6: from training images the subset did not use; iNat: out of train; ImageNet-LT / Places-LT: the
+(from training images the subset did not use; iNat: out of train; ImageNet-LT / Places-LT: the
 shipped val list), decodes file-based image folders into memory when possible, and records what it did in
 ``DataSplits.record`` (per-class counts and sha256 of the chosen indices), which the engine writes to
 ``RUN_DIR/data.json``.
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bce3s.config import DataConfig
-from bce3s.data.datasets import read_source
 from bce3s.data.imageset import ImageSet, decode_files
 from bce3s.data.imbalance import carve_val, class_counts, index_hash, lt_subset_indices, per_class_carve
-from bce3s.data.source import SourceData
+from bce3s.data.readers import read_source
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["DataSplits", "ImageSet", "build_data"]
@@ -124,6 +124,50 @@ def _to_memory(sets: dict[str, ImageSet]) -> dict[str, ImageSet]:
     return out
 
 
+def _split_record(
+    cfg: DataConfig,
+    src: SourceData,
+    train: ImageSet,
+    val: ImageSet | None,
+    test: ImageSet,
+    val_per_class: int,
+    subset_info: dict[str, Any],
+    image_size: int,
+) -> dict[str, Any]:
+    """The JSON-able record of the splits: settings, per-class counts, sizes and sha256 of the chosen indices."""
+    k = src.num_classes
+    train_counts = train.counts(k)
+    val_source = {"unused": "unused training images", "carve": "carved out of train", "given": "given"}
+    return {
+        "dataset": src.name,
+        "root": str(Path(cfg.root).expanduser().resolve()),
+        "num_classes": k,
+        "long_tailed_source": src.n_max is None,
+        "imbalance_factor": cfg.imbalance_factor if src.n_max is not None else None,
+        "profile": cfg.profile if src.n_max is not None else None,
+        "order": cfg.order,
+        "subset_seed": cfg.subset_seed,
+        **subset_info,
+        "val_per_class": val_per_class if val is not None and src.val_mode != "given" else None,
+        "val_source": val_source[src.val_mode] if val is not None else None,
+        "counts": {
+            "train": train_counts,
+            "val": val.counts(k) if val is not None else None,
+            "test": test.counts(k),
+        },
+        "sizes": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)},
+        "sha256": {
+            "train": index_hash(train.index),
+            "val": index_hash(val.index) if val is not None else None,
+            "test": index_hash(test.index),
+        },
+        "in_memory": train.in_memory,
+        "image_size": image_size,
+        "in_channels": src.in_channels,
+        "source": src.info,
+    }
+
+
 def build_data(cfg: DataConfig) -> DataSplits:
     """Read ``cfg.dataset`` and build its long-tailed train split and its val / test splits.
 
@@ -169,35 +213,7 @@ def build_data(cfg: DataConfig) -> DataSplits:
     empty = [c for c, n in enumerate(train_counts) if n == 0]
     if empty:
         raise DataError(f"{src.name}: class {empty[0]} ({src.class_names[empty[0]]}) has no training image")
-    val_source = {"unused": "unused training images", "carve": "carved out of train", "given": "given"}
-    record: dict[str, Any] = {
-        "dataset": src.name,
-        "root": str(Path(cfg.root).expanduser().resolve()),
-        "num_classes": k,
-        "long_tailed_source": src.n_max is None,
-        "imbalance_factor": cfg.imbalance_factor if src.n_max is not None else None,
-        "profile": cfg.profile if src.n_max is not None else None,
-        "order": cfg.order,
-        "subset_seed": cfg.subset_seed,
-        **subset_info,
-        "val_per_class": val_per_class if val is not None and src.val_mode != "given" else None,
-        "val_source": val_source[src.val_mode] if val is not None else None,
-        "counts": {
-            "train": train_counts,
-            "val": val.counts(k) if val is not None else None,
-            "test": test.counts(k),
-        },
-        "sizes": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)},
-        "sha256": {
-            "train": index_hash(train.index),
-            "val": index_hash(val.index) if val is not None else None,
-            "test": index_hash(test.index),
-        },
-        "in_memory": train.in_memory,
-        "image_size": int(image_size),
-        "in_channels": src.in_channels,
-        "source": src.info,
-    }
+    record = _split_record(cfg, src, train, val, test, val_per_class, subset_info, int(image_size))
     log.info(
         "%s: %d classes, train %d (%d … %d per class), val %d, test %d, in memory: %s (%.2f s)",
         src.name,

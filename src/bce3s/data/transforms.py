@@ -2,7 +2,7 @@
 
 Presets (``DataConfig.preset``):
 
-- ``cifar`` (CIFAR-LT, the official BCE3S recipe, SPEC 2.2), train: ``RandomCrop(size, padding=4)`` →
+- ``cifar`` (CIFAR-LT, the official BCE3S recipe), train: ``RandomCrop(size, padding=4)`` →
   ``RandomHorizontalFlip`` → ``AutoAugment(CIFAR10)`` (optional) → ``ToDtype(float32, scale=True)`` →
   :class:`Cutout` (side ``cutout``, 0 = off) → ``Normalize`` with the CIFAR-10 statistics the official code uses.
   Eval: ``ToDtype`` → ``Normalize``.
@@ -14,7 +14,7 @@ Presets (``DataConfig.preset``):
   Eval: ``ToDtype`` → ``Normalize``.
 
 ``autoaugment`` and ``cutout`` act in the ``cifar`` preset only, ``randaugment`` in the ``imagenet`` preset only.
-The GPU-resident pipeline (:mod:`bce3s.data.gpu_pipeline`) implements the same presets batched.
+The GPU-resident pipeline (:mod:`bce3s.data.gpu`) implements the same presets batched.
 
 Example::
 
@@ -25,12 +25,15 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
 __all__ = [
+    "AugmentSpec",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASET_PRESETS",
@@ -50,7 +53,7 @@ __all__ = [
 
 PRESETS = ("cifar", "imagenet", "gray")
 
-# The official code normalizes CIFAR-100 with the CIFAR-10 statistics (SPEC 2.2); kept for faithfulness.
+# The official code normalizes CIFAR-100 with the CIFAR-10 statistics ; kept for faithfulness.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,6 +106,48 @@ def default_flip(preset: str) -> bool:
 def eval_resize_size(image_size: int) -> int:
     """Resize side of the ``imagenet`` eval preset: 256 for a 224 crop (the usual 0.875 crop ratio)."""
     return int(round(image_size / 0.875))
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What a batch source does to each image (the arguments of :func:`build_transform` and ``BatchAugment``).
+
+    Training sources augment with it, evaluation sources apply the preset's deterministic eval transform.
+
+    Attributes:
+        preset: ``cifar``, ``imagenet`` or ``gray`` (see the module docstring).
+        image_size: output side; ``None`` = the stored image side (in-memory splits) or 224 (file-based).
+        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
+        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
+        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
+        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
+        train_transform: training sources augment; False = they apply the eval transform to their sampled
+            batches (a stage with ``augment: false``).
+    """
+
+    preset: str
+    image_size: int | None = None
+    flip: bool | None = None
+    autoaugment: bool = True
+    cutout: int = 16
+    randaugment: bool = False
+    train_transform: bool = True
+
+    def __post_init__(self) -> None:
+        _check_preset(self.preset)
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"image_size must be > 0 (got {self.image_size})")
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (got {self.cutout})")
+
+    def options(self) -> dict[str, Any]:
+        """The keywords ``flip``, ``autoaugment``, ``cutout`` and ``randaugment`` of :func:`build_transform`."""
+        return {
+            "flip": self.flip,
+            "autoaugment": self.autoaugment,
+            "cutout": self.cutout,
+            "randaugment": self.randaugment,
+        }
 
 
 def cutout_box(cy: int, cx: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:

@@ -18,7 +18,7 @@ from bce3s.seeding import derive_seed
 
 __all__ = [
     "amp_dtype",
-    "augment_options",
+    "augment_spec",
     "build_run_model",
     "build_stage_loss",
     "default_preset",
@@ -38,58 +38,60 @@ def default_preset(cfg: Config, data: Any) -> str:
     return "cifar" if size <= 64 else "imagenet"
 
 
-def augment_options(cfg: Config, data: Any) -> dict[str, Any]:
-    """Augmentation keywords of ``make_batch_source``; horizontal flips follow the dataset (never for digits)."""
+def augment_spec(cfg: Config, data: Any, *, train_transform: bool = True) -> Any:
+    """The run's :class:`~bce3s.data.AugmentSpec`: preset, size, and horizontal flips following the dataset (never
+    for digits); ``train_transform=False`` gives sampled training batches the eval transform (``augment: false``)."""
+    from bce3s.data.sources import AugmentSpec
     from bce3s.data.transforms import DATASET_PRESETS
 
     c = cfg.data
-    return {
-        "flip": DATASET_PRESETS.get(c.dataset, ("", True))[1],
-        "autoaugment": c.autoaugment,
-        "cutout": c.cutout,
-        "randaugment": c.randaugment,
-        "image_size": c.image_size or data.image_size,
-    }
+    return AugmentSpec(
+        preset=default_preset(cfg, data),
+        image_size=c.image_size or data.image_size,
+        flip=DATASET_PRESETS.get(c.dataset, ("", True))[1],
+        autoaugment=c.autoaugment,
+        cutout=c.cutout,
+        randaugment=c.randaugment,
+        train_transform=train_transform,
+    )
 
 
 def eval_source(cfg: Config, data: Any, split: Any, dist: DistInfo) -> Any:
     """The deterministic, un-augmented source of an evaluation split (each rank a disjoint part, no padding)."""
-    from bce3s.data.loader import make_batch_source
+    from bce3s.data.sources import SamplingSpec, make_batch_source
 
     return make_batch_source(
         split,
-        train=False,
-        preset=default_preset(cfg, data),
-        batch_size=cfg.eval.batch_size,
+        augment_spec(cfg, data),
+        SamplingSpec(train=False, batch_size=cfg.eval.batch_size),
         device=dist.device,
-        pipeline=cfg.runtime.pipeline,
         rank=dist.rank,
         world_size=dist.world_size,
+        pipeline=cfg.runtime.pipeline,
         num_workers=cfg.runtime.num_workers,
-        **augment_options(cfg, data),
     )
 
 
 def _train_source(cfg: Config, data: Any, stage: StageConfig, stage_index: int, dist: DistInfo, mixing: bool) -> Any:
-    from bce3s.data.loader import make_batch_source
+    from bce3s.data.sources import SamplingSpec, make_batch_source
 
-    split = data.train
-    return make_batch_source(
-        split,
+    sampling = SamplingSpec(
         train=True,
-        preset=default_preset(cfg, data),
         batch_size=stage.batch_size // dist.world_size,
         sampler=stage.mixing.sampler if mixing else stage.sampler,
         rho=stage.mixing.rho if mixing else stage.rho,
-        class_counts=data.train_counts,
-        device=dist.device,
-        pipeline=cfg.runtime.pipeline,
         seed=derive_seed(cfg.runtime.seed, "mix-data" if mixing else "data", stage_index) % (2**31),
+        num_samples=len(data.train) if mixing else None,
+    )
+    return make_batch_source(
+        data.train,
+        augment_spec(cfg, data, train_transform=stage.augment),
+        sampling,
+        device=dist.device,
         rank=dist.rank,
         world_size=dist.world_size,
+        pipeline=cfg.runtime.pipeline,
         num_workers=cfg.runtime.num_workers,
-        num_samples=len(split) if mixing else None,
-        **augment_options(cfg, data),
     )
 
 

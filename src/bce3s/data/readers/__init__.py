@@ -1,4 +1,5 @@
-"""Dataset registry: ``cfg.dataset`` name -> reader returning the dataset as found on disk (:class:`SourceData`).
+"""Dataset readers and their registry: ``cfg.dataset`` name -> reader returning the dataset as found on disk
+(:class:`bce3s.data.readers.base.SourceData`).
 
 Readers live one per module: ``cifar`` (CIFAR-10/100 pickles), ``idx`` (MNIST, Fashion-MNIST), ``digits``
 (scikit-learn digits), ``imagefolder`` (any ``{train,test}/<class>/*`` tree) and ``splitfile`` (ImageNet-LT,
@@ -10,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bce3s.config import DataConfig
-from bce3s.data.cifar import read_cifar10, read_cifar100
-from bce3s.data.digits import read_digits
-from bce3s.data.idx import read_fashion_mnist, read_mnist
-from bce3s.data.imagefolder import read_imagefolder
-from bce3s.data.source import SourceData
-from bce3s.data.splitfile import read_imagenet_lt, read_inat2018, read_places_lt
+from bce3s.data.readers.base import SourceData
+from bce3s.data.readers.cifar import read_cifar10, read_cifar100
+from bce3s.data.readers.digits import read_digits
+from bce3s.data.readers.idx import read_fashion_mnist, read_mnist
+from bce3s.data.readers.imagefolder import read_imagefolder
+from bce3s.data.readers.splitfile import read_imagenet_lt, read_inat2018, read_places_lt
 from bce3s.errors import ConfigError
 
-__all__ = ["READERS", "read_source"]
+__all__ = ["DATASETS", "READERS", "SourceData", "read_source"]
 
 READERS: dict[str, Callable[[DataConfig], SourceData]] = {
     "digits_lt": read_digits,
@@ -31,7 +32,7 @@ READERS: dict[str, Callable[[DataConfig], SourceData]] = {
     "places_lt": read_places_lt,
     "inat2018": read_inat2018,
 }
-DATASETS = READERS
+DATASETS = READERS  # the name the package exports (``bce3s.data.DATASETS``)
 
 
 def read_source(cfg: DataConfig) -> SourceData:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data import source
 from bce3s.data.imageset import ImageSet
-from bce3s.data.source import SourceData
+from bce3s.data.readers import base
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["read_fashion_mnist", "read_idx", "read_mnist"]
@@ -95,7 +95,7 @@ def _read(cfg: DataConfig, title: str, folder: str, names: list[str]) -> SourceD
         log.info("downloading %s into %s through torchvision", title, root)
         root.mkdir(parents=True, exist_ok=True)
         try:
-            source.torchvision_dataset(folder)(root=str(root), train=True, download=True)
+            base.torchvision_dataset(folder)(root=str(root), train=True, download=True)
         except (OSError, RuntimeError) as err:
             raise DataError(f"downloading {title} into {root} failed: {err}") from None
         files = _find(root, folder)

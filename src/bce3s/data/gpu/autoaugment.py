@@ -5,13 +5,13 @@ one scalar parameter set. Here every image of a batch gets its own draw (:func:`
 :func:`sample_randaugment`: an op *variant* id per image and slot, i.e. operation, magnitude and sign), and the
 batch is transformed slot after slot, images independently of each other:
 
-- :class:`BatchedOps` (the fast path) needs one call per op *family* present in a slot: geometric ops become a
-  gather through per-variant source-pixel maps, pointwise ops a per-variant lookup table, colour and sharpness a
-  per-variant two-input lookup table; contrast, equalize and autocontrast run torchvision's kernel (for
-  autocontrast, :func:`autocontrast`: the same ops without a host synchronisation) on the sub-batch of each
-  variant. Every table is built from torchvision's own kernels or op sequences, so the output
-  equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and ``fill=None``, i.e. 0) image
-  by image, bit for bit, on every device (the tests check every variant).
+- :class:`bce3s.data.gpu.batched_ops.BatchedOps` (the fast path) needs one call per op *family* present in a
+  slot: geometric ops become a gather through per-variant source-pixel maps, pointwise ops a per-variant lookup
+  table, colour and sharpness a per-variant two-input lookup table; contrast, equalize and autocontrast run
+  torchvision's kernel (for autocontrast, :func:`autocontrast`: the same ops without a host synchronisation) on
+  the sub-batch of each variant. Every table is built from torchvision's own kernels or op sequences, so the
+  output equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and ``fill=None``, i.e. 0)
+  image by image, bit for bit, on every device (the tests check every variant).
 - :func:`apply_op_slots` (the reference) calls :func:`apply_op` once per variant present.
 
 Parameters are drawn on the CPU from an explicit ``torch.Generator``, so a batch is augmented identically on every
@@ -31,15 +31,18 @@ __all__ = [
     "CIFAR10_POLICY",
     "RANDAUGMENT_OPS",
     "OpTable",
-    "BatchedOps",
     "apply_op",
     "apply_op_slots",
-    "autocontrast",
     "autoaugment_table",
+    "autocontrast",
     "op_magnitude",
+    "put_rows",
     "randaugment_table",
+    "row_view",
     "sample_autoaugment",
     "sample_randaugment",
+    "sorted_rows",
+    "take_rows",
 ]
 
 # The CIFAR-10 policy of Cubuk et al. (2019), Table 7 of the paper's appendix, in torchvision's encoding:
@@ -325,8 +328,8 @@ def sample_randaugment(n: int, ids: Tensor, generator: torch.Generator, *, num_o
 def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
     """Reference path: apply per-image op variants slot after slot, one torchvision kernel call per variant.
 
-    Slower than :class:`BatchedOps` (one call per variant present instead of one per op family) but uses nothing
-    except :func:`apply_op`; the tests check both against torchvision image by image.
+    Slower than :class:`bce3s.data.gpu.batched_ops.BatchedOps` (one call per variant present instead of one per
+    op family) but uses nothing except :func:`apply_op`; the tests check both against torchvision image by image.
 
     Args:
         images: uint8 (B, C, H, W) on any device.
@@ -340,11 +343,11 @@ def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
         raise ValueError(f"variants has {variants.shape[0]} rows for {images.shape[0]} images")
     out = images
     for s in range(variants.shape[1]):
-        rows, counts = _sorted_rows(variants[:, s], variants[:, s], len(table.variants))
+        rows, counts = sorted_rows(variants[:, s], variants[:, s], len(table.variants))
         if rows.numel() == 0:
             continue
         rows_dev = rows.to(images.device, non_blocking=True)
-        sub = _take_rows(out, rows_dev)
+        sub = take_rows(out, rows_dev)
         pieces = []
         start = 0
         for vid, count in enumerate(counts):
@@ -352,12 +355,21 @@ def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
                 name, magnitude = table.variants[vid]
                 pieces.append(apply_op(sub[start : start + count], name, magnitude))
                 start += count
-        out = _put_rows(out, rows_dev, torch.cat(pieces) if len(pieces) > 1 else pieces[0])
+        out = put_rows(out, rows_dev, torch.cat(pieces) if len(pieces) > 1 else pieces[0])
     return out
 
 
-def _sorted_rows(variant: Tensor, key: Tensor, num_keys: int) -> tuple[Tensor, list[int]]:
-    """Rows with ``variant >= 0`` sorted by ``key`` (stable), and the count per key value."""
+def sorted_rows(variant: Tensor, key: Tensor, num_keys: int) -> tuple[Tensor, list[int]]:
+    """Rows with ``variant >= 0`` sorted by ``key`` (stable), and the count per key value.
+
+    Args:
+        variant: int64 (B,) variant ids, -1 = inactive.
+        key: int64 (B,) sort key in ``[0, num_keys)``.
+        num_keys: number of key values.
+
+    Returns:
+        int64 (A,) active rows sorted by key, and ``num_keys`` counts (empty when no row is active).
+    """
     active = (variant >= 0).nonzero().squeeze(1)
     if active.numel() == 0:
         return active, []
@@ -366,7 +378,7 @@ def _sorted_rows(variant: Tensor, key: Tensor, num_keys: int) -> tuple[Tensor, l
     return rows, torch.bincount(k, minlength=num_keys).tolist()
 
 
-def _row_view(x: Tensor) -> Tensor:
+def row_view(x: Tensor) -> Tensor:
     """``x`` (B, ...) uint8 contiguous viewed as (B, R) of the widest integer type dividing the row size.
 
     Row gathers/scatters then move 8 bytes per element instead of 1 (much faster on CPU).
@@ -379,208 +391,12 @@ def _row_view(x: Tensor) -> Tensor:
     return flat
 
 
-def _take_rows(x: Tensor, rows: Tensor) -> Tensor:
-    return _row_view(x.contiguous()).index_select(0, rows).view(torch.uint8).view(-1, *x.shape[1:])
+def take_rows(x: Tensor, rows: Tensor) -> Tensor:
+    """uint8 (R, ...) rows ``rows`` (int64 (R,) on ``x.device``) of uint8 ``x`` (B, ...), gathered 8 bytes at a time."""
+    return row_view(x.contiguous()).index_select(0, rows).view(torch.uint8).view(-1, *x.shape[1:])
 
 
-def _put_rows(x: Tensor, rows: Tensor, values: Tensor) -> Tensor:
-    xv = _row_view(x.contiguous())
-    return xv.index_copy(0, rows, _row_view(values.contiguous())).view(torch.uint8).view(x.shape)
-
-
-# op families of the vectorized path
-_GEOM, _LUT, _COLOR, _SHARP, _KERNEL = range(5)
-_FAMILY = {
-    "ShearX": _GEOM,
-    "ShearY": _GEOM,
-    "TranslateX": _GEOM,
-    "TranslateY": _GEOM,
-    "Rotate": _GEOM,
-    "Invert": _LUT,
-    "Posterize": _LUT,
-    "Solarize": _LUT,
-    "Brightness": _LUT,
-    "Color": _COLOR,
-    "Sharpness": _SHARP,
-    "Contrast": _KERNEL,
-    "Equalize": _KERNEL,
-    "AutoContrast": _KERNEL,
-}
-
-
-def _blend_lut(ratio: float) -> Tensor:
-    """uint8 (256 * 256,): torchvision's ``_blend(x, y, ratio)`` for uint8 x (row) and integer-valued float y (column).
-
-    Same aten ops in the same order as ``torchvision.transforms.v2.functional._color._blend``.
-    """
-    x = torch.arange(256, dtype=torch.uint8).repeat_interleave(256)
-    y = torch.arange(256, dtype=torch.float32).repeat(256)
-    return x.mul(float(ratio)).add_(y, alpha=(1.0 - float(ratio))).clamp_(0, 255).to(torch.uint8)
-
-
-def _sharp_lut(factor: float) -> Tensor:
-    """uint8 (256 * 256,): torchvision's sharpness blend ``x + (1 - f) * (blurred - x)`` for x (row), blurred (col)."""
-    x = torch.arange(256, dtype=torch.float32).repeat_interleave(256)
-    y = torch.arange(256, dtype=torch.float32).repeat(256)
-    return x.add_(y.sub_(x), alpha=(1.0 - float(factor))).clamp_(0, 255).to(torch.uint8)
-
-
-def _blur13(x: Tensor) -> Tensor:
-    """torchvision's sharpness blur of the interior: ``round(conv2d(x, [[1,1,1],[1,5,1],[1,1,1]] / 13))``.
-
-    Computed exactly in integers: with S the weighted 3x3 sum, S / 13 has a fractional part k / 13, never
-    within 0.03 of 1/2, so torchvision's float32 convolution rounds to the same value as ``(2 S + 13) // 26``.
-
-    Args:
-        x: uint8 (n, C, H, W), H, W > 2.
-
-    Returns:
-        uint8 (n, C, H - 2, W - 2).
-    """
-    v = x.to(torch.int16)
-    h, w = x.shape[-2:]
-    rows = v[..., 0 : h - 2, :] + v[..., 1 : h - 1, :] + v[..., 2:h, :]  # vertical 3-sums, (n, C, H-2, W)
-    total = rows[..., 0 : w - 2] + rows[..., 1 : w - 1] + rows[..., 2:w] + 4 * v[..., 1 : h - 1, 1 : w - 1]
-    return total.mul_(2).add_(13).div_(26, rounding_mode="floor").to(torch.uint8)
-
-
-class BatchedOps:
-    """Vectorized per-image op variants: one call per op *family* and slot instead of one per variant.
-
-    Every variant's effect is precomputed with torchvision's own kernels or op sequences, so the result is
-    identical to :func:`apply_op` image by image (the tests check this for every variant):
-
-    - geometric ops (shear, translate, rotate; nearest, fill 0): a source-pixel map per variant, obtained by
-      running :func:`apply_op` on an image whose pixels hold their own index; applied with one ``gather``;
-    - pointwise ops (invert, posterize, solarize, brightness): a 256-entry lookup table per variant, obtained by
-      running :func:`apply_op` on an image holding all 256 values;
-    - colour (saturation) and sharpness: the blend of a pixel with its grey value / 3x3-blurred value is a
-      function of two uint8 values, tabulated per variant (256 x 256) with torchvision's op sequence; the grey
-      and blurred images are computed batched with torchvision's formulas;
-    - contrast, equalize, autocontrast (per-image statistics): torchvision kernels on the sub-batch per variant
-      (autocontrast through :func:`autocontrast`, the same ops without torchvision's host synchronisation).
-
-    Lookups run on ``device``, so the output is the same on every device.
-
-    Args:
-        table: the op variants.
-        channels, height, width: image shape the maps are built for.
-        device: where the tables live.
-    """
-
-    def __init__(self, table: OpTable, channels: int, height: int, width: int, device: torch.device) -> None:
-        self.table = table
-        self.shape = (channels, height, width)
-        self.device = torch.device(device)
-        nv = len(table.variants)
-        family = torch.empty(nv, dtype=torch.int64)
-        row = torch.zeros(nv, dtype=torch.int64)  # row of the variant in its family's table
-        maps, luts, color, sharp = [], [], [], []
-        hw = height * width
-        index_image = torch.arange(1, hw + 1, dtype=torch.float32).view(1, 1, height, width)
-        values = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-        for vid, (name, magnitude) in enumerate(table.variants):
-            fam = _FAMILY.get(name, _KERNEL)
-            if fam == _COLOR and channels != 3:
-                fam = _KERNEL  # saturation of a 1-channel image is the identity in torchvision
-            if fam in (_COLOR, _SHARP) and (height <= 2 or width <= 2):
-                fam = _KERNEL
-            family[vid] = fam
-            if fam == _GEOM:
-                src = apply_op(index_image, name, magnitude).round().long().view(hw) - 1
-                row[vid] = len(maps)
-                maps.append(torch.where(src < 0, torch.full_like(src, hw), src))
-            elif fam == _LUT:
-                row[vid] = len(luts)
-                luts.append(apply_op(values, name, magnitude).view(256))
-            elif fam == _COLOR:
-                row[vid] = len(color)
-                color.append(_blend_lut(1.0 + magnitude))
-            elif fam == _SHARP:
-                row[vid] = len(sharp)
-                sharp.append(_sharp_lut(1.0 + magnitude))
-        self.family = family
-        self.row = row
-        dev = self.device
-        self._maps = torch.stack(maps).to(dev) if maps else None  # (Vg, HW) int64, HW = the fill pixel
-        self._lut = torch.stack(luts).to(dev) if luts else None  # (Vl, 256) uint8
-        self._color = torch.stack(color).to(dev) if color else None  # (Vc, 65536) uint8
-        self._sharp = torch.stack(sharp).to(dev) if sharp else None  # (Vs, 65536) uint8
-
-    def apply(self, images: Tensor, variants: Tensor) -> Tensor:
-        """Apply the variants slot after slot.
-
-        Args:
-            images: uint8 (B, C, H, W) on ``device``, C/H/W as built.
-            variants: int64 (B, S) CPU variant ids (-1 = none).
-
-        Returns:
-            uint8 (B, C, H, W).
-        """
-        if tuple(images.shape[1:]) != self.shape:
-            raise ValueError(f"BatchedOps built for {self.shape}, got images {tuple(images.shape)}")
-        if variants.shape[0] != images.shape[0]:
-            raise ValueError(f"variants has {variants.shape[0]} rows for {images.shape[0]} images")
-        nv = len(self.table.variants)
-        out = images
-        for s in range(variants.shape[1]):
-            v = variants[:, s]
-            key = self.family[v.clamp(min=0)] * nv + v.clamp(min=0)
-            rows, counts = _sorted_rows(v, key, 5 * nv)
-            if rows.numel() == 0:
-                continue
-            # per family: the slice of ``rows`` and the variants of those rows
-            fam_counts = torch.tensor(counts).view(5, nv)
-            per_family = fam_counts.sum(1).tolist()
-            rows_dev = rows.to(self.device, non_blocking=True)
-            vs = v[rows]
-            sub = _take_rows(out, rows_dev)
-            if out is images:
-                out = images.clone(memory_format=torch.contiguous_format)  # later slots write in place
-            start = 0
-            for fam, count in enumerate(per_family):
-                if count == 0:
-                    continue
-                part = sub[start : start + count]
-                vpart = vs[start : start + count]
-                if fam == _KERNEL:
-                    result = self._kernels(part, fam_counts[fam].tolist())
-                else:
-                    result = self._family(fam, part, self.row[vpart].to(self.device, non_blocking=True))
-                _row_view(out).index_copy_(0, rows_dev[start : start + count], _row_view(result.contiguous()))
-                start += count
-        return out
-
-    def _kernels(self, part: Tensor, counts: list[int]) -> Tensor:
-        pieces = []
-        start = 0
-        for vid, count in enumerate(counts):
-            if count:
-                name, magnitude = self.table.variants[vid]
-                sub = part[start : start + count]
-                # the same result as torchvision's kernel, without its device synchronisation
-                pieces.append(autocontrast(sub) if name == "AutoContrast" else apply_op(sub, name, magnitude))
-                start += count
-        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-
-    def _family(self, fam: int, x: Tensor, rows: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        if fam == _GEOM:
-            assert self._maps is not None
-            ext = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
-            idx = self._maps.index_select(0, rows)  # (n, HW)
-            return ext.gather(2, idx[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
-        if fam == _LUT:
-            assert self._lut is not None
-            base = (rows * 256).view(n, 1, 1, 1)
-            return self._lut.view(-1).take(x.long().add_(base))
-        if fam == _COLOR:
-            assert self._color is not None
-            gray = F.rgb_to_grayscale(x)  # uint8 floor of torchvision's grey value, (n, 1, H, W)
-            index = x.long().mul_(256).add_(gray.long()).add_((rows * 65536).view(n, 1, 1, 1))
-            return self._color.view(-1).take(index)
-        assert self._sharp is not None
-        other = x.clone()
-        other[..., 1:-1, 1:-1] = _blur13(x)  # the border keeps the original pixels, as in torchvision
-        index = x.long().mul_(256).add_(other.long()).add_((rows * 65536).view(n, 1, 1, 1))
-        return self._sharp.view(-1).take(index)
+def put_rows(x: Tensor, rows: Tensor, values: Tensor) -> Tensor:
+    """A copy of uint8 ``x`` (B, ...) with rows ``rows`` (int64 (R,)) replaced by ``values`` (R, ...)."""
+    xv = row_view(x.contiguous())
+    return xv.index_copy(0, rows, row_view(values.contiguous())).view(torch.uint8).view(x.shape)

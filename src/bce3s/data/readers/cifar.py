@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data import source
 from bce3s.data.imageset import ImageSet
-from bce3s.data.source import SourceData
+from bce3s.data.readers import base
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["read_cifar10", "read_cifar100"]
@@ -93,7 +93,7 @@ def _find(root: Path, layout: _Layout) -> Path | None:
 
 
 def _download(root: Path, layout: _Layout) -> None:
-    cls = source.torchvision_dataset("CIFAR10" if layout is CIFAR10 else "CIFAR100")
+    cls = base.torchvision_dataset("CIFAR10" if layout is CIFAR10 else "CIFAR100")
     log.info("downloading %s into %s through torchvision", layout.title, root)
     root.mkdir(parents=True, exist_ok=True)
     try:

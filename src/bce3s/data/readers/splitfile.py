@@ -8,7 +8,7 @@ classes K is ``max(train label) + 1`` and every class must have a training image
 - Places-LT: ``Places_LT_{train,val,test}.txt``; validation = the shipped val list.
 - iNaturalist 2018: ``iNaturalist18_{train,val}.txt``. Following the literature, the official val list is the
   **test** set; the validation split is carved out of train (``val_per_class`` images per class, default 1,
-  seeded with ``subset_seed``), and those images leave the training set (SPEC 7.6). Setting ``data.val_list``
+  seeded with ``subset_seed``), and those images leave the training set. Setting ``data.val_list``
   uses that list as validation instead.
 
 The list files are found at ``data.train_list`` / ``val_list`` / ``test_list`` (relative to ``data.root`` unless
@@ -28,7 +28,7 @@ import torch
 
 from bce3s.config import DataConfig
 from bce3s.data.imageset import ImageSet
-from bce3s.data.source import SourceData
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["KNOWN_SHA256", "read_imagenet_lt", "read_inat2018", "read_places_lt", "read_split_file"]

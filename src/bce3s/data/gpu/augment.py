@@ -1,111 +1,40 @@
-"""GPU-resident batches (airbench style): the uint8 split lives on the device, batches are augmented batched.
+"""The batched augmentation presets of the GPU-resident pipeline (:class:`BatchAugment`).
 
-The whole uint8 image tensor (N, C, H, W) of an in-memory split is moved to the device once. The epoch's index
-list (from :func:`bce3s.data.samplers.epoch_indices`) is cut into chunks of consecutive batches (8192 images by
-default); the per-image random parameters of a chunk are drawn at once (:meth:`BatchAugment.sample`), the images
-are gathered on the device and the preset (:mod:`bce3s.data.transforms`) is applied to many batches in one call
-(:meth:`BatchAugment.apply`; the whole chunk for CIFAR-size images on a GPU, see :func:`block_images`), and the
-batches are yielded as slices. One call for many batches saves the per-call host work (Python, kernel launches),
-which dominated on the GPU for CIFAR-size batches. The transform:
+The preset (:mod:`bce3s.data.transforms`) is applied to a whole uint8 batch on its device with per-image random
+parameters, drawn on the CPU first (:meth:`BatchAugment.sample`) and applied after (:meth:`BatchAugment.apply`):
 
 - random crop with zero padding and horizontal flip in one gather (per-image offsets and flip bits);
-- AutoAugment CIFAR-10 / RandAugment through :class:`bce3s.data.gpu_autoaugment.BatchedOps` (one call per op
+- AutoAugment CIFAR-10 / RandAugment through :class:`bce3s.data.gpu.batched_ops.BatchedOps` (one call per op
   family, built from torchvision's v2 kernels, so every op equals torchvision's bit for bit);
 - ``RandomResizedCrop`` + ``ColorJitter`` for the ``imagenet`` preset (bilinear ``grid_sample`` without
   antialiasing; colour ops per image with torchvision's blend formulas, random order per image);
 - Cutout (official box rule; zeroed in uint8, which equals zeroing after ``ToDtype``), then
   ``ToDtype(float32, scale=True)`` and ``Normalize`` (torchvision's kernel ops, batched).
 
-All random parameters of a chunk are drawn on the CPU from a generator seeded by ``(seed, epoch, chunk, rank)``
-(:func:`step_generator` with the chunk index as ``step``), then moved to the device without waiting for it. No
-draw depends on pixel values and every image is transformed independently of the others, so the batches are
-identical on every device and for any number of batches per call, and resuming at any step
-(:meth:`GpuBatchSource.iter_from` draws the step's chunk again and starts at the step's slice) reproduces the
-uninterrupted run exactly. The hot path is written without host synchronisations (no boolean-mask indexing of
-device tensors, no blocking host-to-device copies). On a CPU-only machine this is also the fast path: no worker
-processes, no per-image Python work.
+No draw depends on pixel values and every image is transformed independently of the others, so parameters drawn
+for many images can be applied to any split of them (:func:`slice_params`) with the same result.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from bce3s.data.gpu_autoaugment import (
-    BatchedOps,
+from bce3s.data.gpu.autoaugment import (
     OpTable,
     autoaugment_table,
     randaugment_table,
     sample_autoaugment,
     sample_randaugment,
 )
-from bce3s.data.samplers import epoch_indices
+from bce3s.data.gpu.batched_ops import BatchedOps
 from bce3s.data.transforms import PRESETS, default_flip, eval_resize_size, preset_stats
 
-__all__ = [
-    "DEFAULT_CHUNK_IMAGES",
-    "STREAM_AUGMENT",
-    "STREAM_MIX",
-    "STREAM_SAMPLE",
-    "BatchAugment",
-    "GpuBatchSource",
-    "block_images",
-    "eval_shard",
-    "num_batches",
-    "slice_params",
-    "step_generator",
-    "step_seed",
-]
-
-# Stream tags keep the random streams of different consumers of (seed, epoch, step) apart.
-STREAM_AUGMENT = 0
-STREAM_SAMPLE = 1
-STREAM_MIX = 2
-
-# Images whose random parameters are drawn from one generator, by default (GpuBatchSource's chunk_images).
-DEFAULT_CHUNK_IMAGES = 8192
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> int:
-    """A 63-bit seed derived from ``(seed, epoch, step, rank, stream)`` with NumPy's SeedSequence hashing.
-
-    ``GpuBatchSource`` passes its chunk index as ``step`` (stream ``STREAM_AUGMENT``); other consumers (e.g.
-    ``glmc_mix`` with ``STREAM_MIX``) pass the training step.
-    """
-    words = [int(v) for v in (seed, epoch, step, rank, stream)]
-    if min(words) < 0:
-        raise ValueError(f"seed, epoch, step, rank and stream must be >= 0 (got {words})")
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def step_generator(seed: int, epoch: int, step: int, rank: int = 0, stream: int = STREAM_AUGMENT) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by :func:`step_seed` (e.g. ``stream=STREAM_MIX`` for ``glmc_mix``)."""
-    return torch.Generator().manual_seed(step_seed(seed, epoch, step, rank, stream))
-
-
-def eval_shard(n: int, rank: int = 0, world_size: int = 1) -> range:
-    """The contiguous block of ``range(n)`` that ``rank`` evaluates: no padding, no duplicates.
-
-    Blocks follow ``numpy.array_split`` (the first ``n % world_size`` ranks get one more item); concatenating the
-    blocks of ranks 0..world_size-1 gives ``range(n)``, so gathered predictions need no de-duplication.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) (got rank={rank}, world_size={world_size})")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
-
-
-def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    """Batches for ``n`` items: ``ceil(n / batch_size)``, or ``floor`` with ``drop_last``."""
-    return n // batch_size if drop_last else -(-n // batch_size)
+__all__ = ["BatchAugment", "check_images", "slice_params"]
 
 
 class BatchAugment:
@@ -165,7 +94,7 @@ class BatchAugment:
         Returns:
             float32 (B, C, image_size, image_size), normalized, on ``images.device``.
         """
-        _check_images(images)
+        check_images(images)
         if not self.train:
             return self.apply(images, {})
         if generator is None:
@@ -228,7 +157,7 @@ class BatchAugment:
         Returns:
             float32 (B, C, image_size, image_size), normalized, on ``images.device``.
         """
-        _check_images(images)
+        check_images(images)
         if self.train:
             x = self._augment_uint8(images, params)
             if self.cutout > 0:
@@ -373,7 +302,8 @@ class BatchAugment:
         return x
 
 
-def _check_images(images: Tensor) -> None:
+def check_images(images: Tensor) -> None:
+    """Raise ``ValueError`` unless ``images`` is a uint8 (B, C, H, W) tensor."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
 
@@ -396,206 +326,3 @@ def _blend_op(x: Tensor, op: int, ratio: Tensor) -> Tensor:
         gray = (xf[:, 0:1] * 0.2989 + xf[:, 1:2] * 0.587 + xf[:, 2:3] * 0.114).floor_()
         other = gray.mean(dim=(-3, -2, -1), keepdim=True) if op == 1 else gray
     return (xf * ratio + other * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
-
-
-def block_images(image_pixels: int, device: torch.device | str) -> int:
-    """Images transformed per :meth:`BatchAugment.apply` call: a pixel budget, larger on accelerators.
-
-    8192 images of 32 x 32 pixels' worth on an accelerator (fewer for larger images: 167 for 224 x 224, so one
-    block's float32 output and intermediates stay around 100 MB for 3 channels); a quarter of that on the CPU
-    (2048 CIFAR images, 8192 digits of 8 x 8), where larger tensors leave the cache and are freshly mapped on every
-    call and were measured slower. The block size never changes the pixels, only the speed and memory.
-
-    Args:
-        image_pixels: H * W of the larger of the stored image and the output crop.
-        device: where the block is transformed.
-
-    Returns:
-        int >= 1.
-    """
-    budget = DEFAULT_CHUNK_IMAGES * 32 * 32
-    if torch.device(device).type == "cpu":
-        budget //= 4
-    return max(1, budget // max(1, image_pixels))
-
-
-class EpochIndexedSource:
-    """What both batch sources share: the epoch's per-rank index list (sampler, or a contiguous eval shard).
-
-    Subclasses set ``train``, ``sampler``, ``rho``, ``seed``, ``num_samples``, ``rank``, ``world_size``,
-    ``batch_size``, ``drop_last`` and ``epoch`` and implement ``iter_from(step)`` and ``_index_labels()``.
-    """
-
-    train: bool
-    sampler: str
-    rho: float
-    seed: int
-    num_samples: int | None
-    rank: int
-    world_size: int
-    batch_size: int
-    drop_last: bool
-    epoch: int
-    _cache: tuple[int, Tensor] | None
-
-    def _index_labels(self) -> Tensor:
-        raise NotImplementedError
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose index list and augmentation draws the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def indices(self) -> Tensor:
-        """int64 (n,) CPU: the dataset indices this rank iterates in the current epoch, in order."""
-        labels = self._index_labels()
-        if not self.train:
-            shard = eval_shard(len(labels), self.rank, self.world_size)
-            return torch.arange(shard.start, shard.stop, dtype=torch.int64)
-        if self._cache is None or self._cache[0] != self.epoch:
-            idx = epoch_indices(
-                labels.cpu(),
-                kind=self.sampler,
-                rho=self.rho,
-                seed=self.seed,
-                epoch=self.epoch,
-                num_samples=self.num_samples,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-            self._cache = (self.epoch, torch.as_tensor(idx, dtype=torch.int64))
-        return self._cache[1]
-
-    def __len__(self) -> int:
-        return num_batches(len(self.indices()), self.batch_size, self.drop_last)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
-
-    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        raise NotImplementedError
-
-
-class GpuBatchSource(EpochIndexedSource):
-    """Batches of an in-memory split held on ``device``, augmented with :class:`BatchAugment` chunk by chunk.
-
-    Satisfies the ``BatchSource`` protocol (``set_epoch``, ``__len__``, ``__iter__``) and adds
-    :meth:`iter_from` (exact mid-epoch resume) and :meth:`indices`. Build it with
-    :func:`bce3s.data.loader.make_batch_source`.
-
-    The epoch's batches are grouped into *chunks* of :attr:`chunk_batches` consecutive batches (``chunk_images``
-    images, rounded down to whole batches). The random parameters of a training chunk ``c`` are drawn at once
-    (:meth:`BatchAugment.sample`) from ``step_generator(seed, epoch, c, rank)``: the chunk index takes the place of
-    the step, so with one batch per chunk every batch is augmented exactly like a per-batch call with
-    ``step_generator(seed, epoch, step, rank)``. The chunk is then transformed in *blocks* of
-    :attr:`block_batches` batches (the whole chunk for CIFAR-size images on a GPU; :func:`block_images`), one
-    :meth:`BatchAugment.apply` call per block, and its batches are yielded as slices of the block. Only the
-    current block's output is held. The pixels depend on ``chunk_images`` (resuming needs the same value) but
-    not on the block size, so they are the same on every device.
-
-    Args:
-        images: uint8 (N, C, H, W), any device (moved to ``device`` on first use).
-        labels: int64 (N,).
-        augment: the batched transform.
-        batch_size: images per batch.
-        device: where batches are produced.
-        train: sampled, augmented epochs (True) or sequential, deterministic evaluation (False).
-        sampler, rho, num_samples: the epoch index list (``samplers.epoch_indices``), training only.
-        seed: base seed of sampling and augmentation.
-        rank, world_size: DDP position; training slices come from the sampler, evaluation uses
-            :func:`eval_shard`.
-        drop_last: drop the last incomplete batch (training only).
-        chunk_images: images per chunk; ``None`` = :data:`DEFAULT_CHUNK_IMAGES` (8192); 0 or fewer than
-            ``batch_size`` = one batch per chunk (the per-batch behaviour).
-    """
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        augment: BatchAugment,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        sampler: str = "instance",
-        rho: float = 0.0,
-        num_samples: int | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-        chunk_images: int | None = None,
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        if chunk_images is not None and chunk_images < 0:
-            raise ValueError(f"chunk_images must be >= 0 or None (got {chunk_images})")
-        self._images_src = images
-        self._labels_src = labels
-        self._images: Tensor | None = None
-        self._labels: Tensor | None = None
-        self.augment = augment
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.train = train
-        self.sampler = sampler
-        self.rho = rho
-        self.num_samples = num_samples
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last and train
-        chunk = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
-        self.chunk_batches = max(1, chunk // batch_size)
-        pixels = max(int(images.shape[-2]) * int(images.shape[-1]), augment.image_size**2)
-        self.block_batches = min(self.chunk_batches, max(1, block_images(pixels, self.device) // batch_size))
-        self.epoch = 0
-        self._cache: tuple[int, Tensor] | None = None
-
-    def _index_labels(self) -> Tensor:
-        return self._labels_src
-
-    def _resident(self) -> tuple[Tensor, Tensor]:
-        if self._images is None or self._labels is None:
-            self._images = self._images_src.to(self.device)
-            self._labels = self._labels_src.to(self.device, dtype=torch.int64)
-        return self._images, self._labels
-
-    def iter_from(self, step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Iterate the current epoch from batch ``step`` on; batch k is identical to an uninterrupted epoch's.
-
-        The parameters of the chunk holding ``step`` are drawn again (same generator, same values) and the block
-        holding ``step`` is transformed again in full; iteration starts at the slice of ``step``.
-
-        Yields:
-            float32 (B, C, S, S) normalized images and int64 (B,) labels, on ``device``: slices (views) of the
-            current block's output.
-        """
-        if step < 0:
-            raise ValueError(f"step must be >= 0 (got {step})")
-        images, labels = self._resident()
-        idx_cpu = self.indices()
-        total = len(self)
-        bs, per_chunk, per_block = self.batch_size, self.chunk_batches, self.block_batches
-        height, width = int(images.shape[-2]), int(images.shape[-1])
-        # non-blocking: idx_cpu stays referenced by this frame while the copy may be in flight
-        idx = idx_cpu[: total * bs].to(self.device, non_blocking=True)
-        for chunk in range(step // per_chunk, -(-total // per_chunk)):
-            first, end = chunk * per_chunk, min(total, (chunk + 1) * per_chunk)
-            params: dict[str, Tensor] = {}
-            if self.augment.train:
-                n = min(len(idx), end * bs) - first * bs
-                gen = step_generator(self.seed, self.epoch, chunk, self.rank)
-                params = self.augment.sample(n, gen, height, width)
-            for block in range(first + max(0, step - first) // per_block * per_block, end, per_block):
-                block_end = min(end, block + per_block)
-                lo, hi = (block - first) * bs, (block_end - first) * bs  # image rows within the chunk
-                rows = idx[first * bs + lo : first * bs + hi]
-                x = self.augment.apply(images.index_select(0, rows), slice_params(params, lo, hi))
-                y = labels.index_select(0, rows)
-                for k in range(max(step, block), block_end):
-                    off = (k - block) * bs
-                    yield x[off : off + bs], y[off : off + bs]
-                del x, y  # hold one block at a time (the caller may still hold its last batch)

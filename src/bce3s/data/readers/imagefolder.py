@@ -21,7 +21,7 @@ import torch
 
 from bce3s.config import DataConfig
 from bce3s.data.imageset import ImageSet
-from bce3s.data.source import SourceData
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["IMG_EXTENSIONS", "list_image_tree", "read_imagefolder"]

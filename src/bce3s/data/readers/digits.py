@@ -22,7 +22,7 @@ import torch
 from bce3s.config import DataConfig
 from bce3s.data.imageset import ImageSet
 from bce3s.data.imbalance import per_class_carve
-from bce3s.data.source import SourceData
+from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
 __all__ = ["TEST_PER_CLASS", "VAL_PER_CLASS", "load_digits_arrays", "read_digits"]
