@@ -29,8 +29,9 @@ from bce3s.losses._inputs import (
     shape_str,
     soft_targets,
 )
+from bce3s.losses._kernels import NORM_EPS, CosineBce, LogitBce, Uniform
 from bce3s.losses.params import check_param
-from bce3s.views import CLEAN, is_clean, mean_of_view_means, view_onehot
+from bce3s.views import CLEAN, NUM_VIEWS
 
 __all__ = [
     "bce_contrastive",
@@ -40,9 +41,6 @@ __all__ = [
     "effective_number_weights",
     "partial_class_set",
 ]
-
-#: F.normalize epsilon used for classifier rows, projections and memory slots.
-NORM_EPS = 1e-5
 
 #: The class set of the clean rows in :func:`bce_joint`: a (K,) bool mask, or a function from the (K,) bool mask
 #: of the classes present in the clean rows to such a mask (e.g. a seeded
@@ -92,24 +90,15 @@ def _partial_class_mask(present: Tensor, ratio: float, generator: torch.Generato
     return rank < keep
 
 
-def _normalize(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=1, eps=NORM_EPS)
+def _view_sizes(view: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(N,) view ids -> the ids as int64 on like's device, the rows of each view (3,) and each row's view size (N,).
 
-
-def _cosine_logits(embeddings: Tensor, memory: Tensor, temperature: float) -> Tensor:
-    """cos(u_i, m_k) / tau: (N, P), (K, P) -> (N, K)."""
-    return _normalize(embeddings) @ _normalize(memory.to(embeddings.dtype)).T / temperature
-
-
-def _uniform(weight: Tensor, scale: float) -> Tensor:
-    """(1/K) sum_k [softplus(-s) + sum_{j != k} softplus(s cos(w_k, w_j))] for a (K, D) weight."""
-    num_classes = weight.shape[0]
-    w = _normalize(weight)
-    sp = F.softplus(scale * (w @ w.T))
-    # Subtracting the diagonal (instead of masking it) avoids a K x K mask; its gradient cancels exactly.
-    off_diagonal = sp.sum() - sp.diagonal().sum()
-    diagonal = math.log1p(math.exp(-scale))  # softplus(-s), s > 0
-    return off_diagonal / num_classes + diagonal
+    Sizes are in like's dtype; no host sync.
+    """
+    view = view.to(device=like.device, dtype=torch.long)
+    counts = torch.zeros(NUM_VIEWS, dtype=like.dtype, device=like.device)
+    counts.index_add_(0, view, torch.ones_like(view, dtype=like.dtype))
+    return view, counts, counts[view]
 
 
 def _check_view(where: str, view: Tensor | None, num_rows: int) -> None:
@@ -271,15 +260,19 @@ def bce_joint(
     if check_inputs:
         check_finite(where, logits=logits, target=target)
     q = soft_targets(target, num_classes, logits)
-    views = view_onehot(view, num_rows, logits)
-    positive = q > 0
-    negative = ~positive
+    # row weight 1 / (n_v * #views present): the mean over the views present of each view's mean
+    if view is None:
+        row = logits.new_full((num_rows,), 1.0 / max(num_rows, 1))
+    else:
+        view, counts, sizes = _view_sizes(view, logits)
+        row = ((counts > 0).sum() * sizes).reciprocal()
+    negative = q <= 0
     if classes is not None:
-        clean = is_clean(views)
-        columns = classes if isinstance(classes, Tensor) else classes((positive & clean[:, None]).any(dim=0))
+        clean = torch.ones(num_rows, dtype=torch.bool, device=logits.device) if view is None else view == CLEAN
+        columns = classes if isinstance(classes, Tensor) else classes((~negative & clean[:, None]).any(dim=0))
         negative = negative & (columns.to(logits.device)[None, :] | ~clean[:, None])
-    rows = _bce_rows(logits, q, negative.to(logits.dtype), neg_weight, logit_clip)
-    return mean_of_view_means(rows, views)
+    neg_row = row if neg_weight == 1.0 else row * neg_weight
+    return LogitBce.apply(logits, q * row[:, None], negative * neg_row[:, None], logit_clip)
 
 
 def bce_contrastive(
@@ -336,18 +329,18 @@ def bce_contrastive(
     logit_clip = check_param("logit_clip", logit_clip)
     if check_inputs:
         check_finite(where, embeddings=embeddings, memory=memory, target=target)
-    logits = _cosine_logits(embeddings, memory.to(embeddings.device), temperature)
-    q = soft_targets(target, num_classes, logits)
-    neg = (q == 0).to(logits.dtype)
-    if seen is not None:
-        keep = seen.to(device=logits.device, dtype=logits.dtype)
-        q, neg = q * keep, neg * keep
-    rows = _bce_rows(logits, q, neg, neg_weight, logit_clip)
-    views = view_onehot(view, num_rows, logits)
-    counts = views.sum(dim=0)
-    per_view = (views * rows[:, None]).sum(dim=0) / counts.clamp(min=1)
-    mixed = per_view[CLEAN + 1 :].sum()
-    return torch.where(counts[CLEAN + 1 :].sum() > 0, mixed, per_view[CLEAN])
+    memory = memory.to(device=embeddings.device, dtype=embeddings.dtype)
+    memory_hat = memory / (torch.linalg.vector_norm(memory, dim=1, keepdim=True).clamp(min=NORM_EPS) * temperature)
+    q = soft_targets(target, num_classes, embeddings)
+    # row weight: 1 / n_v for mixed rows, and for clean rows only when no row is mixed
+    if view is None:
+        row = embeddings.new_full((num_rows,), 1.0 / max(num_rows, 1))
+    else:
+        view, counts, sizes = _view_sizes(view, embeddings)
+        row = ((view != CLEAN) == (counts[CLEAN] < num_rows)) / sizes
+    weight = row[:, None] if seen is None else row[:, None] * seen.to(device=q.device, dtype=q.dtype)
+    neg = (q == 0) * (weight if neg_weight == 1.0 else weight * neg_weight)
+    return CosineBce.apply(embeddings, memory_hat, q * weight, neg, logit_clip)
 
 
 def bce_uniform(weight: Tensor, *, scale: float = 1.0, check_inputs: bool = False) -> Tensor:
@@ -373,7 +366,7 @@ def bce_uniform(weight: Tensor, *, scale: float = 1.0, check_inputs: bool = Fals
     scale = check_param("scale", scale)
     if check_inputs:
         check_finite(where, weight=weight)
-    return _uniform(weight, scale)
+    return Uniform.apply(weight, scale)
 
 
 def effective_number_weights(counts: Sequence[int] | Tensor, beta: float) -> Tensor:
