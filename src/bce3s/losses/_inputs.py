@@ -95,6 +95,8 @@ def soft_targets(target: Tensor, num_classes: int, like: Tensor) -> Tensor:
     """(N,) class ids or (N, K) soft targets -> (N, K) in ``like``'s dtype and device (no checks)."""
     if is_hard(target):
         return F.one_hot(target.to(device=like.device, dtype=torch.long), num_classes).to(like.dtype)
+    if target.dtype == like.dtype and target.device == like.device:
+        return target  # the common case in training: skip the (no-op) conversion call
     return target.to(device=like.device, dtype=like.dtype)
 
 

@@ -176,7 +176,7 @@ class Loss(nn.Module):
             if t is not None and is_hard(t) and t.numel() > 0 and values_checked(t, self.check_inputs)
         ]
         if checks:
-            ends = [e.long().to(logits.device) for _, t, _ in checks for e in (t.min(), t.max())]
+            ends = [e.to(device=logits.device, dtype=torch.long) for _, t, _ in checks for e in torch.aminmax(t)]
             bounds = torch.stack(ends).tolist()
             for i, (name, _, hi) in enumerate(checks):
                 lo_i, hi_i = bounds[2 * i], bounds[2 * i + 1]
