@@ -1,4 +1,5 @@
-"""Benchmark of the BCE3S loss: forward+backward time by term, against plain CE and a ResNet-32 step.
+"""Benchmark of the BCE3S loss: forward+backward time by term, against plain CE, a ResNet-32 step and the
+bare-matmul floor.
 
 For each number of classes K and per-view batch B, the loss sees 3B rows (clean, mixup, cutmix views, as in
 training). Timed (median of ``--repeats`` after warm-up, device synchronised around each call):
@@ -11,10 +12,18 @@ training). Timed (median of ``--repeats`` after warm-up, device synchronised aro
 The acceptance figure is the full BCE3S loss at K = 100, B = 64 as a fraction of a ResNet-32 forward + backward
 on the same 3 x 64 images of 32 x 32 (CIFAR scale); the target is < 5 %.
 
+**Floor** (``--floor``): the cost of the step's head against the bare matmuls it must do. ``step`` is classifier
+(normalized head ``h @ normalize(W).T + b``) + projector (``h @ Wp.T``) + the full BCE3S loss, forward and
+backward, on 3B rows of features h (3B, D); ``floor`` is the bare matmuls of that step, ``h @ W.T``, ``h @ Wp.T``
+and the Gram ``W @ W.T``, forward and backward (autograd, nothing else). For the uniform term alone at large K,
+``uniform`` (bce_uniform forward + backward) is compared with two plain K x D x K matmuls. The two sides of each
+ratio are timed alternately in one run; the ratio is the median of the per-repeat ratios.
+
 Usage::
 
     python bench/losses.py [--quick] [--device cpu|cuda] [--repeats 5] [--threads N]
                            [--out bench/results/losses.json]
+    python bench/losses.py --floor [--repeats 7] [--out bench/results/losses_floor.json]
 """
 
 from __future__ import annotations
@@ -32,10 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_uniform
-from bce3s.losses.bce import joint_term
-from bce3s.losses.tripartite import _contrastive_term
-from bce3s.views import view_onehot
+from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_contrastive, bce_joint, bce_uniform
 
 EMBEDDING_DIM = 128
 
@@ -144,7 +150,7 @@ def bench_losses(num_classes: int, batch: int, device: torch.device, repeats: in
     loss.set_epoch(1)  # contrastive term active, every class in the memory
     ce = CrossEntropyLoss(num_classes).to(device)
     clean_emb = x["embeddings"].detach()[:batch]
-    views = view_onehot(x["view"], 3 * batch, x["logits"])
+    memory = loss.class_memory
 
     def full() -> None:
         out = loss(x["logits"], x["target"], view=x["view"], embeddings=x["embeddings"], weight=x["weight"])
@@ -152,10 +158,10 @@ def bench_losses(num_classes: int, batch: int, device: torch.device, repeats: in
         loss.update(clean_emb, x["labels"])
 
     def joint() -> None:
-        joint_term(x["logits"], x["target"], views, loss.sampler, 1.0, None).backward()
+        bce_joint(x["logits"], x["target"], view=x["view"], classes=loss.sampler).backward()
 
     def contrastive() -> None:
-        _contrastive_term(x["embeddings"], x["target"], views, loss.class_memory, 1.0, 1.0, None).backward()
+        bce_contrastive(x["embeddings"], memory.memory, x["target"], view=x["view"], seen=memory.seen).backward()
 
     def uniform() -> None:
         bce_uniform(x["weight"]).backward()
@@ -191,6 +197,127 @@ def bench_backbone(device: torch.device, repeats: int, batch: int = 64, num_clas
     return time_ms(step, device, repeats)
 
 
+# ------------------------------------------------------------------------------------------------------ floor
+
+#: (K, B, D) of the step-versus-floor comparison.
+FLOOR_CASES = ((100, 64, 512), (1000, 128, 2048))
+#: (K, D) of the uniform-term-versus-two-matmuls comparison.
+UNIFORM_CASES = ((8142, 2048),)
+
+
+#: Clock of the floor comparisons: wall time, or (``--cpu-time``, CPU with one thread) the thread's CPU time,
+#: which a busy shared machine does not inflate.
+CLOCK: dict[str, Callable[[], float]] = {"now": time.perf_counter}
+
+
+def paired_ratio(
+    fn: Callable[[], object], floor: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Time ``fn`` and ``floor`` alternately: medians of each (ms), the median of the per-repeat ratios and, as a
+    check on a busy machine, the ratio of the minima."""
+    for _ in range(warmup):
+        fn()
+        floor()
+    times: dict[str, list[float]] = {"ms": [], "floor_ms": []}
+    for _ in range(repeats):
+        for key, f in (("ms", fn), ("floor_ms", floor)):
+            _sync(device)
+            start = CLOCK["now"]()
+            f()
+            _sync(device)
+            times[key].append((CLOCK["now"]() - start) * 1e3)
+    ratios = [a / b for a, b in zip(times["ms"], times["floor_ms"])]
+    return {
+        "ms": statistics.median(times["ms"]),
+        "floor_ms": statistics.median(times["floor_ms"]),
+        "ratio": statistics.median(ratios),
+        "ratio_of_min": min(times["ms"]) / min(times["floor_ms"]),
+    }
+
+
+def bench_floor(num_classes: int, batch: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """Classifier + projector + BCE3S loss (forward + backward) against its bare matmuls (forward + backward)."""
+    g = torch.Generator().manual_seed(0)
+    rows = 3 * batch
+    x = make_inputs(num_classes, batch, device)
+    h = torch.randn(rows, dim, generator=g).to(device).requires_grad_()
+    w = (0.05 * torch.randn(num_classes, dim, generator=g)).to(device).requires_grad_()
+    b = torch.zeros(num_classes, device=device, requires_grad=True)
+    wp = (0.05 * torch.randn(EMBEDDING_DIM, dim, generator=g)).to(device).requires_grad_()
+    loss = Bce3sLoss(num_classes, embedding_dim=EMBEDDING_DIM).to(device)
+    loss.update(torch.randn(num_classes, EMBEDDING_DIM, device=device), torch.arange(num_classes, device=device))
+    loss.set_epoch(1)
+    grads = [torch.ones(rows, num_classes, device=device), torch.ones(rows, EMBEDDING_DIM, device=device)]
+    grads.append(torch.ones(num_classes, num_classes, device=device))
+
+    def step() -> None:
+        logits = torch.addmm(b, h, F.normalize(w, dim=1, eps=1e-5).T)
+        out = loss(logits, x["target"], view=x["view"], embeddings=h @ wp.T, weight=w)
+        out.loss.backward()
+
+    def floor() -> None:
+        torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
+
+    res = paired_ratio(step, floor, device, repeats)
+    for t in (h, w, b, wp):
+        t.grad = None
+    return res
+
+
+def bench_uniform_floor(num_classes: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:
+    """bce_uniform forward + backward against two plain K x D x K matmuls (a Gram and its backward)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(num_classes, dim, generator=g).to(device).requires_grad_()
+    plain = w.detach().clone()
+    square = torch.randn(num_classes, num_classes, generator=g).to(device)
+
+    def uniform() -> None:
+        bce_uniform(w).backward()
+
+    def floor() -> None:
+        plain @ plain.T
+        square @ plain
+
+    res = paired_ratio(uniform, floor, device, repeats)
+    w.grad = None
+    return res
+
+
+def run_floor(
+    device: torch.device,
+    repeats: int,
+    classes: set[int] | None = None,
+    uniform_cases: tuple[tuple[int, int], ...] = UNIFORM_CASES,
+) -> dict:
+    """The floor comparisons (those with K in ``classes``, default all): ``{"step": [...], "uniform": [...]}``."""
+    out: dict[str, list[dict]] = {"step": [], "uniform": []}
+    for k, b, d in FLOOR_CASES:
+        if classes is None or k in classes:
+            out["step"].append({"K": k, "B": b, "D": d, **bench_floor(k, b, d, device, repeats)})
+            print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
+    for k, d in uniform_cases:
+        if classes is None or k in classes:
+            out["uniform"].append({"K": k, "D": d, **bench_uniform_floor(k, d, device, max(3, repeats // 2))})
+            print(format_floor({"step": [], "uniform": out["uniform"][-1:]}).splitlines()[-1], flush=True)
+    return out
+
+
+def format_floor(floor: dict) -> str:
+    """Markdown table of the floor comparisons."""
+    lines = ["| what | K | B | D | ms | floor ms | ratio | ratio of minima |", "|" + "---|" * 8]
+    for r in floor["step"]:
+        lines.append(
+            f"| classifier + projector + BCE3S vs bare matmuls | {r['K']} | {r['B']} | {r['D']} | {r['ms']:.2f} | "
+            f"{r['floor_ms']:.2f} | {r['ratio']:.2f}x | {r['ratio_of_min']:.2f}x |"
+        )
+    for r in floor["uniform"]:
+        lines.append(
+            f"| uniform term vs two K x D x K matmuls | {r['K']} | - | {r['D']} | {r['ms']:.1f} | "
+            f"{r['floor_ms']:.1f} | {r['ratio']:.2f}x | {r['ratio_of_min']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def cpu_name() -> str:
     """The CPU model (from /proc/cpuinfo on Linux), for the record."""
     try:
@@ -209,10 +336,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per entry (default 5, quick 3)")
     parser.add_argument("--out", default="bench/results/losses.json", help="JSON output path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--floor", action="store_true", help="only the step-versus-bare-matmul floor comparison")
+    parser.add_argument("--classes", default=None, help="--floor: only these K, comma-separated (100,1000,8142)")
+    parser.add_argument("--uniform-case", default="8142,2048", help="--floor: K,D of the uniform-term comparison")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="--floor on the CPU: time with the thread's CPU time (sets 1 thread)"
+    )
     args = parser.parse_args(argv)
+    if args.cpu_time:
+        args.threads = 1
+        CLOCK["now"] = time.thread_time
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.floor:
+        return main_floor(args, device, argv)
     repeats = args.repeats or (3 if args.quick else 5)
     classes = (10, 100) if args.quick else (10, 100, 1000, 8142)
     batches = (64,) if args.quick else (64, 512)
@@ -246,6 +384,32 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     print(format_table(result))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] | None) -> dict:
+    """``--floor``: run the floor comparisons, print the table and write the JSON."""
+    repeats = args.repeats or 7
+    result = {
+        "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "statistic": "median ms; ratio = median of per-repeat ratios (the two sides timed alternately)",
+        "clock": "thread CPU time" if args.cpu_time else "wall time",
+        "floor": run_floor(
+            device,
+            repeats,
+            {int(k) for k in args.classes.split(",")} if args.classes else None,
+            (tuple(int(x) for x in args.uniform_case.split(",")),),  # type: ignore[arg-type]
+        ),
+    }
+    print(format_floor(result["floor"]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -16,12 +16,9 @@ def test_as_soft_targets_ids_and_soft():
     assert out.tolist() == [[0, 0, 1], [1, 0, 0]]
     soft = torch.tensor([[0.25, 0.75, 0.0]])
     assert as_soft_targets(soft, 3, like).tolist() == [[0.25, 0.75, 0.0]]
-    with pytest.raises(ValueError, match=r"class ids must be in \[0, 3\)"):
-        as_soft_targets(torch.tensor([3]), 3, like)
-    with pytest.raises(ValueError, match="soft target must have shape"):
-        as_soft_targets(torch.zeros(2, 4), 3, like)
-    with pytest.raises(ValueError, match="dtype"):
-        as_soft_targets(torch.zeros(2, dtype=torch.bool), 3, like)
+    for bad in (torch.tensor([3]), torch.zeros(2, 4), torch.zeros(2, dtype=torch.bool)):
+        with pytest.raises(ValueError):
+            as_soft_targets(bad, 3, like)
 
 
 def test_loss_output_is_named_tuple():
@@ -49,31 +46,31 @@ def test_base_defaults_are_no_ops():
 def test_missing_needs_named():
     loss = Bce3sLoss(4, embedding_dim=3)
     z, y = torch.zeros(2, 4), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="needs `embeddings`"):
+    with pytest.raises(ValueError, match="embeddings"):
         loss(z, y, weight=torch.ones(4, 2))
-    with pytest.raises(ValueError, match="needs `weight`"):
+    with pytest.raises(ValueError, match="weight"):
         loss(z, y, embeddings=torch.ones(2, 3))
 
 
-def test_input_validation_messages():
+def test_input_validation():
     loss = CrossEntropyLoss(4)
     z = torch.zeros(3, 4)
-    with pytest.raises(ValueError, match="built for 4 classes"):
-        loss(torch.zeros(3, 5), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"class ids must be in \[0, 4\)"):
-        loss(z, torch.tensor([0, 4, 1]))
-    with pytest.raises(ValueError, match="class-id target must have shape"):
-        loss(z, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="view ids"):
-        loss(z, torch.tensor([0, 1, 2]), view=torch.tensor([0, 1, 3]))
-    with pytest.raises(ValueError, match="view must be an int64 tensor"):
-        loss(z, torch.tensor([0, 1, 2]), view=torch.tensor([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match="floating-point"):
-        loss(z.long(), torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="weight has 3 rows"):
-        Bce3sLoss(4, embedding_dim=2)(z, torch.tensor([0, 1, 2]), embeddings=torch.ones(3, 2), weight=torch.ones(3, 2))
-    with pytest.raises(ValueError, match="embeddings have 2 rows"):
-        Bce3sLoss(4, embedding_dim=2)(z, torch.tensor([0, 1, 2]), embeddings=torch.ones(2, 2), weight=torch.ones(4, 2))
+    y = torch.tensor([0, 1, 2])
+    bad_calls = [
+        lambda: loss(torch.zeros(3, 5), y),  # K disagrees
+        lambda: loss(z, torch.tensor([0, 4, 1])),  # class id out of range
+        lambda: loss(z, torch.tensor([0, 1])),  # row count disagrees
+        lambda: loss(z, y, view=torch.tensor([0, 1, 3])),  # view id out of range
+        lambda: loss(z, y, view=torch.tensor([0.0, 1.0, 2.0])),  # float view ids
+        lambda: loss(z.long(), y),  # integer logits
+        lambda: Bce3sLoss(4, embedding_dim=2)(z, y, embeddings=torch.ones(3, 2), weight=torch.ones(3, 2)),
+        lambda: Bce3sLoss(4, embedding_dim=2)(z, y, embeddings=torch.ones(2, 2), weight=torch.ones(4, 2)),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
+    with pytest.raises(ValueError, match="^num_classes: "):
+        CrossEntropyLoss(0)
 
 
 def test_check_inputs_flag_rejects_nan():
@@ -81,9 +78,9 @@ def test_check_inputs_flag_rejects_nan():
     z = torch.tensor([[0.0, float("nan"), 1.0]])
     assert torch.isnan(loss(z, torch.tensor([0])).loss)
     loss.check_inputs = True
-    with pytest.raises(ValueError, match="logits contains NaN"):
+    with pytest.raises(ValueError, match="logits"):
         loss(z, torch.tensor([0]))
-    with pytest.raises(ValueError, match="target contains NaN"):
+    with pytest.raises(ValueError, match="target"):
         loss(torch.zeros(1, 3), torch.tensor([[float("nan"), 0.0, 1.0]]))
 
 

@@ -53,7 +53,6 @@ def test_zero_margin_scale_one_is_ce():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="drw_epoch"):
-        LDAMLoss(4, COUNTS, drw_epoch=-1)
-    with pytest.raises(ValueError, match="s must be"):
-        LDAMLoss(4, COUNTS, s=0.0)
+    for name, bad in (("drw_epoch", -1), ("drw_epoch", 2.5), ("s", 0.0), ("max_margin", -0.1), ("beta", 1.0)):
+        with pytest.raises(ValueError, match=f"^{name}: "):
+            LDAMLoss(4, COUNTS, **{name: bad})

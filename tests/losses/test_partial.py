@@ -16,8 +16,7 @@ def test_sampler_matches_functional_sequence():
     present = torch.zeros(20, dtype=torch.bool)
     present[[2, 5]] = True
     for _ in range(5):
-        expected = partial_class_set(present, 20, 0.3, generator=g).tolist()
-        assert sampler(present).nonzero().squeeze(1).tolist() == expected
+        assert torch.equal(sampler(present), partial_class_set(present, 20, 0.3, generator=g))
 
 
 def test_generator_state_round_trip():
@@ -36,7 +35,7 @@ def test_generator_state_round_trip():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="neg_class_ratio"):
+    with pytest.raises(ValueError, match="^neg_class_ratio: "):
         PartialClassSampler(0.0)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match="^seed: "):
         PartialClassSampler(0.5, seed=1.5)

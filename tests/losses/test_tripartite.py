@@ -1,4 +1,4 @@
-"""Tests of Bce3sLoss: a naive loop reference of SPEC 1.2-1.5 kept here, reductions, state, errors."""
+"""Tests of Bce3sLoss: a naive loop reference of the three terms kept here, reductions, state, errors."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def naive_view_bce(z, q, rows, columns):
 
 
 def naive_bce3s(z, q, view, emb, memory, seen, weight, clean_columns, tau, cw, uw, scale, active):
-    """Loop reference: L = mean_v L_sc^v + cw * sum_{mixed v} L_ss^v + uw * L_cc (SPEC 1.5, fixes of SPEC 7)."""
+    """Loop reference: L = mean_v L_sc^v + cw * sum_{mixed v} L_ss^v + uw * L_cc (unseen classes left out)."""
     k = z.shape[1]
     rows = {v: [i for i in range(z.shape[0]) if int(view[i]) == v] for v in range(3)}
     joint_views = [naive_view_bce(z, q, rows[v], clean_columns if v == 0 else range(k)) for v in range(3) if rows[v]]
@@ -74,11 +74,12 @@ def logits_of(batch):
     return batch["h"] @ F.normalize(batch["w"], dim=1, eps=1e-5).T + batch["bias"]
 
 
-def test_defaults_are_spec_7_2():
+def test_defaults_follow_the_released_run():
     loss = Bce3sLoss(100)
     assert loss.sampler.ratio == 0.4 and loss.sampler.seed == 0
-    assert (loss.temperature, loss.contrastive_weight, loss.uniform_weight, loss.uniform_scale) == (1.0, 0.1, 1.0, 1.0)
-    assert (loss.neg_weight, loss.logit_clip, loss.contrastive_start_epoch) == (1.0, None, 1)
+    assert (loss.contrastive.temperature, loss.contrastive_weight, loss.uniform_weight) == (1.0, 0.1, 1.0)
+    assert (loss.uniform.scale, loss.joint.neg_weight, loss.joint.logit_clip) == (1.0, 1.0, None)
+    assert loss.contrastive_start_epoch == 1
     assert loss.class_memory.memory.shape == (100, 128)
     assert loss.needs == {"embeddings", "weight"}
 
@@ -93,7 +94,8 @@ def test_matches_naive_reference_three_views(ratio):
     loss.set_epoch(1)
     z = logits_of(batch)
     out = loss(z, batch["q"], view=batch["view"], embeddings=batch["emb"], weight=batch["w"])
-    columns = partial_class_set(clean_labels, 6, ratio, generator=torch.Generator().manual_seed(11)).tolist()
+    mask = partial_class_set(clean_labels, 6, ratio, generator=torch.Generator().manual_seed(11))
+    columns = mask.nonzero().squeeze(1).tolist()
     total, joint, contrastive, uniform = naive_bce3s(
         z,
         batch["q"],
@@ -126,11 +128,8 @@ def test_reduces_to_bce_joint_when_other_terms_off():
     b = BceLoss(6)(z, batch["q"], view=batch["view"]).loss
     (ga,) = torch.autograd.grad(a, z)
     (gb,) = torch.autograd.grad(b, z)
-    # == the mean over views of bce_joint on the same features (the model's normalized head)
-    per_view = [
-        bce_joint(batch["h"][batch["view"] == v], batch["w"], batch["bias"], batch["q"][batch["view"] == v])
-        for v in range(3)
-    ]
+    # == the mean over views of bce_joint on each view alone
+    per_view = [bce_joint(z.detach()[batch["view"] == v], batch["q"][batch["view"] == v]) for v in range(3)]
     torch.testing.assert_close(a, sum(per_view) / 3)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(ga, gb)
@@ -144,10 +143,14 @@ def test_clean_joint_equals_bce_joint_with_same_generator():
     z = h @ F.normalize(w, dim=1, eps=1e-5).T + bias
     out = loss(z, y, embeddings=torch.randn(8, 2), weight=w)
     gen = torch.Generator().manual_seed(5)
-    torch.testing.assert_close(out.terms["joint"], bce_joint(h, w, bias, y, neg_class_ratio=0.4, generator=gen))
+    torch.testing.assert_close(
+        out.terms["joint"], bce_joint(z, y, classes=partial_class_set(y, 20, 0.4, generator=gen))
+    )
     # the next call draws the next set from the module's generator
     out2 = loss(z, y, embeddings=torch.randn(8, 2), weight=w)
-    torch.testing.assert_close(out2.terms["joint"], bce_joint(h, w, bias, y, neg_class_ratio=0.4, generator=gen))
+    torch.testing.assert_close(
+        out2.terms["joint"], bce_joint(z, y, classes=partial_class_set(y, 20, 0.4, generator=gen))
+    )
 
 
 def test_contrastive_schedule_and_anchors():
@@ -270,16 +273,45 @@ def test_positives_never_dropped_k10():
     assert loss(z, y).loss.item() == pytest.approx(7 * math.log(2))
 
 
-def test_errors():
-    with pytest.raises(ValueError, match="temperature"):
-        Bce3sLoss(5, temperature=0)
-    with pytest.raises(ValueError, match="neg_class_ratio"):
-        Bce3sLoss(5, neg_class_ratio=1.2)
-    with pytest.raises(ValueError, match="contrastive_weight"):
-        Bce3sLoss(5, contrastive_weight=-1)
-    with pytest.raises(ValueError, match="contrastive_start_epoch"):
-        Bce3sLoss(5, contrastive_start_epoch=-1)
-    with pytest.raises(ValueError, match="embedding_dim=4"):
+def test_terms_run_the_public_functions():
+    batch = make_batch(seed=10)
+    loss = Bce3sLoss(6, embedding_dim=3, neg_class_ratio=1.0, temperature=0.7, uniform_scale=1.5)
+    loss.update(batch["emb"][:5], torch.arange(5))
+    loss.set_epoch(1)
+    z = logits_of(batch)
+    out = loss(z, batch["q"], view=batch["view"], embeddings=batch["emb"], weight=batch["w"])
+    mem, seen = loss.class_memory.memory.double(), loss.class_memory.seen
+    expected = {
+        "joint": bce_joint(z, batch["q"], view=batch["view"]),
+        "contrastive": bce_contrastive(batch["emb"], mem, batch["q"], view=batch["view"], temperature=0.7, seen=seen),
+        "uniform": bce_uniform(batch["w"], scale=1.5),
+    }
+    for name, value in expected.items():
+        assert out.terms[name].item() == value.item(), name  # the very same computation
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("temperature", 0),
+        ("neg_class_ratio", 1.2),
+        ("contrastive_weight", -1),
+        ("uniform_weight", float("nan")),
+        ("uniform_scale", 0.0),
+        ("neg_weight", -0.5),
+        ("logit_clip", -1),
+        ("contrastive_start_epoch", -1),
+        ("embedding_dim", 0),
+        ("seed", 1.5),
+    ],
+)
+def test_bad_parameter_raises_value_error_named(name, bad):
+    with pytest.raises(ValueError, match=f"^{name}: "):
+        Bce3sLoss(5, **{name: bad})
+
+
+def test_embedding_size_mismatch_raises():
+    with pytest.raises(ValueError, match="embedding_dim"):
         Bce3sLoss(5, embedding_dim=3)(
             torch.zeros(2, 5), torch.tensor([0, 1]), embeddings=torch.zeros(2, 4), weight=torch.ones(5, 2)
         )

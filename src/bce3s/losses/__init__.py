@@ -5,11 +5,14 @@ and returning a :class:`LossOutput` ``(loss, terms)``. Build one by registry nam
 
     loss_fn = build_loss("bce3s", num_classes=100, class_counts=counts, neg_class_ratio=0.4)
 
-The pure functions behind BCE3S are in :mod:`bce3s.losses.functional`. See ``docs/losses.md``.
+``Bce3sLoss`` is a composition of three term modules (:mod:`bce3s.losses.terms`), each running one public function
+of :mod:`bce3s.losses.functional`. Every loss parameter is validated by :func:`check_param` when the loss is built.
+See ``docs/losses.md``.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,8 +37,10 @@ from bce3s.losses.functional import (
 )
 from bce3s.losses.ldam import LDAMLoss
 from bce3s.losses.memory import ClassMemory
+from bce3s.losses.params import check_param
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.softmax import CrossEntropyLoss, FocalLoss
+from bce3s.losses.terms import ContrastiveTerm, JointTerm, UniformTerm
 from bce3s.losses.tripartite import Bce3sLoss
 
 __all__ = [
@@ -48,19 +53,23 @@ __all__ = [
     "ClassBalancedSigmoidLoss",
     "ClassBalancedSoftmaxLoss",
     "ClassMemory",
+    "ContrastiveTerm",
     "CrossEntropyLoss",
     "FocalLoss",
+    "JointTerm",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "Loss",
     "LossOutput",
     "PartialClassSampler",
+    "UniformTerm",
     "as_soft_targets",
     "bce_contrastive",
     "bce_joint",
     "bce_sum",
     "bce_uniform",
     "build_loss",
+    "check_param",
     "effective_number_weights",
     "loss_params",
     "partial_class_set",
@@ -114,7 +123,8 @@ def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int], **pa
         The loss module.
 
     Raises:
-        ValueError: unknown name or parameter (the message lists the valid ones), or invalid values.
+        ValueError: unknown name or parameter (the message lists the valid ones), or an invalid value (the message
+            starts with the parameter's name, e.g. ``temperature: must be > 0 (got 0)``).
     """
     factory = _factory(name)
     signature = inspect.signature(factory)
@@ -123,11 +133,11 @@ def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int], **pa
     unknown = sorted(set(params) - set(valid))
     if unknown and not takes_any:
         listed = ", ".join(sorted(valid)) or "(none)"
-        raise ValueError(f"loss {name!r} has no parameter {unknown[0]!r}; valid parameters: {listed}")
+        close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{unknown[0]}: unknown parameter of loss {name!r};{hint} valid: {listed}")
     if len(class_counts) != num_classes:
-        raise ValueError(
-            f"loss {name!r}: class_counts has {len(class_counts)} entries but num_classes is {num_classes}"
-        )
+        raise ValueError(f"class_counts: has {len(class_counts)} entries but num_classes is {num_classes}")
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if "class_counts" in signature.parameters or takes_any:
         kwargs["class_counts"] = class_counts

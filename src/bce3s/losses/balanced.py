@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bce3s.losses._validation import check_beta, check_positive, counts_tensor, soft_targets
+from bce3s.losses._inputs import counts_tensor, soft_targets
 from bce3s.losses.base import Loss, LossOutput
-from bce3s.losses.functional import _bce_rows, effective_number_weights
+from bce3s.losses.functional import bce_sum, effective_number_weights
+from bce3s.losses.params import check_param
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.softmax import ce_rows
 
@@ -38,7 +39,7 @@ class _CountsLoss(Loss):
 
     def __init__(self, num_classes: int, class_counts: object) -> None:
         super().__init__(num_classes)
-        self.register_buffer("class_counts", counts_tensor(type(self).__name__, class_counts, num_classes))
+        self.register_buffer("class_counts", counts_tensor(class_counts, num_classes))
 
     def _log_prior(self) -> Tensor:
         counts = self.class_counts.double().clamp(min=1.0)  # float64: exact log prior for float64 logits
@@ -52,8 +53,7 @@ class _ClassBalancedLoss(_CountsLoss):
 
     def __init__(self, num_classes: int, class_counts: object, beta: float) -> None:
         super().__init__(num_classes, class_counts)
-        check_beta(type(self).__name__, beta)
-        self.beta = float(beta)
+        self.beta = check_param("beta", beta)
         self.register_buffer("class_weight", effective_number_weights(self.class_counts, beta))
 
     def _sample_weights(self, q: Tensor) -> Tensor:
@@ -138,8 +138,7 @@ class ClassBalancedFocalLoss(_ClassBalancedLoss):
 
     def __init__(self, num_classes: int, class_counts: object, *, beta: float = 0.9999, gamma: float = 1.0) -> None:
         super().__init__(num_classes, class_counts, beta)
-        check_positive(type(self).__name__, "gamma", gamma, allow_zero=True)
-        self.gamma = float(gamma)
+        self.gamma = check_param("gamma", gamma)
 
     def _compute(
         self,
@@ -200,8 +199,7 @@ class LogitAdjustedLoss(_CountsLoss):
 
     def __init__(self, num_classes: int, class_counts: object, *, tau: float = 1.0) -> None:
         super().__init__(num_classes, class_counts)
-        check_positive(type(self).__name__, "tau", tau, allow_zero=True)
-        self.tau = float(tau)
+        self.tau = check_param("tau", tau)
 
     def _compute(
         self,
@@ -221,7 +219,7 @@ class LogitAdjustedLoss(_CountsLoss):
 
 
 class ClassBalancedBCELoss(_ClassBalancedLoss):
-    """Class-balanced BCE over the partial class set: the BCE3S stage-2 loss (registry name ``cb_bce``, SPEC 2.3).
+    """Class-balanced BCE over the partial class set: the BCE3S stage-2 loss (registry name ``cb_bce``).
 
     ``loss = (1/N) sum_i alpha_{y_i} sum_{k in S} [1(k = y_i) softplus(-z_ik) + 1(k != y_i) softplus(z_ik)]``
     with alpha the effective-number weights (beta = 0.99999 in the logged run) multiplying every class term of
@@ -263,7 +261,7 @@ class ClassBalancedBCELoss(_ClassBalancedLoss):
         positive = q > 0
         columns = self.sampler(positive.any(dim=0))
         neg = (~positive & columns[None, :]).to(logits.dtype)
-        loss = _mean(self._sample_weights(q) * _bce_rows(logits, q, neg))
+        loss = bce_sum(logits, q, neg, sample_weight=self._sample_weights(q))
         return LossOutput(loss, {"cb_bce": loss.detach()})
 
     def extra_repr(self) -> str:

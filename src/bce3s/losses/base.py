@@ -13,9 +13,8 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from bce3s.losses._validation import (
+from bce3s.losses._inputs import (
     check_finite,
-    check_num_classes,
     check_target,
     is_hard,
     require_2d,
@@ -24,6 +23,7 @@ from bce3s.losses._validation import (
     soft_targets,
     values_checked,
 )
+from bce3s.losses.params import check_param
 from bce3s.views import NUM_VIEWS
 
 __all__ = ["Loss", "LossOutput", "as_soft_targets", "NUM_VIEWS"]
@@ -84,8 +84,7 @@ class Loss(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        check_num_classes(type(self).__name__, num_classes)
-        self.num_classes = num_classes
+        self.num_classes = check_param("num_classes", num_classes)
         self.check_inputs = False
 
     def forward(
@@ -177,7 +176,7 @@ class Loss(nn.Module):
             if t is not None and is_hard(t) and t.numel() > 0 and values_checked(t, self.check_inputs)
         ]
         if checks:
-            ends = [e.long().to(logits.device) for _, t, _ in checks for e in (t.min(), t.max())]
+            ends = [e.to(device=logits.device, dtype=torch.long) for _, t, _ in checks for e in torch.aminmax(t)]
             bounds = torch.stack(ends).tolist()
             for i, (name, _, hi) in enumerate(checks):
                 lo_i, hi_i = bounds[2 * i], bounds[2 * i + 1]

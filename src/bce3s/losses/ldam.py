@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bce3s.losses._validation import check_beta, check_positive, counts_tensor, soft_targets
+from bce3s.losses._inputs import counts_tensor, soft_targets
 from bce3s.losses.base import Loss, LossOutput
 from bce3s.losses.functional import effective_number_weights
+from bce3s.losses.params import check_param
 from bce3s.losses.softmax import ce_rows
 
 __all__ = ["LDAMLoss"]
@@ -47,17 +48,11 @@ class LDAMLoss(Loss):
         beta: float = 0.9999,
     ) -> None:
         super().__init__(num_classes)
-        where = type(self).__name__
-        check_positive(where, "max_margin", max_margin, allow_zero=True)
-        check_positive(where, "s", s)
-        check_beta(where, beta)
-        if drw_epoch is not None and (not isinstance(drw_epoch, int) or isinstance(drw_epoch, bool) or drw_epoch < 0):
-            raise ValueError(f"{where}: drw_epoch must be None or an int >= 0 (got {drw_epoch!r})")
-        self.max_margin = float(max_margin)
-        self.s = float(s)
-        self.drw_epoch = drw_epoch
-        self.beta = float(beta)
-        counts = counts_tensor(where, class_counts, num_classes)
+        self.max_margin = check_param("max_margin", max_margin)
+        self.s = check_param("s", s)
+        self.drw_epoch = check_param("drw_epoch", drw_epoch)
+        self.beta = check_param("beta", beta)
+        counts = counts_tensor(class_counts, num_classes)
         self.register_buffer("class_counts", counts)
         inv_root = counts.clamp(min=1.0).pow(-0.25)
         self.register_buffer("margins", inv_root * (self.max_margin / inv_root.max()))

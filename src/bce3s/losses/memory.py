@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bce3s.losses._validation import check_labels, check_num_classes, is_hard, require_2d, require_float, shape_str
+from bce3s.losses._inputs import check_labels, is_hard, require_2d, require_float, shape_str
+from bce3s.losses.params import check_param
 
 __all__ = ["ClassMemory"]
 
 
 class ClassMemory(nn.Module):
-    """One stored projection per class (the memory bank M of SPEC 1.3, with the fixes of SPEC 7.5).
+    """One stored projection per class: the memory bank M of the contrastive term.
 
     ``memory`` starts at zero and ``seen`` marks the classes written at least once (the official code starts
     from uninitialized memory). :meth:`update` writes, for every class in the batch, the embedding of the
@@ -35,9 +36,8 @@ class ClassMemory(nn.Module):
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
-        check_num_classes(type(self).__name__, num_classes)
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"{type(self).__name__}: dim must be an int >= 1 (got {dim!r})")
+        check_param("num_classes", num_classes)
+        check_param("embedding_dim", dim)
         self.num_classes = num_classes
         self.dim = dim
         self.check_inputs = False

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bce3s.losses._validation import check_positive, is_hard, soft_targets
+from bce3s.losses._inputs import is_hard, soft_targets
 from bce3s.losses.base import Loss, LossOutput
+from bce3s.losses.params import check_param
 
 __all__ = ["CrossEntropyLoss", "FocalLoss", "ce_rows", "focal_rows"]
 
@@ -66,8 +67,7 @@ class FocalLoss(Loss):
 
     def __init__(self, num_classes: int, *, gamma: float = 1.0) -> None:
         super().__init__(num_classes)
-        check_positive(type(self).__name__, "gamma", gamma, allow_zero=True)
-        self.gamma = float(gamma)
+        self.gamma = check_param("gamma", gamma)
 
     def _compute(
         self,

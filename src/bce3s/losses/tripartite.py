@@ -1,62 +1,38 @@
-"""BCE3S: BCE joint + BCE contrastive + BCE uniform learning (``bce3s``), SPEC 1.2-1.5 and 7.2."""
+"""BCE3S (``bce3s``): BCE joint + BCE contrastive + BCE uniform learning, a composition of three term modules."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from bce3s.losses._validation import check_clip, check_positive, soft_targets
 from bce3s.losses.base import Loss, LossOutput
-from bce3s.losses.bce import joint_term
-from bce3s.losses.functional import _bce_rows, _cosine_logits, _uniform
 from bce3s.losses.memory import ClassMemory
+from bce3s.losses.params import check_param
 from bce3s.losses.partial import PartialClassSampler
-from bce3s.views import CLEAN, view_onehot
+from bce3s.losses.terms import ContrastiveTerm, JointTerm, UniformTerm
 
 __all__ = ["Bce3sLoss"]
-
-
-def _contrastive_term(
-    embeddings: Tensor,
-    q: Tensor,
-    views: Tensor,
-    memory: ClassMemory,
-    temperature: float,
-    neg_weight: float,
-    logit_clip: float | None,
-) -> Tensor:
-    """L_ss (SPEC 1.3): the SUM over the mixed views present of each view's mean contrastive BCE.
-
-    Without mixed rows, the clean rows are the anchors (one view, its mean). Classes not yet seen by the memory
-    contribute nothing (their columns are masked; with nothing seen the term is 0).
-    """
-    logits = _cosine_logits(embeddings, memory.memory.to(embeddings.device), temperature)
-    seen = memory.seen.to(device=logits.device, dtype=logits.dtype)
-    pos = q * seen
-    neg = (q == 0).to(logits.dtype) * seen
-    rows = _bce_rows(logits, pos, neg, neg_weight, logit_clip)
-    counts = views.sum(dim=0)
-    per_view = (views * rows[:, None]).sum(dim=0) / counts.clamp(min=1)
-    mixed = per_view[CLEAN + 1 :].sum()
-    return torch.where(counts[CLEAN + 1 :].sum() > 0, mixed, per_view[CLEAN])
 
 
 class Bce3sLoss(Loss):
     """The full BCE3S loss (registry name ``bce3s``).
 
-    ``loss = L_joint + contrastive_weight * L_contrastive + uniform_weight * L_uniform`` (official head.py:273):
+    ``loss = L_joint + contrastive_weight * L_contrastive + uniform_weight * L_uniform``:
 
-    - **joint** (L_sc, SPEC 1.2): mean over the views present of the per-view BCE between features and
-      normalized classifier vectors, computed from the ``logits`` passed in (the model's normalized head gives
-      ``z = h @ normalize(W).T + b``). Clean rows: hard targets over the partial class set (ratio r, from this
-      module's seeded generator); mixed rows: soft targets over all classes.
-    - **contrastive** (L_ss, SPEC 1.3): ``cos(u_i, M_k) / tau`` against the class memory (:class:`ClassMemory`),
-      summed over the mixed views (clean rows are the anchors only when there are no mixed rows); 0 while
+    - **joint** (:class:`~bce3s.losses.terms.JointTerm`, :func:`~bce3s.losses.functional.bce_joint`): mean over
+      the views present of the per-view BCE of the ``logits`` passed in (the model's normalized head gives
+      ``z = h @ normalize(W).T + b``). Clean rows: hard targets over the partial class set (ratio r, drawn by
+      ``sampler``); mixed rows: soft targets over all classes.
+    - **contrastive** (:class:`~bce3s.losses.terms.ContrastiveTerm`,
+      :func:`~bce3s.losses.functional.bce_contrastive`): ``cos(u_i, M_k) / tau`` against ``class_memory``, summed
+      over the mixed views (clean rows are the anchors only when there are no mixed rows); 0 while
       ``epoch < contrastive_start_epoch`` and for classes the memory has not seen.
-    - **uniform** (L_cc, SPEC 1.4): :func:`~bce3s.losses.functional.bce_uniform` of the classifier weight.
+    - **uniform** (:class:`~bce3s.losses.terms.UniformTerm`, :func:`~bce3s.losses.functional.bce_uniform`) of
+      the classifier weight.
 
     Call :meth:`set_epoch` at the start of every epoch and :meth:`update` with the clean view's (detached)
-    embeddings and labels **after** ``optimizer.step()``.
+    embeddings and labels **after** ``optimizer.step()``. ``state_dict`` holds ``class_memory.memory``,
+    ``class_memory.seen`` and ``sampler._extra_state`` (the class-set generator).
 
     Args:
         num_classes: K.
@@ -67,9 +43,12 @@ class Bce3sLoss(Loss):
         uniform_weight: lambda_cc (1.0).
         uniform_scale: the code's cc_s (1.0).
         neg_weight: l, weight of negative terms in the two sample-level BCEs (1.0).
-        logit_clip: the code's strict; None = no clamp (default), 64 = official.
+        logit_clip: the code's clamp; None = no clamp (default), 64 = official.
         contrastive_start_epoch: first epoch with the contrastive term (1: epoch 0 only fills the memory).
         seed: seed of the partial class set generator; its state is saved in ``state_dict``.
+
+    Raises:
+        ValueError: a parameter out of range; the message starts with the parameter's name.
     """
 
     needs = frozenset({"embeddings", "weight"})
@@ -90,25 +69,17 @@ class Bce3sLoss(Loss):
         seed: int = 0,
     ) -> None:
         super().__init__(num_classes)
-        where = type(self).__name__
-        check_positive(where, "temperature", temperature)
-        check_positive(where, "contrastive_weight", contrastive_weight, allow_zero=True)
-        check_positive(where, "uniform_weight", uniform_weight, allow_zero=True)
-        check_positive(where, "uniform_scale", uniform_scale)
-        check_positive(where, "neg_weight", neg_weight, allow_zero=True)
-        check_clip(where, logit_clip)
-        if not isinstance(contrastive_start_epoch, int) or contrastive_start_epoch < 0:
-            raise ValueError(f"{where}: contrastive_start_epoch must be an int >= 0 (got {contrastive_start_epoch!r})")
-        self.temperature = float(temperature)
-        self.contrastive_weight = float(contrastive_weight)
-        self.uniform_weight = float(uniform_weight)
-        self.uniform_scale = float(uniform_scale)
-        self.neg_weight = float(neg_weight)
-        self.logit_clip = logit_clip
-        self.contrastive_start_epoch = contrastive_start_epoch
+        for name, value in (("temperature", temperature), ("uniform_scale", uniform_scale)):
+            check_param(name, value)  # the terms name these parameters differently
+        self.contrastive_weight = check_param("contrastive_weight", contrastive_weight)
+        self.uniform_weight = check_param("uniform_weight", uniform_weight)
+        self.contrastive_start_epoch = check_param("contrastive_start_epoch", contrastive_start_epoch)
         self.epoch = 0
         self.sampler = PartialClassSampler(neg_class_ratio, seed)
         self.class_memory = ClassMemory(num_classes, embedding_dim)
+        self.joint = JointTerm(neg_weight=neg_weight, logit_clip=logit_clip)
+        self.contrastive = ContrastiveTerm(temperature=temperature, neg_weight=neg_weight, logit_clip=logit_clip)
+        self.uniform = UniformTerm(scale=uniform_scale)
 
     @property
     def contrastive_active(self) -> bool:
@@ -121,7 +92,7 @@ class Bce3sLoss(Loss):
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:
-        """Write the clean view's embeddings into the class memory (last sample of a class wins)."""
+        """Write the clean view's embeddings (N, P) with their class ids (N,) into the class memory."""
         self.class_memory.check_inputs = self.check_inputs
         self.class_memory.update(embeddings, target)
 
@@ -140,30 +111,19 @@ class Bce3sLoss(Loss):
                 f"{type(self).__name__}: embeddings have size {embeddings.shape[1]} but embedding_dim is "
                 f"{self.class_memory.dim}; build the loss with embedding_dim={embeddings.shape[1]}"
             )
-        q = soft_targets(target, self.num_classes, logits)
-        views = view_onehot(view, logits.shape[0], logits)
-        joint = joint_term(logits, q, views, self.sampler, self.neg_weight, self.logit_clip)
+        classes = self.sampler if self.sampler.ratio < 1.0 else None
+        joint = self.joint(logits, target, view, classes)
         if self.contrastive_active:
-            contrastive = _contrastive_term(
-                embeddings,
-                q.to(embeddings.dtype),
-                views.to(embeddings.dtype),
-                self.class_memory,
-                self.temperature,
-                self.neg_weight,
-                self.logit_clip,
-            )
+            contrastive = self.contrastive(embeddings, target, view, self.class_memory)
         else:
             contrastive = logits.new_zeros(())
-        uniform = _uniform(weight, self.uniform_scale)
+        uniform = self.uniform(weight)
         loss = joint + self.contrastive_weight * contrastive + self.uniform_weight * uniform
         terms = {"joint": joint.detach(), "contrastive": contrastive.detach(), "uniform": uniform.detach()}
         return LossOutput(loss, terms)
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, temperature={self.temperature}, "
-            f"contrastive_weight={self.contrastive_weight}, uniform_weight={self.uniform_weight}, "
-            f"uniform_scale={self.uniform_scale}, neg_weight={self.neg_weight}, logit_clip={self.logit_clip}, "
-            f"contrastive_start_epoch={self.contrastive_start_epoch}"
+            f"num_classes={self.num_classes}, contrastive_weight={self.contrastive_weight}, "
+            f"uniform_weight={self.uniform_weight}, contrastive_start_epoch={self.contrastive_start_epoch}"
         )

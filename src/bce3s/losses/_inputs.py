@@ -1,7 +1,8 @@
-"""Argument checks and target conversion shared by the loss functions and modules (private).
+"""Checks of tensor arguments and target conversion shared by the loss functions and modules (private).
 
-Checks that only look at shapes, dtypes and Python numbers are free and always run. Checks that read tensor
-values would need a host-device synchronisation on an accelerator, which stalls the training step. So, as
+Loss *parameters* (temperature, ratios, weights, ...) are validated in :mod:`bce3s.losses.params`; this module
+only looks at tensors. Checks of shapes and dtypes are free and always run. Checks that read tensor values would
+need a host-device synchronisation on an accelerator, which stalls the training step. So, as
 ``torch.nn.functional.one_hot`` does, the range of class ids is checked for CPU tensors always and for
 accelerator tensors only when the caller asks (``check_inputs=True``; otherwise a bad id ends in a device-side
 assert); the NaN/inf scan runs only on request.
@@ -37,30 +38,6 @@ def check_finite(where: str, **tensors: Tensor | None) -> None:
     for name, t in tensors.items():
         if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{where}: {name} contains NaN or inf values")
-
-
-def check_positive(where: str, name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{where}: {name} must be a finite number {bound} (got {value!r})")
-
-
-def check_ratio(where: str, ratio: float) -> None:
-    ok = isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 1
-    if not ok:
-        raise ValueError(f"{where}: neg_class_ratio must be in (0, 1] (got {ratio!r}); 1 keeps all classes")
-
-
-def check_clip(where: str, logit_clip: float | None) -> None:
-    if logit_clip is not None:
-        check_positive(where, "logit_clip", logit_clip)
-
-
-def check_num_classes(where: str, num_classes: int) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"{where}: num_classes must be an int >= 1 (got {num_classes!r})")
 
 
 def is_hard(target: Tensor) -> bool:
@@ -118,6 +95,8 @@ def soft_targets(target: Tensor, num_classes: int, like: Tensor) -> Tensor:
     """(N,) class ids or (N, K) soft targets -> (N, K) in ``like``'s dtype and device (no checks)."""
     if is_hard(target):
         return F.one_hot(target.to(device=like.device, dtype=torch.long), num_classes).to(like.dtype)
+    if target.dtype == like.dtype and target.device == like.device:
+        return target  # the common case in training: skip the (no-op) conversion call
     return target.to(device=like.device, dtype=like.dtype)
 
 
@@ -126,19 +105,18 @@ def ceil_ratio(ratio: float, num_classes: int) -> int:
     return max(1, math.ceil(round(ratio * num_classes, 9)))
 
 
-def counts_tensor(where: str, class_counts: object, num_classes: int) -> Tensor:
-    """Validate per-class training counts and return them as a float32 (K,) tensor."""
+def counts_tensor(class_counts: object, num_classes: int) -> Tensor:
+    """Validate per-class training counts and return them as a float32 (K,) tensor.
+
+    Raises:
+        ValueError: starting with ``class_counts:`` (not numbers, wrong length, negative, all 0 or not finite).
+    """
     try:
         counts = torch.as_tensor(class_counts, dtype=torch.float64).reshape(-1)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{where}: class_counts must be a sequence of {num_classes} numbers ({err})") from None
+        raise ValueError(f"class_counts: must be a sequence of {num_classes} numbers ({err})") from None
     if counts.numel() != num_classes:
-        raise ValueError(f"{where}: class_counts has {counts.numel()} entries but num_classes is {num_classes}")
+        raise ValueError(f"class_counts: has {counts.numel()} entries but num_classes is {num_classes}")
     if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()) or not bool((counts > 0).any()):
-        raise ValueError(f"{where}: class_counts must be finite, >= 0 and not all 0")
+        raise ValueError("class_counts: must be finite, >= 0 and not all 0")
     return counts.to(torch.float32)
-
-
-def check_beta(where: str, beta: float) -> None:
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < 1:
-        raise ValueError(f"{where}: beta must be in [0, 1) (got {beta!r})")
