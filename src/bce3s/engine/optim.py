@@ -1,6 +1,6 @@
 """Optimizers and per-epoch learning-rate schedules.
 
-The schedule advances **after** each epoch's steps (SPEC 7.8): epoch 0 runs at the base learning rate (after any
+The schedule advances **after** each epoch's steps: epoch 0 runs at the base learning rate (after any
 warm-up), and the cosine reaches ``min_lr`` only after the last epoch, unlike the official code whose last epoch
 runs at lr 0.
 """

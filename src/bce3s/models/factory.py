@@ -52,7 +52,7 @@ def build_model(
         name: a key of :data:`MODELS`.
         num_classes: number of classes ``K``.
         in_channels: image channels (1 for grayscale).
-        head: ``"normalized"`` (BCE3S, SPEC 1.1) or ``"linear"``.
+        head: ``"normalized"`` (BCE3S) or ``"linear"``.
         projector_dim: output dim ``P`` of a ``Linear(D, D) -> ReLU -> Linear(D, P)`` projector; ``None`` = no
             projector.
 

@@ -1,6 +1,6 @@
 """Classifier heads and the contrastive projector.
 
-* :class:`NormalizedLinear` is the BCE3S head (SPEC 1.1): logits use unit-normalized weight rows,
+* :class:`NormalizedLinear` is the BCE3S head: logits use unit-normalized weight rows,
   ``z = h @ normalize(W).T + b``, so the feature norm ``||h||`` acts as a per-sample scale.
 * :class:`Linear` is a plain ``nn.Linear`` whose ``reset_parameters`` accepts a generator (cRT, baselines).
 * :class:`Projector` is the two-layer MLP ``Linear(d, d) -> ReLU -> Linear(d, p)`` of the contrastive term.
@@ -19,13 +19,13 @@ __all__ = ["HEADS", "Linear", "NormalizedLinear", "Projector", "build_head"]
 
 
 class NormalizedLinear(nn.Module):
-    """Linear layer over unit-normalized weight rows (the BCE3S classifier, SPEC 1.1).
+    """Linear layer over unit-normalized weight rows (the BCE3S classifier).
 
     ``logits = h @ F.normalize(W, dim=1, eps=eps).T + b``, i.e. ``z_ik = w_k^T h_i / max(||w_k||, eps) + b_k``.
     The raw weight ``W`` is unconstrained; only its row directions reach the logits, so rescaling any row leaves
     the output unchanged (which is why MaxNorm cannot change predictions, see :mod:`bce3s.models.maxnorm`).
 
-    Init (official head.py, SPEC 2.2): ``W ~ kaiming_normal_(a=1, mode="fan_in", nonlinearity="leaky_relu")``
+    Init (as the official head.py): ``W ~ kaiming_normal_(a=1, mode="fan_in", nonlinearity="leaky_relu")``
     (i.e. std ``1/sqrt(d)``), ``b ~ U(-1/sqrt(d), 1/sqrt(d))``.
 
     Args:
@@ -84,7 +84,7 @@ class Linear(nn.Linear):
 
 
 class Projector(nn.Module):
-    """Contrastive projector ``Linear(d, d) -> ReLU -> Linear(d, p)`` (SPEC 1.1; no BN, with biases).
+    """Contrastive projector ``Linear(d, d) -> ReLU -> Linear(d, p)`` (no BN, with biases, as released).
 
     Args:
         in_features: feature dimension ``d``.

@@ -1,6 +1,6 @@
 """Feature extractors built from torchvision ResNets (always from scratch, ``weights=None``; nothing downloads).
 
-* ``resnet34_cifar`` (SPEC 2.2 / 7.1): the WB / official BCE3S CIFAR encoder. torchvision ``resnet34`` layout,
+* ``resnet34_cifar``: the WB / official BCE3S CIFAR encoder. torchvision ``resnet34`` layout,
   ``conv1`` replaced by a 3x3 stride-1 conv (64 ch, no bias), **no max-pool**, layers 1-4, average pool ->
   512-d (post-ReLU). The official code pools with ``avg_pool2d(4)``, which on 32x32 inputs (4x4 maps after
   layer4) equals the adaptive average pool used here; other input sizes also work. The unused torchvision

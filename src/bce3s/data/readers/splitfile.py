@@ -35,7 +35,7 @@ __all__ = ["KNOWN_SHA256", "read_imagenet_lt", "read_inat2018", "read_places_lt"
 
 log = logging.getLogger(__name__)
 
-# Published sha256 of the split files (facebookresearch/classifier-balancing lists; see shared/data/README.md).
+# Published sha256 of the split files (the facebookresearch/classifier-balancing lists).
 KNOWN_SHA256 = {
     "ImageNet_LT_train.txt": "efdbdad4f050237c310b2f354cf95a8b1d7c8d57a63c4ea4bb6bf2bcb012f37f",
     "ImageNet_LT_val.txt": "9af7ba688acf9532ff5845a8fb14a1e97fdc4c51ac48bc72c08ea9c3f7ff142e",
