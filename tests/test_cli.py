@@ -52,7 +52,7 @@ def cfg_file(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "report", "compare", "sweep", "demo"])
+@pytest.mark.parametrize("command", ["train", "eval", "report", "compare", "sweep", "demo", "config"])
 def test_help_documents_every_option(command, capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
@@ -104,6 +104,29 @@ def test_usage_error_is_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bogus" in err[0]
+
+
+def test_config_prints_resolved_yaml_that_loads_back(cfg_file, tmp_path, capsys):
+    overrides = ["stages.1.optim.lr=0.2", "data.imbalance_factor=20", "runtime.seed=3"]
+    assert main(["config", str(cfg_file), *[x for o in overrides for x in ("--set", o)]]) == 0
+    captured = capsys.readouterr()
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(captured.out)
+    again = load_config(printed)
+    assert again == load_config(cfg_file, overrides)
+    assert again.stages[1].optim.lr == 0.2 and again.runtime.seed == 3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["stages.0.lr=0.1"], ["stages.0.epochs=0"], ["model.name=no_such_model"], ["stages.0.loss.name=nope"], ["x"]],
+)
+def test_config_bad_input_is_one_line_exit_2(cfg_file, overrides, capsys):
+    assert main(["config", str(cfg_file), *[x for o in overrides for x in ("--set", o)]]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bce3s: error: ")
 
 
 @pytest.mark.slow

@@ -277,6 +277,30 @@ def test_unknown_key(data: dict[str, Any], path: str, suggestion: str | None, sc
     assert suggested == ([suggestion] if suggestion else [])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "path", "deeper"),
+    [
+        (["stages.0.lr=0.1"], "stages.0.lr", ["stages.0.optim.lr"]),
+        (["stages.0.enabled=true"], "stages.0.enabled", ["stages.0.mixing.enabled"]),
+        (["stages.0.epochs=3", "stages.0.weight_decay=0"], "stages.0.weight_decay", ["stages.0.optim.weight_decay"]),
+        (["tensorboard=true"], "tensorboard", ["log.tensorboard"]),
+        (["batch_size=8"], "batch_size", ["stages.0.batch_size", "eval.batch_size"]),
+    ],
+)
+def test_unknown_key_suggests_the_field_one_level_deeper(overrides: list[str], path: str, deeper: list[str]) -> None:
+    """A key that belongs to a nested section suggests its full path (``stages.0.lr`` -> ``stages.0.optim.lr``)."""
+    text = error_at(lambda: load_config(None, overrides), path)
+    for full in deeper:
+        assert f"'{full}'" in text
+        value = overrides[-1].split("=", 1)[1]
+        load_config(None, [f"{full}={value}"])  # the suggestion is a valid key
+
+
+def test_unknown_key_in_yaml_suggests_the_field_one_level_deeper() -> None:
+    text = error_at(lambda: config_from_dict(Config, {"stages": [{}, {"lr": 0.1}]}), "stages.1.lr")
+    assert "'stages.1.optim.lr'" in text
+
+
 def test_unknown_key_through_load_config(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  nmae: resnet32\n")
     text = error_at(lambda: load_config(path), "model.nmae", "'name'")

@@ -96,3 +96,9 @@ def test_bench_uses_public_names_only():
             if private:
                 offenders.append(f"{path.name}: {module} {private}")
     assert offenders == []
+
+
+def test_gitignore_keeps_data_and_runs_out_of_git() -> None:
+    """The default data root (``data/``, anchored at the repository root) and run directories are ignored."""
+    lines = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert "/data/" in lines and "runs/" in lines

@@ -88,11 +88,37 @@ def _type_error(path: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{path or 'config'}: expected {expected} (got {_show(value)} of type {type(value).__name__})")
 
 
-def _unknown_key(path: str, key: Any, valid: list[str]) -> ConfigError:
+def _unknown_key(path: str, key: Any, valid: list[str], cls: type | None = None) -> ConfigError:
+    """The error of an unknown ``key`` of dataclass ``cls`` at ``path``, with a did-you-mean when there is one.
+
+    A key that names a field one level deeper (``stages.0.lr`` for ``stages.0.optim.lr``) suggests that full
+    path; otherwise the closest valid key of this level is suggested.
+    """
     text = _key_text(key)
-    close = difflib.get_close_matches(text, valid, n=1)
-    hint = f" did you mean '{close[0]}'?" if close else ""
+    deeper = _deeper_paths(path, text, cls) if cls is not None else []
+    if deeper:
+        hint = f" did you mean {' or '.join(repr(p) for p in deeper)}?"
+    else:
+        close = difflib.get_close_matches(text, valid, n=1)
+        hint = f" did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{_join(path, key)}: unknown key;{hint} valid keys: {', '.join(valid)}")
+
+
+def _deeper_paths(path: str, name: str, cls: type) -> list[str]:
+    """Full paths of the fields called ``name`` of the dataclasses nested one level below ``cls``.
+
+    A list of dataclasses (``stages``) is entered at index 0.
+    """
+    found = []
+    for field_name, tp in _hints(cls).items():
+        inner, _ = _strip_optional(tp)
+        prefix = _join(path, field_name)
+        is_seq, item = _sequence_item(inner)
+        if is_seq:
+            inner, prefix = _strip_optional(item)[0], _join(prefix, 0)
+        if dataclasses.is_dataclass(inner) and isinstance(inner, type) and name in _hints(inner):
+            found.append(_join(prefix, name))
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------------- #
@@ -168,7 +194,7 @@ def config_from_dict(cls: type, data: Any, path: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(key, str) or key not in hints:
-            raise _unknown_key(path, key, valid)
+            raise _unknown_key(path, key, valid, cls)
         kwargs[key] = _convert(hints[key], value, _join(path, key))
     return cls(**kwargs)
 
@@ -379,7 +405,7 @@ def _apply(root: dict[str, Any], parts: list[str], raw: str, cls: type) -> None:
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp)
             if part not in hints:
-                raise _unknown_key(path, part, list(hints))
+                raise _unknown_key(path, part, list(hints), tp)
             key: Any = part
             child_tp = hints[part]
         elif isinstance(node, list):  # list[X] / tuple[X, ...], or a list inside a free-form value

@@ -1,4 +1,4 @@
-"""The ``bce3s`` command line: ``train``, ``eval``, ``report``, ``compare``, ``sweep`` and ``demo``.
+"""The ``bce3s`` command line: ``train``, ``eval``, ``report``, ``compare``, ``sweep``, ``demo`` and ``config``.
 
 Usage, config and data errors print one line (``bce3s: error: ...``) and exit with code 2; ``--debug`` shows
 the traceback instead. Under ``torchrun`` the same command runs distributed (``torchrun --nproc_per_node=N -m
@@ -136,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="parent directory of the two runs (default runs/demo)")
     d.add_argument("--device", default="cpu", help="device (default cpu)")
     _add_common(d)
+
+    g = sub.add_parser(
+        "config",
+        help="print the resolved config (defaults + file + --set) as YAML, after checking it",
+        description="Load CONFIG, apply the --set overrides, check every key, type, range and registry name, "
+        "and print the full resolved config as YAML (every key, defaults included). Nothing is trained or written.",
+    )
+    g.add_argument("config", help="YAML config file")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set stages.0.optim.lr=0.1 (repeatable)",
+    )
+    _add_common(g)
     return parser
 
 
@@ -357,6 +374,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from bce3s.config import dump_config, load_config
+    from bce3s.engine.validate import validate_config
+
+    cfg = load_config(_config_path(args.config), list(args.overrides))
+    validate_config(cfg)
+    print(dump_config(cfg), end="")
+    return 0
+
+
 DEMO_RUNS = (("CE + CB stage 2", "ce"), ("BCE3S + CB-BCE stage 2", "bce3s"))
 
 
@@ -405,6 +432,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "sweep": _cmd_sweep,
     "demo": _cmd_demo,
+    "config": _cmd_config,
 }
 
 

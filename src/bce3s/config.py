@@ -133,6 +133,11 @@ class LossConfig:
 
     Both are checked by the loss itself (a dry build in :func:`bce3s.engine.validate.validate_config`); treat
     ``params`` as read-only.
+
+    Attributes:
+        name: a loss of ``bce3s.losses.LOSSES`` (``bce3s``, ``ce``, ``cb_bce``, ...; see docs/losses.md).
+        params: keyword parameters of that loss, e.g. ``{neg_class_ratio: 1.0}``; an unknown parameter is an
+            error. Each loss's parameters and defaults are in docs/losses.md.
     """
 
     name: str = "bce3s"
@@ -285,7 +290,11 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Logging: TensorBoard event files in ``RUN_DIR/tensorboard`` when ``tensorboard`` is true."""
+    """Logging besides ``metrics.jsonl`` (always written).
+
+    Attributes:
+        tensorboard: also write TensorBoard event files to ``RUN_DIR/tensorboard``.
+    """
 
     tensorboard: bool = False
 
@@ -336,6 +345,15 @@ class Config:
     """A whole experiment. ``stages`` run in order (stage 1: representation; stage 2: classifier re-training).
 
     ``stages`` is a tuple (a list given to the constructor is stored as a tuple); YAML dumps it as a list.
+
+    Attributes:
+        data: the dataset, its long-tailed subset and augmentation.
+        model: backbone and classifier head.
+        stages: the training stages, in order (a YAML list; ``stages.0`` is the first). Keys a stage does not
+            give take the defaults.
+        eval: evaluation settings.
+        log: logging.
+        runtime: device, seed, precision and data pipeline.
     """
 
     data: DataConfig = field(default_factory=DataConfig)

@@ -166,3 +166,34 @@ def test_download_hook_is_torchvision():
     assert base.torchvision_dataset("CIFAR10") is tvd.CIFAR10
     assert base.torchvision_dataset("CIFAR100") is tvd.CIFAR100
     assert base.torchvision_dataset("FashionMNIST") is tvd.FashionMNIST
+
+
+def offline_download(*args, **kwargs):
+    """What torchvision's download helper raises on a machine without network."""
+    from urllib.error import URLError
+
+    raise URLError(OSError(-3, "Temporary failure in name resolution"))
+
+
+@pytest.mark.parametrize(
+    ("dataset", "archive", "folder", "files"),
+    [
+        ("cifar100_lt", "cifar-100-python.tar.gz", "cifar-100-python", ["train", "test", "meta"]),
+        ("cifar10_lt", "cifar-10-python.tar.gz", "cifar-10-batches-py", ["test_batch"]),
+    ],
+)
+def test_missing_cifar_says_how_to_place_it_by_hand(tmp_path, monkeypatch, dataset, archive, folder, files):
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline_download)
+    root = tmp_path / "data"
+    for download in (False, True):
+        with pytest.raises(DataError) as exc:
+            build_data(DataConfig(dataset=dataset, root=str(root), download=download))
+        text = str(exc.value)
+        assert "\n" not in text
+        assert archive in text and f"{root / folder}/" in text
+        assert all(f in text for f in files)
+        if download:
+            assert "name resolution" in text  # the reason of the failure
+        assert not root.exists()  # nothing left behind

@@ -12,7 +12,7 @@ import torch
 
 from bce3s.config import DataConfig
 from bce3s.data.readers import base
-from bce3s.data.readers.idx import read_idx
+from bce3s.data.readers.idx import FILES, read_idx
 from bce3s.data.splits import build_data
 from bce3s.errors import DataError
 
@@ -139,3 +139,49 @@ def test_real_fashion_mnist(shared_data):
         assert np.array_equal(got, pos[: data.train_counts[c]])
     standard = build_data(DataConfig(dataset="fashion_mnist_lt", root=str(root), imbalance_factor=100, val_per_class=0))
     assert standard.train_counts == target and sum(standard.train_counts) == 14886
+
+
+def offline_download(*args, **kwargs):
+    """What torchvision's download helper raises on a machine without network."""
+    from urllib.error import URLError
+
+    raise URLError(OSError(-3, "Temporary failure in name resolution"))
+
+
+@pytest.mark.parametrize(("dataset", "folder"), [("fashion_mnist_lt", "FashionMNIST"), ("mnist_lt", "MNIST")])
+def test_offline_download_gives_reason_and_manual_placement_and_leaves_no_folders(
+    tmp_path, monkeypatch, dataset, folder
+):
+    import torchvision.datasets.mnist as tv_mnist
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline_download)
+    root = tmp_path / "data"
+    with pytest.raises(DataError) as exc:
+        build_data(DataConfig(dataset=dataset, root=str(root), download=True))
+    text = str(exc.value)
+    assert "\n" not in text
+    assert "name resolution" in text  # the reason, not just "failed:"
+    assert str(root / folder / "raw") in text
+    assert all(f"{name}.gz" in text for name in FILES)
+    assert not root.exists()  # the empty root/<folder>/raw tree torchvision made is gone
+
+
+def test_failed_download_keeps_existing_folders_and_files(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv_mnist
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline_download)
+    (tmp_path / "FashionMNIST").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        build_data(DataConfig(dataset="fashion_mnist_lt", root=str(tmp_path), download=True))
+    assert (tmp_path / "FashionMNIST").is_dir() and not (tmp_path / "FashionMNIST" / "raw").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_missing_without_download_says_where_to_put_the_files(tmp_path):
+    with pytest.raises(DataError) as exc:
+        build_data(DataConfig(dataset="fashion_mnist_lt", root=str(tmp_path), download=False))
+    text = str(exc.value)
+    assert "\n" not in text and str(tmp_path / "FashionMNIST" / "raw") in text
+    assert all(f"{name}.gz" in text for name in FILES)
+    assert list(tmp_path.iterdir()) == []

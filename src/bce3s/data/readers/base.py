@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bce3s.data.imageset import ImageSet
 
-__all__ = ["SourceData", "torchvision_dataset"]
+__all__ = ["SourceData", "torchvision_dataset", "torchvision_download"]
+
+# what a torchvision download raises on an offline machine, a bad mirror or a bad checksum (URLError is an OSError)
+_DOWNLOAD_ERRORS = (OSError, RuntimeError, EOFError, http.client.HTTPException)
 
 
 def torchvision_dataset(name: str) -> type:
@@ -15,6 +20,44 @@ def torchvision_dataset(name: str) -> type:
     import torchvision.datasets
 
     return getattr(torchvision.datasets, name)
+
+
+def torchvision_download(name: str, root: Path, folders: tuple[str, ...] = ()) -> str | None:
+    """Download dataset ``name`` into ``root`` with ``torchvision.datasets.<name>(root, download=True)``.
+
+    On failure, the directories this attempt created (``root``, its missing parents, and ``root/<folder>`` for
+    each of ``folders``, deepest first) are removed when they are empty, so a failed attempt leaves no empty
+    tree behind; files that did arrive are kept (torchvision checks and reuses them on the next try).
+
+    Args:
+        name: the ``torchvision.datasets`` class.
+        root: torchvision's ``root``.
+        folders: folders below ``root`` the download may create (e.g. ``FashionMNIST/raw``).
+
+    Returns:
+        ``None`` on success, else the reason of the failure as one line.
+    """
+    watch = [root / f for f in folders]
+    for folder in folders:  # FashionMNIST/raw -> also FashionMNIST
+        parent = (root / folder).parent
+        while parent != root and parent not in watch:
+            watch.append(parent)
+            parent = parent.parent
+    watch.sort(key=lambda p: len(p.parts), reverse=True)
+    watch += [root, *root.parents]
+    created = [p for p in watch if not p.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        torchvision_dataset(name)(root=str(root), train=True, download=True)
+    except _DOWNLOAD_ERRORS as err:
+        for path in created:
+            try:
+                path.rmdir()  # only succeeds on an empty directory
+            except OSError:
+                pass
+        reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        return reason if len(reason) <= 400 else reason[:397] + "..."
+    return None
 
 
 @dataclass

@@ -38,6 +38,7 @@ class _Layout:
     num_classes: int
     n_max: int
     val_per_class: int
+    archive: str  # the file to fetch by hand; it extracts to ``folder``
 
 
 CIFAR10 = _Layout(
@@ -51,9 +52,21 @@ CIFAR10 = _Layout(
     10,
     5000,
     50,
+    "cifar-10-python.tar.gz",
 )
+CIFAR_HOME = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR100 = _Layout(
-    "CIFAR-100", "cifar-100-python", ("train",), "test", "meta", "fine_label_names", "fine_labels", 100, 500, 20
+    "CIFAR-100",
+    "cifar-100-python",
+    ("train",),
+    "test",
+    "meta",
+    "fine_label_names",
+    "fine_labels",
+    100,
+    500,
+    20,
+    "cifar-100-python.tar.gz",
 )
 
 
@@ -92,14 +105,22 @@ def _find(root: Path, layout: _Layout) -> Path | None:
     return None
 
 
+def _by_hand(root: Path, layout: _Layout) -> str:
+    """How to place the data by hand (an offline machine): which archive, and where its folder goes."""
+    files = ", ".join((*layout.train_files, layout.test_file, layout.meta_file))
+    return (
+        f"to place it by hand, get {layout.archive} ({CIFAR_HOME}) and extract it in {root}, so that "
+        f"{root / layout.folder}/ holds {files}"
+    )
+
+
 def _download(root: Path, layout: _Layout) -> None:
-    cls = base.torchvision_dataset("CIFAR10" if layout is CIFAR10 else "CIFAR100")
     log.info("downloading %s into %s through torchvision", layout.title, root)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        cls(root=str(root), train=True, download=True)
-    except (OSError, RuntimeError) as err:
-        raise DataError(f"downloading {layout.title} into {root} failed: {err}") from None
+    reason = base.torchvision_download("CIFAR10" if layout is CIFAR10 else "CIFAR100", root)
+    if reason is not None:
+        raise DataError(
+            f"downloading {layout.title} into {root} failed ({reason}); {_by_hand(root, layout)}, and run again"
+        )
 
 
 def _read(cfg: DataConfig, layout: _Layout) -> SourceData:
@@ -112,7 +133,8 @@ def _read(cfg: DataConfig, layout: _Layout) -> SourceData:
         files = ",".join((*layout.train_files, layout.test_file, layout.meta_file))
         raise DataError(
             f"{layout.title} not found: expected {root / layout.folder}/{{{files}}} (torchvision layout); "
-            f"set data.root to the folder holding {layout.folder}, or data.download=true"
+            f"set data.root to the folder holding {layout.folder}, or data.download=true (needs internet); "
+            f"{_by_hand(root, layout)}"
         )
     parts = [_load_batch(folder / f, layout) for f in layout.train_files]
     train_x = np.concatenate([p[0] for p in parts])

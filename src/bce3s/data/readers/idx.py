@@ -27,6 +27,11 @@ __all__ = ["read_fashion_mnist", "read_idx", "read_mnist"]
 log = logging.getLogger(__name__)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# where the files can be fetched by hand (the sources torchvision downloads from)
+HOMES = {
+    "FashionMNIST": "https://github.com/zalandoresearch/fashion-mnist",
+    "MNIST": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+}
 FASHION_CLASSES = [
     "T-shirt/top",
     "Trouser",
@@ -91,18 +96,21 @@ def _find(root: Path, folder: str) -> dict[str, Path] | None:
 def _read(cfg: DataConfig, title: str, folder: str, names: list[str]) -> SourceData:
     root = Path(cfg.root).expanduser()
     files = _find(root, folder)
+    by_hand = (
+        f"to place it by hand, put the four files {', '.join(f'{n}.gz' for n in FILES)} ({HOMES[folder]}) "
+        f"in {root / folder / 'raw'}/"
+    )
     if files is None and cfg.download:
         log.info("downloading %s into %s through torchvision", title, root)
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            base.torchvision_dataset(folder)(root=str(root), train=True, download=True)
-        except (OSError, RuntimeError) as err:
-            raise DataError(f"downloading {title} into {root} failed: {err}") from None
+        reason = base.torchvision_download(folder, root, (f"{folder}/raw",))
+        if reason is not None:
+            raise DataError(f"downloading {title} into {root} failed ({reason}); {by_hand}, and run again")
         files = _find(root, folder)
     if files is None:
         raise DataError(
             f"{title} not found: expected {root / folder / 'raw'}/{{{','.join(FILES)}}}[.gz] (torchvision layout) "
-            f"or the four files directly in {root}; set data.root, or data.download=true"
+            f"or the four files directly in {root}; set data.root, or data.download=true (needs internet); "
+            f"{by_hand}"
         )
     arrays = {name: read_idx(p) for name, p in files.items()}
     splits = []
