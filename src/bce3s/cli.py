@@ -133,8 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a CE baseline (with its own class-balanced stage 2) and BCE3S (both "
         "stages) on Digits-LT with the same data, seeds and epochs; print a table and write a report.",
     )
-    d.add_argument("--out", default="runs/demo", help="parent directory of the two runs (default runs/demo)")
+    d.add_argument(
+        "--out",
+        default="runs/demo",
+        help="parent directory of the two runs, OUT/ce and OUT/bce3s (default runs/demo); the demo's own earlier "
+        "runs there are replaced, anything else is refused",
+    )
     d.add_argument("--device", default="cpu", help="device (default cpu)")
+    d.add_argument("--overwrite", action="store_true", help="replace whatever OUT/ce and OUT/bce3s hold")
     _add_common(d)
 
     g = sub.add_parser(
@@ -387,6 +393,33 @@ def _cmd_config(args: argparse.Namespace) -> int:
 DEMO_RUNS = (("CE + CB stage 2", "ce"), ("BCE3S + CB-BCE stage 2", "bce3s"))
 
 
+def check_demo_out(out: Path, cfg: Any) -> None:
+    """Refuse to let the demo replace ``out`` unless it is empty or holds the demo's own run (``cfg``).
+
+    The demo's runs are replaced on every demo (``make demo`` twice works); a run of another config, a damaged
+    run or a folder of other files is the user's and is kept: the demo then needs ``--overwrite``.
+
+    Raises:
+        RunDirError: ``out`` holds something that is not a run of ``cfg``.
+    """
+    from bce3s.errors import RunDirError
+    from bce3s.rundir import RunDir
+
+    rd = RunDir(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not rd.is_run():
+        raise RunDirError(
+            f"{out} exists and is not a run of the demo; pass --overwrite to write the demo there anyway, or choose "
+            "another --out"
+        )
+    if not _same_run_config(out, cfg):
+        raise RunDirError(
+            f"{out} holds a run that is not the demo's (another config); pass --overwrite to replace it, or choose "
+            "another --out"
+        )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bce3s.config import load_config
     from bce3s.engine.evaluate import evaluate_run
@@ -396,12 +429,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     parent = Path(args.out)
     finals = []
+    cfgs = {}
+    for _, name in DEMO_RUNS:  # look at both run directories before training either
+        cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
+        validate_config(cfg)
+        if not args.overwrite:
+            check_demo_out(parent / name, cfg)
+        cfgs[name] = cfg
     if not args.quiet:  # one line per run instead of one per epoch
         logging.getLogger("bce3s.engine").setLevel(logging.WARNING)
         logging.getLogger("bce3s.data").setLevel(logging.WARNING)
     for label, name in DEMO_RUNS:
-        cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={args.device}"])
-        validate_config(cfg)
+        cfg = cfgs[name]
         out = parent / name
         print(f"training {label} -> {out}", flush=True)
         res = train(

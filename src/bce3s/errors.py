@@ -28,6 +28,19 @@ class RunDirError(BCE3SError, ValueError):
     """A run directory is missing, is not a run, or would be overwritten."""
 
 
+class DiskFullError(RunDirError):
+    """A write failed because the filesystem is full (``ENOSPC``) or the user's quota is spent (``EDQUOT``).
+
+    The file being written was left as it was (writes are atomic). Attributes: ``folder`` (where the write went),
+    ``needed`` (the size of the write in bytes) and ``what`` (the message without the advice, for callers that
+    know better what to do next).
+    """
+
+    def __init__(self, message: str, *, folder: str, needed: int, what: str = "") -> None:
+        super().__init__(message)
+        self.folder, self.needed, self.what = folder, needed, what or message
+
+
 class NonFiniteError(BCE3SError):
     """A loss, gradient or weight became NaN/inf (``runtime.nan_policy: stop``), or a checkpoint would hold one.
 

@@ -3,7 +3,9 @@
 It follows torchvision's reference script: validate the config, set up devices, build the data, check the output
 directory, build the model, run the stages in order (:mod:`bce3s.engine.stages`), then evaluate the test split
 once per selected checkpoint and write ``final.json``. The test split is never used before that point. The global
-torch settings a run changes (threads, cuDNN, deterministic algorithms) are restored when it ends.
+torch settings a run changes (threads, cuDNN, deterministic algorithms) are restored when it ends. The process
+(rank 0 under torchrun) holds the run directory's lock (:func:`bce3s.rundir.run_lock`) from the first look at the
+run to the end, so two commands never write one run.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from bce3s.engine.signals import StopFlag
 from bce3s.engine.stages import RunContext, run_stage
 from bce3s.engine.state import RESUME_FREE, Checkpointer, config_diff, load_resume_state, model_state
 from bce3s.engine.validate import validate_config
-from bce3s.errors import BCE3SError, CheckpointError, ConfigError, Interrupted, RunDirError
-from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, write_json
+from bce3s.errors import BCE3SError, CheckpointError, ConfigError, DiskFullError, Interrupted, RunDirError
+from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, run_lock, write_json
 from bce3s.seeding import seed_everything
 
 __all__ = ["TrainResult", "train"]
@@ -106,6 +108,11 @@ def _read_config(rd: RunDir) -> Config:
 def _resume_config(rd: RunDir, cfg: Config | None) -> tuple[Config, list[str], dict[str, Any]]:
     """The config to resume with (the run's own when ``cfg`` is None), what changed, and ``last.pt``."""
     rd.require_run()
+    if rd.read_run_info().get("status") == "finished":  # resuming would only evaluate the test split again
+        raise RunDirError(
+            f"{rd.root} holds a finished run (see its final.json): there is nothing to resume; to train it again, "
+            f"run: bce3s train {rd.config} --out {rd.root} --overwrite (or choose another --out)"
+        )
     run_cfg = _read_config(rd)
     cfg = run_cfg if cfg is None else cfg
     diffs = config_diff(run_cfg, cfg, ignore=RESUME_FREE)
@@ -236,7 +243,24 @@ def _set_status(rd: RunDir, status: str) -> None:
         info = rd.read_run_info()
         info["status"] = status
         info["ended"] = _dt.datetime.now().isoformat(timespec="seconds")
-        rd.write_run_info(info)
+        try:
+            rd.write_run_info(info)
+        except DiskFullError:
+            pass  # run.json keeps "running", which --resume and --auto-resume accept; the first error is reported
+
+
+def _disk_full(rd: RunDir, err: DiskFullError) -> DiskFullError:
+    """``err`` with how to go on once there is room again."""
+    if rd.checkpoint("last").is_file():
+        how = f"once there is room, continue the run from its last checkpoint: bce3s train --resume --out {rd.root}"
+    else:
+        how = "the run had no checkpoint yet: once there is room, run the same command again with --overwrite"
+    return DiskFullError(f"{err.what}; {how}", folder=err.folder, needed=err.needed, what=err.what)
+
+
+def _launch_rank() -> int:
+    """The global rank torchrun gave this process (0 without torchrun), known before the process group exists."""
+    return int(os.environ.get("RANK", "0") or "0")
 
 
 def _build_model(cfg: Config, data: Any, dist: DistInfo) -> nn.Module:
@@ -274,18 +298,27 @@ def train(
 
     Raises:
         BCE3SError: bad config, data, output directory or checkpoint (one-line message).
+        RunDirError: ``out`` is locked by another process, or holds a finished run and ``resume`` is set.
+        DiskFullError: a write failed for want of space; the checkpoints on disk are intact.
         Interrupted: a signal stopped training after ``last.pt`` was written.
     """
     rd = RunDir(Path(out))
-    resume_state, changed = None, []
-    if resume:
-        cfg, changed, resume_state = _resume_config(rd, cfg)
-    elif cfg is None:
-        raise ConfigError("train needs a config (or resume=True with an existing run)")
-    validate_config(cfg)
-    _check_world_size(cfg)
-    with torch_settings(cfg.runtime):
-        return _train(cfg, rd, resume_state, changed, overwrite, config_path, quiet, command)
+    if not resume:
+        if cfg is None:
+            raise ConfigError("train needs a config (or resume=True with an existing run)")
+        validate_config(cfg)  # before the lock creates the directory
+        _check_world_size(cfg)
+    with run_lock(rd.root, enabled=_launch_rank() == 0):
+        resume_state, changed = None, []
+        if resume:
+            cfg, changed, resume_state = _resume_config(rd, cfg)
+            validate_config(cfg)
+            _check_world_size(cfg)
+        try:
+            with torch_settings(cfg.runtime):
+                return _train(cfg, rd, resume_state, changed, overwrite, config_path, quiet, command)
+        except DiskFullError as err:
+            raise _disk_full(rd, err) from err
 
 
 def _train(
