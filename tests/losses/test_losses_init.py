@@ -161,3 +161,19 @@ def test_float32_close_to_float64_and_terms_detached(name):
     assert lo.loss.dtype == torch.float32
     assert lo.loss.item() == pytest.approx(hi.loss.item(), rel=1e-5)
     assert hi.terms and all(not t.requires_grad and t.dim() == 0 for t in hi.terms.values())
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "class_counts" not in inspect.signature(LOSSES[n]).parameters])
+def test_build_without_class_counts_for_losses_that_do_not_use_them(name):
+    assert isinstance(build_loss(name, num_classes=K), Loss)
+
+
+def test_bce3s_builds_without_class_counts():
+    assert isinstance(build_loss("bce3s", num_classes=K), losses.Bce3sLoss)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "class_counts" in inspect.signature(LOSSES[n]).parameters])
+def test_missing_class_counts_is_a_value_error_naming_the_loss(name):
+    with pytest.raises(ValueError, match=f"^class_counts: .*{name!r}") as info:
+        build_loss(name, num_classes=K)
+    assert "\n" not in str(info.value)

@@ -3,7 +3,8 @@
 Every loss is a :class:`Loss` called as ``loss(logits, target, *, view=None, embeddings=None, weight=None)``
 and returning a :class:`LossOutput` ``(loss, terms)``. Build one by registry name with :func:`build_loss`::
 
-    loss_fn = build_loss("bce3s", num_classes=100, class_counts=counts, neg_class_ratio=0.4)
+    loss_fn = build_loss("bce3s", num_classes=100, neg_class_ratio=0.4)
+    loss_fn = build_loss("ldam", num_classes=100, class_counts=counts)  # class_counts: only where used
 
 ``Bce3sLoss`` is a composition of three term modules (:mod:`bce3s.losses.terms`), each running one public function
 of :mod:`bce3s.losses.functional`. Every loss parameter is validated by :func:`check_param` when the loss is built.
@@ -109,14 +110,16 @@ def loss_params(name: str) -> dict[str, Any]:
     return out
 
 
-def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int], **params: Any) -> Loss:
+def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int] | None = None, **params: Any) -> Loss:
     """Build a loss by registry name.
 
     Args:
         name: one of ``LOSSES`` (bce3s, bce, ce, focal, cb_softmax, cb_sigmoid, cb_focal, balanced_softmax,
             logit_adjusted, ldam, cb_bce).
         num_classes: K.
-        class_counts: training images per class (length K); passed to the losses that use it.
+        class_counts: training images per class (length K); required by the losses that use it (the class-balanced
+            ones, balanced_softmax, logit_adjusted, ldam, cb_bce), optional and ignored otherwise (bce3s, bce, ce,
+            focal).
         **params: the loss's keyword parameters (see :func:`loss_params`).
 
     Returns:
@@ -124,7 +127,8 @@ def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int], **pa
 
     Raises:
         ValueError: unknown name or parameter (the message lists the valid ones), or an invalid value (the message
-            starts with the parameter's name, e.g. ``temperature: must be > 0 (got 0)``).
+            starts with the parameter's name, e.g. ``temperature: must be > 0 (got 0)``), or ``class_counts``
+            missing for a loss that needs it (the message starts with ``class_counts:``).
     """
     factory = _factory(name)
     signature = inspect.signature(factory)
@@ -136,10 +140,17 @@ def build_loss(name: str, *, num_classes: int, class_counts: Sequence[int], **pa
         close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
         hint = f" did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{unknown[0]}: unknown parameter of loss {name!r};{hint} valid: {listed}")
-    if len(class_counts) != num_classes:
+    needs_counts = "class_counts" in signature.parameters
+    if class_counts is None:
+        if needs_counts:
+            raise ValueError(
+                f"class_counts: loss {name!r} needs the training images per class; pass "
+                f"class_counts=[n_0, ..., n_{{K-1}}] (length num_classes={num_classes})"
+            )
+    elif len(class_counts) != num_classes:
         raise ValueError(f"class_counts: has {len(class_counts)} entries but num_classes is {num_classes}")
     kwargs: dict[str, Any] = {"num_classes": num_classes}
-    if "class_counts" in signature.parameters or takes_any:
+    if class_counts is not None and (needs_counts or takes_any):
         kwargs["class_counts"] = class_counts
     return factory(**kwargs, **params)
 
