@@ -42,7 +42,7 @@ from bce3s.losses.params import check_param
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.softmax import CrossEntropyLoss, FocalLoss
 from bce3s.losses.terms import ContrastiveTerm, JointTerm, UniformTerm
-from bce3s.losses.tripartite import Bce3sLoss
+from bce3s.losses.tripartite import Bce3sLoss, ContrastiveInactiveWarning
 
 __all__ = [
     "LOSSES",
@@ -54,6 +54,7 @@ __all__ = [
     "ClassBalancedSigmoidLoss",
     "ClassBalancedSoftmaxLoss",
     "ClassMemory",
+    "ContrastiveInactiveWarning",
     "ContrastiveTerm",
     "CrossEntropyLoss",
     "FocalLoss",

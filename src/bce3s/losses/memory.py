@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -41,6 +43,9 @@ class ClassMemory(nn.Module):
         self.num_classes = num_classes
         self.dim = dim
         self.check_inputs = False
+        #: Set (a plain Python flag, no tensor read) by the first :meth:`update` call; the loss warns when it is
+        #: still False once the contrastive term is on.
+        self.written = False
         self.register_buffer("memory", torch.zeros(num_classes, dim, dtype=torch.float32))
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
 
@@ -60,6 +65,7 @@ class ClassMemory(nn.Module):
         if not isinstance(target, Tensor) or not is_hard(target) or tuple(target.shape) != (embeddings.shape[0],):
             got = shape_str(target) if isinstance(target, Tensor) else type(target).__name__
             raise ValueError(f"{where}: target must be int class ids of shape ({embeddings.shape[0]},), got {got}")
+        self.written = True
         n = embeddings.shape[0]
         if n == 0:
             return
@@ -74,6 +80,13 @@ class ClassMemory(nn.Module):
         rows = embeddings.detach().to(device=device, dtype=torch.float32)[last.clamp(min=0)]
         self.memory.copy_(torch.where(hit[:, None], rows, self.memory))
         self.seen.logical_or_(hit)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A memory restored from a checkpoint counts as written when it holds any class (read once, at load).
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        seen = state_dict.get(prefix + "seen")
+        if isinstance(seen, Tensor) and seen.device.type != "meta" and bool(seen.any()):
+            self.written = True
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dim={self.dim}"

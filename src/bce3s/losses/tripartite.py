@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -11,7 +15,18 @@ from bce3s.losses.params import check_param
 from bce3s.losses.partial import PartialClassSampler
 from bce3s.losses.terms import ContrastiveTerm, JointTerm, UniformTerm
 
-__all__ = ["Bce3sLoss"]
+__all__ = ["Bce3sLoss", "ContrastiveInactiveWarning"]
+
+#: Forward calls with the contrastive term on and ``update`` never called before warning. 2, not 1: when the term
+#: is on from the first step (``contrastive_start_epoch=0``, or a resumed run), the first forward legitimately
+#: comes before the first ``update``.
+UNFED_CALLS_BEFORE_WARNING = 2
+#: Forward calls with ``set_epoch`` never called before warning (only when the term starts after epoch 0).
+NO_EPOCH_CALLS_BEFORE_WARNING = 1000
+
+
+class ContrastiveInactiveWarning(UserWarning):
+    """The contrastive term of :class:`Bce3sLoss` stays 0 because ``update`` or ``set_epoch`` is never called."""
 
 
 class Bce3sLoss(Loss):
@@ -31,7 +46,11 @@ class Bce3sLoss(Loss):
       the classifier weight.
 
     Call :meth:`set_epoch` at the start of every epoch and :meth:`update` with the clean view's (detached)
-    embeddings and labels **after** ``optimizer.step()``. ``state_dict`` holds ``class_memory.memory``,
+    embeddings and labels **after** ``optimizer.step()``. Forgetting either leaves the contrastive term at 0;
+    the loss then warns once (:class:`ContrastiveInactiveWarning`): when the term is on and :meth:`update` has
+    never been called by the second forward call, or when :meth:`set_epoch` has never been called after
+    ``NO_EPOCH_CALLS_BEFORE_WARNING`` forward calls while ``contrastive_start_epoch > 0``. The checks only look
+    at Python flags and counters (no host sync). ``state_dict`` holds ``class_memory.memory``,
     ``class_memory.seen`` and ``sampler._extra_state`` (the class-set generator).
 
     Args:
@@ -75,6 +94,10 @@ class Bce3sLoss(Loss):
         self.uniform_weight = check_param("uniform_weight", uniform_weight)
         self.contrastive_start_epoch = check_param("contrastive_start_epoch", contrastive_start_epoch)
         self.epoch = 0
+        self._epoch_set = False
+        self._unfed_calls = 0
+        self._no_epoch_calls = 0
+        self._warned = False
         self.sampler = PartialClassSampler(neg_class_ratio, seed)
         self.class_memory = ClassMemory(num_classes, embedding_dim)
         self.joint = JointTerm(neg_weight=neg_weight, logit_clip=logit_clip)
@@ -89,6 +112,7 @@ class Bce3sLoss(Loss):
     def set_epoch(self, epoch: int) -> None:
         """Set the current (0-based) epoch; the contrastive term starts at ``contrastive_start_epoch``."""
         self.epoch = int(epoch)
+        self._epoch_set = True
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:
@@ -111,6 +135,8 @@ class Bce3sLoss(Loss):
                 f"{type(self).__name__}: embeddings have size {embeddings.shape[1]} but embedding_dim is "
                 f"{self.class_memory.dim}; build the loss with embedding_dim={embeddings.shape[1]}"
             )
+        if not self._warned and self.contrastive_weight > 0:
+            self._warn_if_contrastive_stuck()
         classes = self.sampler if self.sampler.ratio < 1.0 else None
         joint = self.joint(logits, target, view, classes)
         if self.contrastive_active:
@@ -122,8 +148,40 @@ class Bce3sLoss(Loss):
         terms = {"joint": joint.detach(), "contrastive": contrastive.detach(), "uniform": uniform.detach()}
         return LossOutput(loss, terms)
 
+    def _warn_if_contrastive_stuck(self) -> None:
+        """Warn once when ``update`` or ``set_epoch`` is evidently never called (Python state only)."""
+        if self.contrastive_active and not self.class_memory.written:
+            self._unfed_calls += 1
+            if self._unfed_calls >= UNFED_CALLS_BEFORE_WARNING:
+                self._warn(
+                    f"the contrastive term is 0 because the class memory is empty after {self._unfed_calls} "
+                    "forward calls at epoch >= contrastive_start_epoch: call "
+                    "loss.update(clean_embeddings.detach(), labels) after every optimizer.step()"
+                )
+        elif not self._epoch_set and self.contrastive_start_epoch > 0:
+            self._no_epoch_calls += 1
+            if self._no_epoch_calls >= NO_EPOCH_CALLS_BEFORE_WARNING:
+                self._warn(
+                    f"set_epoch() has not been called in {self._no_epoch_calls} forward calls, so the epoch is "
+                    f"still 0 and the contrastive term (from epoch {self.contrastive_start_epoch}) stays 0: call "
+                    "loss.set_epoch(epoch) at the start of every epoch"
+                )
+
+    def _warn(self, message: str) -> None:
+        self._warned = True
+        warnings.warn(f"{type(self).__name__}: {message}", ContrastiveInactiveWarning, stacklevel=_caller_level())
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, contrastive_weight={self.contrastive_weight}, "
             f"uniform_weight={self.uniform_weight}, contrastive_start_epoch={self.contrastive_start_epoch}"
         )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside bce3s.losses and torch.nn (the line calling the loss)."""
+    inside = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.nn.__file__)))
+    level, frame = 2, sys._getframe(2)  # 1: Bce3sLoss._warn, which calls warnings.warn
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        level, frame = level + 1, frame.f_back
+    return level
