@@ -6,9 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from bce3s.losses import Bce3sLoss, ContrastiveInactiveWarning
+from bce3s.models import NormalizedLinear, Projector
 
 REPO = Path(__file__).resolve().parents[1]
 README_HEADING = "## Use the loss in your own training loop"
@@ -31,19 +36,39 @@ def first_python_block(text: str, heading: str) -> str | None:
     return match.group(1) if match else None
 
 
-def run_snippet(code: str) -> str:
+def run_snippet(code: str, namespace: dict[str, Any] | None = None) -> str:
+    """Run ``code`` (in ``namespace`` when given, so the caller can inspect it) and return what it printed.
+
+    A :class:`ContrastiveInactiveWarning` (``update``/``set_epoch`` forgotten) fails the run.
+    """
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, "<snippet>", "exec"), {"__name__": "__snippet__"})
+    scope = namespace if namespace is not None else {}
+    scope.setdefault("__name__", "__snippet__")
+    with contextlib.redirect_stdout(out), warnings.catch_warnings():
+        warnings.simplefilter("error", ContrastiveInactiveWarning)
+        exec(compile(code, "<snippet>", "exec"), scope)
     return out.getvalue()
+
+
+def check_snippet_uses_the_library(code: str, scope: dict[str, Any]) -> None:
+    """The snippet uses the library's head and projector, one forward per step, and feeds the memory after it."""
+    assert isinstance(scope["head"], NormalizedLinear)
+    assert isinstance(scope["projector"], Projector)
+    assert "F.normalize" not in code  # no hand-built normalized head
+    assert code.count("projector(") == 1 and code.count("backbone(") == 1  # one forward, no second one for update
+    assert code.index("opt.step()") < code.index("loss_fn.update(")
+    loss = scope["loss_fn"]
+    assert isinstance(loss, Bce3sLoss) and bool(loss.class_memory.seen.any())
 
 
 def test_docs_quick_example_runs():
     code = first_python_block((REPO / "docs" / "losses.md").read_text(), DOCS_HEADING)
     assert code is not None, f"docs/losses.md has no ```python block under {DOCS_HEADING!r}"
     assert len(code.strip().splitlines()) < 30
-    printed = run_snippet(code)
+    scope: dict[str, Any] = {}
+    printed = run_snippet(code, scope)
     assert printed.count("\n") == 2 and "contrastive" in printed
+    check_snippet_uses_the_library(code, scope)
 
 
 def test_readme_loss_snippet_runs():
@@ -54,4 +79,6 @@ def test_readme_loss_snippet_runs():
     code = first_python_block(text, README_HEADING)
     if code is None:
         pytest.skip(f"README.md has no ```python block under {README_HEADING!r} yet (paste it from docs/losses.md)")
-    run_snippet(code)
+    scope: dict[str, Any] = {}
+    run_snippet(code, scope)
+    check_snippet_uses_the_library(code, scope)
