@@ -11,7 +11,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "Installing bce3s and its dev tools into $(VENV) (PyTorch, torchvision, pytest, ruff, ...); this takes about a minute."
+	@echo "No NVIDIA GPU? Install the CPU build of PyTorch into $(VENV) first to skip ~4 GB of CUDA wheels (see README, Install)."
+	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
