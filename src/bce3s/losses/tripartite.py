@@ -168,6 +168,7 @@ class Bce3sLoss(Loss):
                 )
 
     def _warn(self, message: str) -> None:
+        """Raise the one :class:`ContrastiveInactiveWarning` of this loss, pointing at the caller's line."""
         self._warned = True
         warnings.warn(f"{type(self).__name__}: {message}", ContrastiveInactiveWarning, stacklevel=_caller_level())
 
