@@ -54,6 +54,11 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = load_config(write_cfg(tmp))
     res = train(cfg, tmp / "out", quiet=True, config_path="tiny.yaml")
+    # the eval files exactly as train left them (test_eval_reproduces_final_json rewrites them)
+    (tmp / "train_eval").mkdir()
+    for ck in ("last", "best_val"):
+        name = f"eval_test_{ck}.json"
+        (tmp / "train_eval" / name).write_bytes((tmp / "out" / name).read_bytes())
     return tmp / "out", res.final
 
 
@@ -99,6 +104,30 @@ def test_eval_reproduces_final_json(finished_run):
             assert res["metrics"][key] == final["test"][ck][key], (ck, key)
         assert (out / f"eval_test_{ck}.json").is_file()
         assert "compactness" in res["geometry"]["per_class"]
+
+
+def test_train_leaves_the_eval_files_the_report_needs(finished_run):
+    """train writes eval_test_{last,best_val}.json as 'bce3s eval' would; the report then has every figure."""
+    from bce3s.report.document import Figure, Para
+    from bce3s.report.rundata import load_run
+    from bce3s.report.writer import build_blocks
+
+    out, final = finished_run
+    run = load_run(out)
+    assert run.notes == []
+    blocks = build_blocks([run])
+    names = {b.name for b in blocks if isinstance(b, Figure)}
+    assert {"per_class_accuracy", "shot_accuracy", "training_curves", "reliability", "geometry"} <= names
+    assert any(n.startswith("confusion") for n in names)
+    assert not [b.text for b in blocks if isinstance(b, Para) and b.note]
+    for ck in ("last", "best_val"):
+        written = json.loads((out.parent / "train_eval" / f"eval_test_{ck}.json").read_text())
+        assert written["metrics"] == final["test"][ck]
+        again = evaluate_run(out, split="test", checkpoint=ck)
+        assert written["metrics"] == again["metrics"]
+        assert written["reliability"] == again["reliability"]
+        assert written["confusion"] == again["confusion"]
+        assert set(written) == set(again)
 
 
 def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(tmp_path, finished_run, monkeypatch):

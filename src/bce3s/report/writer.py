@@ -8,8 +8,8 @@ lists them); it never loads a model.
 Which numbers come from where: the results table and the per-class / shot-group figures use the test split
 from ``final.json`` (checkpoints ``last`` and ``best_val``, no TTA; flip-TTA rows are a separate table). The
 reliability diagram, geometry and confusion matrix need an ``eval_*.json`` (preferably
-``eval_test_last.json``); the report names the file each comes from, and lists what is missing instead of
-failing.
+``eval_test_last.json``, which ``bce3s train`` writes at its end); the report names the file each comes from,
+and lists what is missing instead of failing.
 """
 
 from __future__ import annotations
