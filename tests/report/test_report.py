@@ -329,3 +329,28 @@ def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
             assert expected in main["rows"]
             assert "| " + " | ".join(expected) + " |" in md
     assert "bce3s: eval_test_last.json is missing" in md
+
+
+def test_run_colours_do_not_depend_on_argument_order(
+    make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's colour in the figures is fixed by its method, not by where it stands on the command line."""
+    from bce3s.report.writer import build_blocks
+
+    ce, bce3s = make_run("ce_seed0", loss="ce"), make_run("bce3s_seed0", loss="bce3s")
+    ce1 = make_run("ce_seed1", loss="ce", seed=1)
+    seen: list[dict[str, str]] = []
+    real = plots.per_class_accuracy
+
+    def spy(per_class: Any, train_counts: Any, **kw: Any) -> Any:
+        seen.append(dict(kw["colors"]))
+        return real(per_class, train_counts, **kw)
+
+    monkeypatch.setattr(plots, "per_class_accuracy", spy)
+    for order in ([ce, bce3s], [bce3s, ce], [ce1, bce3s, ce], [ce, ce1, bce3s], [bce3s]):
+        build_blocks([load_run(p) for p in order])
+    ce_alone = plots.run_colors(["x"], ["ce"])["x"]
+    assert seen[0] == seen[1] and seen[0]["ce_seed0"] == ce_alone
+    assert seen[2] == seen[3] and seen[2]["bce3s_seed0"] == seen[0]["bce3s_seed0"] == seen[4]["bce3s_seed0"]
+    assert len(set(seen[2].values())) == 3  # two seeds of one method still get two colours
+    assert seen[0]["ce_seed0"] != seen[0]["bce3s_seed0"]

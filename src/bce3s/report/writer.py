@@ -1,7 +1,8 @@
 """The run report: ``report.html`` (self-contained, works offline) and ``report.md`` from one or more run dirs.
 
 ``bce3s report RUN_DIR [RUN_DIR ...] --out DIR`` calls :func:`write_report`. Several run directories give a
-side-by-side comparison: every figure overlays the runs (one colour per run throughout) and the tables have
+side-by-side comparison: every figure overlays the runs (one colour per run throughout, fixed by the run's
+method, so a method has the same colour in every report) and the tables have
 one row or column per run. The report reads only files in the run directories (:mod:`bce3s.report.rundata`
 lists them); it never loads a model.
 
@@ -50,7 +51,7 @@ SECTIONS = (
 
 def build_blocks(runs: Sequence[RunData]) -> list[Block]:
     """Every section of the report for ``runs`` (labels already unique), in the order of :data:`SECTIONS`."""
-    colors = plots.run_colors([r.label for r in runs])
+    colors = plots.run_colors([r.label for r in runs], [r.method for r in runs])
     blocks: list[Block] = []
     section_runs(runs, blocks)
     section_results(runs, blocks)
