@@ -354,3 +354,29 @@ def test_run_colours_do_not_depend_on_argument_order(
     assert seen[2] == seen[3] and seen[2]["bce3s_seed0"] == seen[0]["bce3s_seed0"] == seen[4]["bce3s_seed0"]
     assert len(set(seen[2].values())) == 3  # two seeds of one method still get two colours
     assert seen[0]["ce_seed0"] != seen[0]["bce3s_seed0"]
+
+
+@pytest.mark.parametrize(("num_classes", "named"), [(10, True), (30, False)])
+def test_per_class_plot_names_classes_when_few(
+    make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, num_classes: int, named: bool
+) -> None:
+    """Like the confusion matrix, the per-class axis shows final.json's class_names for K <= 20, ranks above."""
+    from bce3s.report.writer import build_blocks
+
+    run = load_run(make_run(f"k{num_classes}", num_classes=num_classes))
+    figs: list[Any] = []
+    real = plots.per_class_accuracy
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        figs.append(real(*args, **kw))
+        return figs[-1]
+
+    monkeypatch.setattr(plots, "per_class_accuracy", spy)
+    build_blocks([run])
+    ax = figs[0].axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    order = plots.head_to_tail_order(run.train_counts or [])
+    if named:
+        assert ticks == [run.final["class_names"][i] for i in order]
+    else:
+        assert not any(t.startswith("digit") for t in ticks)

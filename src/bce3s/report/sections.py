@@ -248,14 +248,16 @@ def section_per_class(runs: Sequence[RunData], colors: Mapping[str, str], blocks
         counts = group[0].train_counts
         assert counts is not None
         groups = shot_group_lists(counts)
+        names = group[0].final.get("class_names")
+        names = names if isinstance(names, list) and len(names) == len(counts) else None
         fsuf, csuf = group_suffix(group, runs)
         fig = make_figure(
             f"per_class_accuracy{fsuf}",
             "Test accuracy of each class (last checkpoint, no TTA) against its number of training images. Classes "
             "are sorted head to tail; grey bars are the training counts (log scale, right axis); shaded regions "
             f"are the Many / Medium / Few groups (class counts in brackets).{csuf}",
-            lambda data=data, counts=counts, groups=groups: plots.per_class_accuracy(
-                data, counts, groups=groups, colors=colors),
+            lambda data=data, counts=counts, groups=groups, names=names: plots.per_class_accuracy(
+                data, counts, groups=groups, colors=colors, class_names=names),
             notes,
         )
         if fig is not None:
