@@ -380,3 +380,20 @@ def test_per_class_plot_names_classes_when_few(
         assert ticks == [run.final["class_names"][i] for i in order]
     else:
         assert not any(t.startswith("digit") for t in ticks)
+
+
+def test_empty_shot_group_and_geometry_meanings_are_explained(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    """A run with no Few class (CIFAR-10-LT: 8/2/0 at 500..50 images) says why Few is a dash; geometry rows explain."""
+    run = make_run("c10")
+    final = json.loads((run / "final.json").read_text())
+    final["train_counts"] = [500, 387, 300, 232, 180, 139, 108, 101, 65, 50]
+    (run / "final.json").write_text(json.dumps(final))
+    _, md_path = write_report([run], tmp_path / "out")
+    md = md_path.read_text()
+    assert "no class has < 20 training images" in md
+    assert "8 / 2 / 0" in md
+    assert "no class has > 100" not in md  # only the empty group is explained
+    geo_lines = [ln for ln in md.splitlines() if ln.startswith("| Classifier separability")]
+    assert geo_lines and "higher" in geo_lines[0]
+    assert all("higher" in ln or "bias" in ln for ln in md.splitlines()
+               if ln.startswith(("| Compactness", "| Feature separability", "| Feature norm", "| Weight norm")))
