@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bce3s.errors import BCE3SError, ConfigError
+from bce3s.errors import BCE3SError, ConfigError, program_name
 
 log = logging.getLogger("bce3s")
 
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         out = getattr(args, "out", None)
         if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").is_file():
-            hint = f"; resume with: bce3s train --resume --out {out}"
+            hint = f"; resume with: {program_name()} train --resume --out {out}"
         print(f"bce3s: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -152,3 +152,24 @@ def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(tmp_path, finished
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["status"] == "finished"
     assert info["resumed_from"][0]["epoch"] == 0 and info["resumed_from"][0]["step"] == 5
+
+
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [("/x/bce3s/__main__.py", "python -m bce3s"), (".venv/bin/bce3s", ".venv/bin/bce3s")],
+)
+def test_interrupt_message_names_the_program_run_and_counts_epochs_from_1(
+    tmp_path, monkeypatch, argv0, expected
+):
+    """The resume hint uses the command the user ran; the epoch is counted as the progress log counts (1-based)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [argv0, "train"])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv(faults.ENV, "sigterm@step:0.1.2")
+    cfg = load_config(write_cfg(tmp_path))
+    with pytest.raises(BCE3SError) as info:
+        train(cfg, tmp_path / "out", quiet=True)
+    msg = str(info.value)
+    assert "stage stage1 epoch 2 step" in msg  # second epoch of stage1 (0-based index 1)
+    assert f"Resume with: {expected} train --resume --out " in msg
