@@ -157,3 +157,15 @@ def test_demo_prints_table_and_report_path(tmp_path, capsys):
     for name in ("ce", "bce3s"):
         final = json.loads((tmp_path / "demo" / name / "final.json").read_text())
         assert f"{final['test']['last']['top1']:.2f}" in out
+
+
+def test_final_table_says_why_a_shot_group_is_empty(capsys: pytest.CaptureFixture[str]) -> None:
+    """The train result table explains a dash in Few (no class under 20 training images), and only then."""
+    from bce3s.cli import _print_final
+
+    row = {"top1": 80.0, "many": 85.0, "medium": 60.0, "few": None, "ece": 3.0}
+    _print_final({"test": {"last": row}, "train_counts": [500, 300, 180, 101, 65, 50]}, Path("r"))
+    out = capsys.readouterr().out
+    assert "Few" in out and "no class has < 20 training images" in out
+    _print_final({"test": {"last": row}, "train_counts": [500, 300, 50, 10]}, Path("r"))
+    assert "no class has" not in capsys.readouterr().out

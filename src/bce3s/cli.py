@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bce3s.errors import BCE3SError, ConfigError
+from bce3s.errors import BCE3SError, ConfigError, program_name
 
 log = logging.getLogger("bce3s")
 
@@ -259,6 +259,16 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def _print_empty_groups(train_counts: Any) -> None:
+    """One line per empty shot group (shown as a dash in the tables) saying why it is empty."""
+    from bce3s.eval.metrics import empty_group_reasons
+
+    if not isinstance(train_counts, list) or not train_counts:
+        return
+    for name, reason in empty_group_reasons(train_counts).items():
+        print(f"{name.capitalize()} –: {reason} (the group is empty)")
+
+
 def _print_final(final: dict[str, Any], run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
     print(f"{'checkpoint':<22}{'All':>8}{'Many':>8}{'Medium':>8}{'Few':>8}{'ECE':>8}")
@@ -269,12 +279,27 @@ def _print_final(final: dict[str, Any], run_dir: Path) -> None:
             f"{label:<22}{_fmt(m.get('top1')):>8}{_fmt(m.get('many')):>8}{_fmt(m.get('medium')):>8}"
             f"{_fmt(m.get('few')):>8}{_fmt(ece):>8}"
         )
+    _print_empty_groups(final.get("train_counts"))
     sel = final.get("selection", {}).get("best_val") or {}
     if sel.get("metric"):
         print(
             f"best_val: {sel['stage']} epoch {sel['epoch'] + 1} (val {sel['metric']} {sel['value']:.2f}); "
             "test split used only for these rows"
         )
+
+
+def _run_train_counts(run_dir: Path) -> list[int] | None:
+    """The training counts of a run (``data.json``, else ``final.json``), or None when neither has them."""
+    import json
+
+    for name in ("data.json", "final.json"):
+        try:
+            counts = json.loads((run_dir / name).read_text()).get("train_counts")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(counts, list) and counts:
+            return counts
+    return None
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -295,17 +320,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"top1 {_fmt(m.get('top1'))}  mean per class {_fmt(m.get('mean_per_class'))}  many {_fmt(m.get('many'))}  "
         f"medium {_fmt(m.get('medium'))}  few {_fmt(m.get('few'))}  ECE {_fmt(m.get('ece'))}"
     )
+    _print_empty_groups(_run_train_counts(Path(args.run_dir)))
     g = res.get("geometry")
     if g:
+        from bce3s.eval.geometry import GEOMETRY_MEANINGS
 
-        def mean_of(key: str) -> str:
+        print("geometry (mean over all classes):")
+        for key in ("compactness", "feature_separability", "classifier_separability"):
             v = g.get("summary", {}).get(key, {}).get("all", {}).get("mean")
-            return "–" if v is None else f"{v:.3f}"
-
-        print(
-            f"geometry: compactness {mean_of('compactness')}  feature separability {mean_of('feature_separability')}  "
-            f"classifier separability {mean_of('classifier_separability')}"
-        )
+            value = "–" if v is None else f"{v:.3f}"
+            print(f"  {key.replace('_', ' '):<25}{value:>7}  ({GEOMETRY_MEANINGS[key]})")
     suffix = "_tta_flip" if args.tta == "flip" else ""
     print(f"written: {Path(args.run_dir) / f'eval_{args.split}_{args.checkpoint}{suffix}.json'}")
     return 0
@@ -500,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         out = getattr(args, "out", None)
         if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").is_file():
-            hint = f"; resume with: bce3s train --resume --out {out}"
+            hint = f"; resume with: {program_name()} train --resume --out {out}"
         print(f"bce3s: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -70,3 +70,23 @@ class Interrupted(BCE3SError):
     """Training stopped on SIGTERM/SIGINT after writing a consistent ``last.pt``; the CLI exits with code 130."""
 
     exit_code = 130
+
+
+def program_name() -> str:
+    """How to call bce3s again in a hint, as the user ran it.
+
+    The console script as it was run (``bce3s`` when that is what ``bce3s`` on ``PATH`` finds, else the path
+    typed, e.g. ``.venv/bin/bce3s``); ``python -m bce3s`` when the package was run as a module.
+    """
+    import os
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    name = os.path.basename(argv0)
+    if name not in ("bce3s", "bce3s.exe"):
+        return "python -m bce3s"
+    on_path = shutil.which("bce3s")
+    if on_path is not None and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return "bce3s"
+    return argv0

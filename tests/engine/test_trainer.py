@@ -54,6 +54,11 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = load_config(write_cfg(tmp))
     res = train(cfg, tmp / "out", quiet=True, config_path="tiny.yaml")
+    # the eval files exactly as train left them (test_eval_reproduces_final_json rewrites them)
+    (tmp / "train_eval").mkdir()
+    for ck in ("last", "best_val"):
+        name = f"eval_test_{ck}.json"
+        (tmp / "train_eval" / name).write_bytes((tmp / "out" / name).read_bytes())
     return tmp / "out", res.final
 
 
@@ -101,6 +106,30 @@ def test_eval_reproduces_final_json(finished_run):
         assert "compactness" in res["geometry"]["per_class"]
 
 
+def test_train_leaves_the_eval_files_the_report_needs(finished_run):
+    """train writes eval_test_{last,best_val}.json as 'bce3s eval' would; the report then has every figure."""
+    from bce3s.report.document import Figure, Para
+    from bce3s.report.rundata import load_run
+    from bce3s.report.writer import build_blocks
+
+    out, final = finished_run
+    run = load_run(out)
+    assert run.notes == []
+    blocks = build_blocks([run])
+    names = {b.name for b in blocks if isinstance(b, Figure)}
+    assert {"per_class_accuracy", "shot_accuracy", "training_curves", "reliability", "geometry"} <= names
+    assert any(n.startswith("confusion") for n in names)
+    assert not [b.text for b in blocks if isinstance(b, Para) and b.note]
+    for ck in ("last", "best_val"):
+        written = json.loads((out.parent / "train_eval" / f"eval_test_{ck}.json").read_text())
+        assert written["metrics"] == final["test"][ck]
+        again = evaluate_run(out, split="test", checkpoint=ck)
+        assert written["metrics"] == again["metrics"]
+        assert written["reliability"] == again["reliability"]
+        assert written["confusion"] == again["confusion"]
+        assert set(written) == set(again)
+
+
 def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(tmp_path, finished_run, monkeypatch):
     """SIGTERM after step 5 of stage 1's first epoch (the fault-injection hook signals this very process), then
     ``train(resume=True)``: the final numbers equal the uninterrupted run's bit for bit."""
@@ -123,3 +152,24 @@ def test_interrupt_mid_epoch_then_resume_equals_uninterrupted(tmp_path, finished
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["status"] == "finished"
     assert info["resumed_from"][0]["epoch"] == 0 and info["resumed_from"][0]["step"] == 5
+
+
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [("/x/bce3s/__main__.py", "python -m bce3s"), (".venv/bin/bce3s", ".venv/bin/bce3s")],
+)
+def test_interrupt_message_names_the_program_run_and_counts_epochs_from_1(
+    tmp_path, monkeypatch, argv0, expected
+):
+    """The resume hint uses the command the user ran; the epoch is counted as the progress log counts (1-based)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [argv0, "train"])
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv(faults.ENV, "sigterm@step:0.1.2")
+    cfg = load_config(write_cfg(tmp_path))
+    with pytest.raises(BCE3SError) as info:
+        train(cfg, tmp_path / "out", quiet=True)
+    msg = str(info.value)
+    assert "stage stage1 epoch 2 step" in msg  # second epoch of stage1 (0-based index 1)
+    assert f"Resume with: {expected} train --resume --out " in msg

@@ -46,7 +46,7 @@ class Scenario:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-RESUME_HINT = "last.pt saved. Resume with: bce3s train --resume --out {out}"
+RESUME_HINT = "last.pt saved. Resume with: python -m bce3s train --resume --out {out}"  # run as python -m bce3s
 SCENARIOS: dict[str, Scenario] = {
     "sigkill_mid_first_epoch": Scenario([Attempt("sigkill@step:0.0.5", expect_last=("stage1", 0, 0, 0))]),
     "sigkill_mid_second_epoch": Scenario([Attempt("sigkill@step:0.1.9", expect_last=("stage1", 0, 1, 0))]),
@@ -73,7 +73,7 @@ SCENARIOS: dict[str, Scenario] = {
                 send=signal.SIGTERM,
                 expect_rc=130,
                 expect_last=("stage1", 0, 1, 4),
-                expect_stderr="bce3s: error: interrupted by SIGTERM at stage stage1 epoch 1 step 4; " + RESUME_HINT,
+                expect_stderr="bce3s: error: interrupted by SIGTERM at stage stage1 epoch 2 step 4; " + RESUME_HINT,
             )
         ]
     ),
@@ -84,7 +84,7 @@ SCENARIOS: dict[str, Scenario] = {
                 send=signal.SIGINT,
                 expect_rc=130,
                 expect_last=("stage2", 1, 0, 3),
-                expect_stderr="bce3s: error: interrupted by SIGINT at stage stage2 epoch 0 step 3; " + RESUME_HINT,
+                expect_stderr="bce3s: error: interrupted by SIGINT at stage stage2 epoch 1 step 3; " + RESUME_HINT,
             )
         ]
     ),
@@ -96,7 +96,7 @@ SCENARIOS: dict[str, Scenario] = {
                 twice=True,
                 expect_rc=130,
                 expect_last=("stage1", 0, 0, 0),
-                expect_stderr="bce3s: interrupted; resume with: bce3s train --resume --out {out}",
+                expect_stderr="bce3s: interrupted; resume with: python -m bce3s train --resume --out {out}",
             )
         ]
     ),

@@ -156,3 +156,19 @@ def test_compare_does_not_import_matplotlib() -> None:
     loaded = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert "bce3s.report.compare" in loaded
     assert not [m for m in loaded if m.startswith("matplotlib") or m.startswith("bce3s.report.plots")]
+
+
+def test_markdown_shows_each_configs_set_overrides(tmp_path: Path, write_run: Callable[..., Path]) -> None:
+    """Two runs of one config file that differ by a --set: the table says which override made each group."""
+    runs = [write_run(tmp_path / "a0", lr=0.01), write_run(tmp_path / "b0", lr=0.1)]
+    for run, sets in zip(runs, (["--set", "runtime.device=cpu"], ["--set=stages.0.optim.lr=0.1"]), strict=True):
+        info = json.loads((run / "run.json").read_text())
+        info["command"] = ["bce3s", "train", "c.yaml", "--out", str(run), *sets]
+        (run / "run.json").write_text(json.dumps(info))
+    rows = compare_runs(runs)
+    assert [r["overrides"] for r in rows if r["checkpoint"] == "last"] == [["runtime.device=cpu"],
+                                                                         ["stages.0.optim.lr=0.1"]]
+    md = format_markdown(rows)
+    assert "--set runtime.device=cpu" in md and "--set stages.0.optim.lr=0.1" in md
+    plain = format_markdown(compare_runs([write_run(tmp_path / "c0")]))
+    assert "--set" not in plain

@@ -329,3 +329,71 @@ def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
             assert expected in main["rows"]
             assert "| " + " | ".join(expected) + " |" in md
     assert "bce3s: eval_test_last.json is missing" in md
+
+
+def test_run_colours_do_not_depend_on_argument_order(
+    make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's colour in the figures is fixed by its method, not by where it stands on the command line."""
+    from bce3s.report.writer import build_blocks
+
+    ce, bce3s = make_run("ce_seed0", loss="ce"), make_run("bce3s_seed0", loss="bce3s")
+    ce1 = make_run("ce_seed1", loss="ce", seed=1)
+    seen: list[dict[str, str]] = []
+    real = plots.per_class_accuracy
+
+    def spy(per_class: Any, train_counts: Any, **kw: Any) -> Any:
+        seen.append(dict(kw["colors"]))
+        return real(per_class, train_counts, **kw)
+
+    monkeypatch.setattr(plots, "per_class_accuracy", spy)
+    for order in ([ce, bce3s], [bce3s, ce], [ce1, bce3s, ce], [ce, ce1, bce3s], [bce3s]):
+        build_blocks([load_run(p) for p in order])
+    ce_alone = plots.run_colors(["x"], ["ce"])["x"]
+    assert seen[0] == seen[1] and seen[0]["ce_seed0"] == ce_alone
+    assert seen[2] == seen[3] and seen[2]["bce3s_seed0"] == seen[0]["bce3s_seed0"] == seen[4]["bce3s_seed0"]
+    assert len(set(seen[2].values())) == 3  # two seeds of one method still get two colours
+    assert seen[0]["ce_seed0"] != seen[0]["bce3s_seed0"]
+
+
+@pytest.mark.parametrize(("num_classes", "named"), [(10, True), (30, False)])
+def test_per_class_plot_names_classes_when_few(
+    make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, num_classes: int, named: bool
+) -> None:
+    """Like the confusion matrix, the per-class axis shows final.json's class_names for K <= 20, ranks above."""
+    from bce3s.report.writer import build_blocks
+
+    run = load_run(make_run(f"k{num_classes}", num_classes=num_classes))
+    figs: list[Any] = []
+    real = plots.per_class_accuracy
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        figs.append(real(*args, **kw))
+        return figs[-1]
+
+    monkeypatch.setattr(plots, "per_class_accuracy", spy)
+    build_blocks([run])
+    ax = figs[0].axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    order = plots.head_to_tail_order(run.train_counts or [])
+    if named:
+        assert ticks == [run.final["class_names"][i] for i in order]
+    else:
+        assert not any(t.startswith("digit") for t in ticks)
+
+
+def test_empty_shot_group_and_geometry_meanings_are_explained(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    """A run with no Few class (CIFAR-10-LT: 8/2/0 at 500..50 images) says why Few is a dash; geometry rows explain."""
+    run = make_run("c10")
+    final = json.loads((run / "final.json").read_text())
+    final["train_counts"] = [500, 387, 300, 232, 180, 139, 108, 101, 65, 50]
+    (run / "final.json").write_text(json.dumps(final))
+    _, md_path = write_report([run], tmp_path / "out")
+    md = md_path.read_text()
+    assert "no class has < 20 training images" in md
+    assert "8 / 2 / 0" in md
+    assert "no class has > 100" not in md  # only the empty group is explained
+    geo_lines = [ln for ln in md.splitlines() if ln.startswith("| Classifier separability")]
+    assert geo_lines and "higher" in geo_lines[0]
+    assert all("higher" in ln or "bias" in ln for ln in md.splitlines()
+               if ln.startswith(("| Compactness", "| Feature separability", "| Feature norm", "| Weight norm")))

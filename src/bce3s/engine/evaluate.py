@@ -22,9 +22,35 @@ from bce3s.engine.loop import predict
 from bce3s.errors import CheckpointError, ConfigError, RunDirError
 from bce3s.eval.metrics import reliability_bins
 
-__all__ = ["evaluate_run", "evaluate_split"]
+__all__ = ["eval_result", "eval_stem", "evaluate_run", "evaluate_split", "predict_split"]
 
 log = logging.getLogger(__name__)
+
+
+def predict_split(
+    cfg: Config,
+    data: Any,
+    model: nn.Module,
+    split: Any,
+    dist: DistInfo,
+    *,
+    tta: bool = False,
+    with_features: bool = False,
+) -> dict[str, Any]:
+    """Logits, labels (and features) of ``model`` on an evaluation split, as :func:`bce3s.engine.loop.predict`.
+
+    The one prediction pass shared by the end-of-training test (``final.json``, ``eval_test_*.json``) and
+    ``bce3s eval``: the run's eval batch size, un-augmented pipeline, autocast dtype and memory format.
+    """
+    return predict(
+        model,
+        eval_source(cfg, data, split, dist),
+        dist,
+        amp_dtype=amp_dtype(cfg, dist.device),
+        channels_last=cfg.model.channels_last,
+        tta_flip=tta,
+        with_features=with_features,
+    )
 
 
 def evaluate_split(
@@ -41,15 +67,57 @@ def evaluate_split(
     """
     from bce3s.eval.metrics import summarize
 
-    pred = predict(
-        model,
-        eval_source(cfg, data, split, dist),
-        dist,
-        amp_dtype=amp_dtype(cfg, dist.device),
-        channels_last=cfg.model.channels_last,
-        tta_flip=tta,
-    )
+    pred = predict_split(cfg, data, model, split, dist, tta=tta)
     return summarize(pred["logits"], pred["labels"], data.train_counts)
+
+
+def eval_result(
+    pred: dict[str, Any],
+    data: Any,
+    model: nn.Module,
+    *,
+    split: str,
+    checkpoint: str,
+    tta: str = "none",
+    geometry: bool = True,
+) -> dict[str, Any]:
+    """The content of ``eval_<split>_<checkpoint>.json`` from one prediction pass (with features).
+
+    Used by ``bce3s eval`` (:func:`evaluate_run`) and by the end of ``bce3s train``, so both write the same file.
+
+    Args:
+        pred: :func:`predict_split`'s output with ``with_features=True``.
+        data: the run's :class:`~bce3s.data.DataSplits`.
+        model: the classifier that made ``pred`` (its head weights feed the geometry diagnostics).
+        split: ``test`` or ``val``.
+        checkpoint: the checkpoint's name (``last``, ``best_val``, ...).
+        tta: ``none`` or ``flip``.
+        geometry: compute the feature/classifier geometry diagnostics.
+    """
+    from bce3s.eval.metrics import confusion_matrix, summarize
+
+    logits, labels = pred["logits"], pred["labels"]
+    result: dict[str, Any] = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "tta": tta,
+        "metrics": summarize(logits, labels, data.train_counts),
+        "reliability": reliability_bins(logits, labels),
+    }
+    if data.num_classes <= 100:
+        result["confusion"] = confusion_matrix(logits.argmax(1), labels, data.num_classes).tolist()
+    if geometry:
+        from bce3s.eval.geometry import geometry_summary
+
+        result["geometry"] = geometry_summary(
+            pred["features"], labels, model.head.weight.detach().cpu(), data.train_counts
+        )
+    return result
+
+
+def eval_stem(split: str, checkpoint: str, tta: str = "none") -> str:
+    """The file name (without ``.json``) of an evaluation: ``eval_<split>_<checkpoint>[_tta_flip]``."""
+    return f"eval_{split}_{checkpoint}" + ("_tta_flip" if tta == "flip" else "")
 
 
 def evaluate_run(
@@ -80,7 +148,6 @@ def evaluate_run(
     from bce3s.data.splits import build_data
     from bce3s.engine.checkpoint import load_checkpoint
     from bce3s.engine.distributed import init_distributed
-    from bce3s.eval.metrics import confusion_matrix, summarize
     from bce3s.rundir import RunDir, write_json
 
     if split not in ("test", "val"):
@@ -98,24 +165,11 @@ def evaluate_run(
         raise ConfigError(f"--split val: the run {rd.root} has no validation split (data.val_per_class is 0)")
     model = build_run_model(cfg, data).to(dist.device)
     _load_weights(model, state, rd.checkpoint(checkpoint), data.num_classes)
-    pred = predict(model, eval_source(cfg, data, part, dist), dist, tta_flip=tta == "flip", with_features=True)
+    pred = predict_split(cfg, data, model, part, dist, tta=tta == "flip", with_features=True)
+    result = eval_result(pred, data, model, split=split, checkpoint=checkpoint, tta=tta, geometry=geometry)
     logits, labels, feats = pred["logits"], pred["labels"], pred["features"]
-    result: dict[str, Any] = {
-        "split": split,
-        "checkpoint": checkpoint,
-        "tta": tta,
-        "metrics": summarize(logits, labels, data.train_counts),
-        "reliability": reliability_bins(logits, labels),
-    }
-    if data.num_classes <= 100:
-        result["confusion"] = confusion_matrix(logits.argmax(1), labels, data.num_classes).tolist()
-    if geometry:
-        from bce3s.eval.geometry import geometry_summary
-
-        result["geometry"] = geometry_summary(feats, labels, model.head.weight.detach().cpu(), data.train_counts)
     if dist.is_main:
-        name = f"eval_{split}_{checkpoint}" + ("_tta_flip" if tta == "flip" else "")
-        write_json(rd.root / f"{name}.json", result)
+        write_json(rd.root / f"{eval_stem(split, checkpoint, tta)}.json", result)
         if save_features:
             torch.save(
                 {"features": feats, "logits": logits, "labels": labels}, rd.root / f"features_{split}_{checkpoint}.pt"

@@ -27,7 +27,7 @@ from bce3s.config import Config, RuntimeConfig, config_from_dict, dump_config
 from bce3s.engine import build, provenance
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.engine.distributed import DistInfo, barrier, init_distributed
-from bce3s.engine.evaluate import evaluate_split
+from bce3s.engine.evaluate import eval_result, eval_stem, evaluate_split, predict_split
 from bce3s.engine.logger import EpochLogger
 from bce3s.engine.signals import StopFlag
 from bce3s.engine.stages import RunContext, run_stage
@@ -387,7 +387,11 @@ def _run_stages(ctx: RunContext, resume_state: dict[str, Any] | None) -> None:
 
 
 def _finish(ctx: RunContext, t0: float, config_path: str | None) -> dict[str, Any]:
-    """Copy the final stage's checkpoints to last/best_val, evaluate test once for each, write final.json."""
+    """Copy the final stage's checkpoints to last/best_val, evaluate test once for each, write final.json.
+
+    Each test pass also writes ``eval_test_<last|best_val>.json`` (metrics, reliability, confusion, geometry),
+    the file ``bce3s eval`` would write, so ``bce3s report`` has every figure without a separate eval.
+    """
     cfg, rd, data, model, dist = ctx.cfg, ctx.ckpt.rd, ctx.data, ctx.model, ctx.dist
     final_stage = cfg.stages[-1]
     if dist.is_main:
@@ -399,7 +403,12 @@ def _finish(ctx: RunContext, t0: float, config_path: str | None) -> dict[str, An
     best_state = load_checkpoint(rd.checkpoint(f"{final_stage.name}_best_val"))["model"]
     for name, state in (("last", last_state), ("best_val", best_state)):
         model.load_state_dict(state)
-        test[name] = evaluate_split(cfg, data, model, data.test, dist)
+        # one pass with features: final.json's metrics and eval_test_<name>.json (as ``bce3s eval`` writes it)
+        pred = predict_split(cfg, data, model, data.test, dist, with_features=True)
+        result = eval_result(pred, data, model, split="test", checkpoint=name)
+        test[name] = result["metrics"]
+        if dist.is_main:
+            write_json(rd.root / f"{eval_stem('test', name)}.json", result)
         if cfg.eval.tta_flip:
             test[f"{name}_tta_flip"] = evaluate_split(cfg, data, model, data.test, dist, tta=True)
     model.load_state_dict(last_state)

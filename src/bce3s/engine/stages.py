@@ -27,7 +27,7 @@ from bce3s.engine.optim import build_optimizer, build_scheduler
 from bce3s.engine.signals import StopFlag
 from bce3s.engine.state import Checkpointer, between_stages, cpu_copy, model_checkpoint, model_state
 from bce3s.engine.step import StepRuntime
-from bce3s.errors import Interrupted, NonFiniteError
+from bce3s.errors import Interrupted, NonFiniteError, program_name
 from bce3s.seeding import derive_seed
 
 __all__ = ["RunContext", "run_stage"]
@@ -245,8 +245,8 @@ def _train_epoch(ctx: RunContext, st: _Stage, epoch: int, start_step: int, parti
     if res.stopped_at is not None:
         ctx.ckpt.save("last", _resume_state(ctx, st, epoch, res.stopped_at, res))
         raise Interrupted(
-            f"interrupted by {ctx.stop.name} at stage {stage.name} epoch {epoch} step {res.stopped_at}; last.pt "
-            f"saved. Resume with: bce3s train --resume --out {ctx.ckpt.rd.root}"
+            f"interrupted by {ctx.stop.name} at stage {stage.name} epoch {epoch + 1} step {res.stopped_at}; last.pt "
+            f"saved. Resume with: {program_name()} train --resume --out {ctx.ckpt.rd.root}"
         )
     return res
 

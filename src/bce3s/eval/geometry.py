@@ -31,6 +31,7 @@ from torch import Tensor
 from bce3s.eval.metrics import SHOT_NAMES, shot_groups
 
 __all__ = [
+    "GEOMETRY_MEANINGS",
     "GEOMETRY_METRICS",
     "class_means",
     "classifier_separability",
@@ -43,6 +44,15 @@ __all__ = [
 
 _EPS = 1e-12
 GEOMETRY_METRICS = ("compactness", "feature_separability", "classifier_separability", "feature_norm", "weight_norm")
+GEOMETRY_MEANINGS = {
+    "compactness": "mean cos(feature, its class mean), at most 1; higher = tighter classes",
+    "feature_separability": "1 - max cos(class mean, another class mean), 0 to 2; higher = classes further apart",
+    "classifier_separability": "1 - max cos(class weight, another class weight), 0 to 2; higher = more distinct "
+    "classifiers (above 1: every pair of weights points away from each other)",
+    "feature_norm": "mean length of the class's features; similar values across groups = less head bias",
+    "weight_norm": "length of the class's classifier weight; similar values across groups = less head bias",
+}
+"""One line per geometry quantity: what it measures and which direction is better (CLI and report)."""
 
 
 def _unit(x: Tensor) -> Tensor:

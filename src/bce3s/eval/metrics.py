@@ -32,6 +32,7 @@ __all__ = [
     "brier_score",
     "calibration_stats",
     "confusion_matrix",
+    "empty_group_reasons",
     "expected_calibration_error",
     "mean_per_class_accuracy",
     "nll",
@@ -114,6 +115,21 @@ def mean_per_class_accuracy(preds: Tensor, labels: Tensor, num_classes: int) -> 
     Equals sklearn's ``balanced_accuracy_score``. Returns a fraction in ``[0, 1]`` (NaN when ``N == 0``).
     """
     return _nanmean(per_class_accuracy(preds, labels, num_classes))
+
+
+def empty_group_reasons(train_counts: Sequence[int] | Tensor, many: int = 100, few: int = 20) -> dict[str, str]:
+    """Why a shot group is empty (its accuracy shown as a dash), for each empty group of :func:`shot_groups`.
+
+    Returns:
+        ``{"few": "no class has < 20 training images", ...}``; only the empty groups (``{}`` when none is).
+    """
+    rules = {
+        "many": f"no class has > {many} training images",
+        "medium": f"no class has {few}-{many} training images",
+        "few": f"no class has < {few} training images",
+    }
+    groups = shot_groups(train_counts, many=many, few=few)
+    return {name: rules[name] for name in SHOT_NAMES if groups[name].numel() == 0}
 
 
 def shot_groups(train_counts: Sequence[int] | Tensor, many: int = 100, few: int = 20) -> dict[str, Tensor]:

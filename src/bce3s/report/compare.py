@@ -28,7 +28,7 @@ from typing import Any
 from bce3s.errors import RunDirError
 from bce3s.report.rundata import CHECKPOINTS, RunData, load_run
 
-__all__ = ["COMPARE_METRICS", "compare_runs", "config_hash", "format_csv", "format_markdown"]
+__all__ = ["COMPARE_METRICS", "compare_runs", "config_hash", "format_csv", "format_markdown", "run_overrides"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def run_overrides(run: RunData) -> list[str]:
+    """The ``--set`` overrides of a run's command line (``run.json`` ``command``), in order; ``[]`` when none."""
+    command = run.info.get("command") if isinstance(run.info, dict) else None
+    if not isinstance(command, list):
+        return []
+    out: list[str] = []
+    args = [str(a) for a in command]
+    for i, arg in enumerate(args):
+        if arg == "--set" and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif arg.startswith("--set="):
+            out.append(arg[len("--set="):])
+    return out
+
+
 def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Group runs by config and aggregate their test results over seeds.
 
@@ -75,7 +90,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         One row per (config group, checkpoint), groups in order of first appearance, ``last`` before
         ``best_val``. Each row: ``config_name``, ``config_hash``, ``dataset``, ``model``, ``loss`` (stage-1),
         ``stages`` (``"a+b"``), ``checkpoint``, ``split`` (``"test"``), ``n`` (runs with results for this
-        checkpoint), ``seeds`` (list), ``run_dirs`` (list of str), and for each metric ``m`` in
+        checkpoint), ``seeds`` (list), ``run_dirs`` (list of str), ``overrides`` (the ``--set`` overrides
+        of the group's runs, from ``run.json``), and for each metric ``m`` in
         :data:`COMPARE_METRICS` ``m_mean`` and ``m_std`` (``None`` when unavailable; ``m_std`` is ``None`` for
         ``n < 2``). A run whose metric is missing is left out of that metric's mean (``m_n`` counts the runs
         used).
@@ -113,6 +129,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "n": len(with_results),
                 "seeds": [(r.final.get("run") or {}).get("seed") for r in with_results],
                 "run_dirs": [str(r.path) for r in with_results],
+                "overrides": list(dict.fromkeys(o for r in runs for o in run_overrides(r))),
             }
             for key, _ in COMPARE_METRICS:
                 vals = []
@@ -145,6 +162,13 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [name, str(row.get("loss") or _DASH), str(row["checkpoint"]), str(row["n"])]
         cells += [_cell(row, key) for key, _ in COMPARE_METRICS]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    overridden = {}
+    for row in rows:
+        if row.get("overrides"):
+            overridden.setdefault(f"{row['config_name']} ({row['config_hash'][:7]})", row["overrides"])
+    if overridden:
+        lines += ["", "Command-line overrides of each config (from run.json):"]
+        lines += [f"- {name}: --set {' --set '.join(sets)}" for name, sets in overridden.items()]
     lines += [
         "",
         "Test split, no TTA; accuracies and ECE (15 bins) in percent; mean ± sample std (ddof = 1) over seeds; "

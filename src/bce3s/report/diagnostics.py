@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bce3s.eval.geometry import GEOMETRY_MEANINGS
 from bce3s.report import plots
 from bce3s.report.document import DASH, Block, Heading, Para, Table, fmt, slug
 from bce3s.report.rundata import CHECKPOINTS, EVAL_PREFERENCE, RunData
@@ -169,15 +170,18 @@ def section_geometry(runs: Sequence[RunData], colors: Mapping[str, str], blocks:
         )
         if fig is not None:
             blocks.append(fig)
-        header = ["Quantity", "Run", "All classes", "Many", "Medium", "Few"]
+        header = ["Quantity", "Run", "All classes", "Many", "Medium", "Few", "What it measures"]
         rows = []
         for key, name in _GEOMETRY_ROWS:  # runs next to each other for each quantity
+            first = True
             for label in data:
                 summary = geo[label][1].get("summary")
                 cell = summary.get(key) if isinstance(summary, dict) else None
                 if not isinstance(cell, dict):
                     continue
-                rows.append([name, label] + [_mean_std(cell.get(s)) for s in ("all", "many", "medium", "few")])
+                rows.append([name, label] + [_mean_std(cell.get(s)) for s in ("all", "many", "medium", "few")]
+                            + [GEOMETRY_MEANINGS[key] if first else ""])
+                first = False
         if rows:
             blocks.append(Table(header, rows, frozenset({2, 3, 4, 5}),
                                  caption="Geometry per shot group (mean ± std over classes)" + csuf))

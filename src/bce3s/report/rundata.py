@@ -105,6 +105,18 @@ class RunData:
             return None
         return [int(c) for c in counts]
 
+    @property
+    def method(self) -> str:
+        """The run's method for its colour: the first stage's loss (``final.json`` run.loss, else the config)."""
+        run = self.final.get("run")
+        loss = run.get("loss") if isinstance(run, dict) else None
+        if not isinstance(loss, str) or not loss:
+            stages = self.config.get("stages")
+            first = stages[0] if isinstance(stages, list) and stages and isinstance(stages[0], dict) else {}
+            spec = first.get("loss")
+            loss = spec.get("name") if isinstance(spec, dict) else None
+        return loss if isinstance(loss, str) and loss else self.label
+
     def test_metrics(self, checkpoint: str, tta: bool = False) -> dict[str, Any] | None:
         """``final.json["test"][checkpoint(+_tta_flip)]`` or ``None``."""
         test = self.final.get("test")

@@ -182,6 +182,23 @@ def _selection_text(run: RunData) -> str:
     return f"{run.label}: best_val = {where}, chosen by validation {best['metric']} = {fmt(best.get('value'))}"
 
 
+def _empty_group_lines(runs: Sequence[RunData]) -> list[str]:
+    """Why each empty Many / Medium / Few group is empty, e.g. "Few: no class has < 20 training images"."""
+    from bce3s.eval.metrics import empty_group_reasons
+
+    lines: list[str] = []
+    for run in runs:
+        counts = run.train_counts
+        if counts is None:
+            continue
+        sizes = {name: len(ids) for name, ids in shot_groups(counts).items()}
+        for name, reason in empty_group_reasons(counts).items():
+            line = (f"{name.capitalize()}: {reason} (Many / Medium / Few have {sizes['many']} / "
+                    f"{sizes['medium']} / {sizes['few']} classes)")
+            lines.append(line if len(runs) == 1 else f"{run.label}: {line}")
+    return lines
+
+
 def section_results(runs: Sequence[RunData], blocks: list[Block]) -> None:
     """The test-accuracy tables (no TTA, flip TTA, eval files) and how best_val was chosen."""
     blocks.append(Heading(2, "Results"))
@@ -205,6 +222,9 @@ def section_results(runs: Sequence[RunData], blocks: list[Block]) -> None:
             else:
                 rows.append([run.label, ckpt, "test", "none"] + [DASH] * len(_RESULT_COLS))
     blocks.append(Table(header, rows, numeric, caption="Test accuracy (%), no TTA"))
+    empty = _empty_group_lines(runs)
+    if empty:
+        blocks.append(Para("Empty shot groups (shown as " + DASH + "): " + "; ".join(empty) + "."))
     blocks.append(Bullets([_selection_text(r) for r in runs]))
     tta_rows = []
     for run in runs:
@@ -248,14 +268,16 @@ def section_per_class(runs: Sequence[RunData], colors: Mapping[str, str], blocks
         counts = group[0].train_counts
         assert counts is not None
         groups = shot_group_lists(counts)
+        names = group[0].final.get("class_names")
+        names = names if isinstance(names, list) and len(names) == len(counts) else None
         fsuf, csuf = group_suffix(group, runs)
         fig = make_figure(
             f"per_class_accuracy{fsuf}",
             "Test accuracy of each class (last checkpoint, no TTA) against its number of training images. Classes "
             "are sorted head to tail; grey bars are the training counts (log scale, right axis); shaded regions "
             f"are the Many / Medium / Few groups (class counts in brackets).{csuf}",
-            lambda data=data, counts=counts, groups=groups: plots.per_class_accuracy(
-                data, counts, groups=groups, colors=colors),
+            lambda data=data, counts=counts, groups=groups, names=names: plots.per_class_accuracy(
+                data, counts, groups=groups, colors=colors, class_names=names),
             notes,
         )
         if fig is not None:

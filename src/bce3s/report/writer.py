@@ -1,15 +1,16 @@
 """The run report: ``report.html`` (self-contained, works offline) and ``report.md`` from one or more run dirs.
 
 ``bce3s report RUN_DIR [RUN_DIR ...] --out DIR`` calls :func:`write_report`. Several run directories give a
-side-by-side comparison: every figure overlays the runs (one colour per run throughout) and the tables have
+side-by-side comparison: every figure overlays the runs (one colour per run throughout, fixed by the run's
+method, so a method has the same colour in every report) and the tables have
 one row or column per run. The report reads only files in the run directories (:mod:`bce3s.report.rundata`
 lists them); it never loads a model.
 
 Which numbers come from where: the results table and the per-class / shot-group figures use the test split
 from ``final.json`` (checkpoints ``last`` and ``best_val``, no TTA; flip-TTA rows are a separate table). The
 reliability diagram, geometry and confusion matrix need an ``eval_*.json`` (preferably
-``eval_test_last.json``); the report names the file each comes from, and lists what is missing instead of
-failing.
+``eval_test_last.json``, which ``bce3s train`` writes at its end); the report names the file each comes from,
+and lists what is missing instead of failing.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SECTIONS = (
 
 def build_blocks(runs: Sequence[RunData]) -> list[Block]:
     """Every section of the report for ``runs`` (labels already unique), in the order of :data:`SECTIONS`."""
-    colors = plots.run_colors([r.label for r in runs])
+    colors = plots.run_colors([r.label for r in runs], [r.method for r in runs])
     blocks: list[Block] = []
     section_runs(runs, blocks)
     section_results(runs, blocks)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from matplotlib.patches import Patch
 __all__ = [
     "COUNT_COLOR",
     "GROUP_NAMES",
+    "METHOD_COLORS",
     "MAX_CONFUSION_CLASSES",
     "WIDTH",
     "as_float",
@@ -28,6 +30,7 @@ __all__ = [
     "figure_legend",
     "head_to_tail_order",
     "legend_above",
+    "method_color",
     "run_colors",
     "styled",
 ]
@@ -39,6 +42,16 @@ MAX_CONFUSION_CLASSES = 100
 
 # Okabe-Ito palette (colour-blind safe), yellow last because it is hard to see on white.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+METHOD_COLORS = {
+    "bce3s": "#0072B2",
+    "ce": "#D55E00",
+    "bce": "#009E73",
+    "cb_bce": "#CC79A7",
+    "balanced_softmax": "#E69F00",
+    "logit_adjusted": "#56B4E9",
+    "ldam": "#000000",
+}
+"""The fixed colour of each method (the first stage's loss name); others get a palette colour from their name."""
 COUNT_COLOR = "#9a9a9a"
 GROUP_NAMES = (("many", "Many"), ("medium", "Medium"), ("few", "Few"))
 STYLE = {
@@ -72,9 +85,36 @@ def styled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def run_colors(labels: Sequence[str]) -> dict[str, str]:
-    """One colour per run label, in order (cycles after 8 runs)."""
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+def method_color(method: str) -> str:
+    """The stable colour of a method: :data:`METHOD_COLORS`, else a palette colour chosen by a hash of the name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return PALETTE[zlib.crc32(method.encode("utf-8")) % len(PALETTE)]
+
+
+def run_colors(labels: Sequence[str], methods: Sequence[str] | None = None) -> dict[str, str]:
+    """One colour per run label that does not depend on the order of the runs.
+
+    Each run gets the colour of its method (:func:`method_color`; the label itself when ``methods`` is not
+    given). When two runs would share a colour (two seeds of one method, or a hash collision), the runs are
+    taken in order of (method, label) and the later one gets the next palette colour not used yet, so the same
+    set of runs is coloured the same way in every report whatever the order of the arguments (cycles after 8).
+    """
+    keys = list(methods) if methods is not None else list(labels)
+    if len(keys) != len(labels):
+        raise ValueError(f"run_colors: {len(labels)} labels but {len(keys)} methods")
+    used: set[str] = set()
+    out: dict[str, str] = {}
+    for key, label in sorted(zip(keys, labels, strict=True)):
+        color = method_color(key)
+        if color in used and len(used) < len(PALETTE):
+            start = PALETTE.index(color) if color in PALETTE else 0
+            color = next(
+                c for c in (PALETTE[(start + i) % len(PALETTE)] for i in range(len(PALETTE))) if c not in used
+            )
+        used.add(color)
+        out[label] = color
+    return {label: out[label] for label in labels}
 
 
 def colors_for(labels: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:

@@ -96,6 +96,10 @@ def _count_axis(ax: Any, counts_sorted: np.ndarray) -> Any:
     return ax_counts
 
 
+MAX_NAMED_CLASSES = 20
+"""Largest number of classes whose names label the per-class accuracy axis (ranks above it)."""
+
+
 @styled
 def per_class_accuracy(
     per_class: Mapping[str, Sequence[float]],
@@ -105,6 +109,7 @@ def per_class_accuracy(
     colors: Mapping[str, str] | None = None,
     title: str | None = None,
     ylabel: str = "test accuracy of the class (%)",
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """Per-class accuracy against training count, classes sorted head -> tail, runs overlaid.
 
@@ -115,6 +120,8 @@ def per_class_accuracy(
         colors: run label -> colour.
         title: optional axes title.
         ylabel: label of the accuracy axis.
+        class_names: names by class id, shown under each class when K <= :data:`MAX_NAMED_CLASSES` (as on the
+            confusion matrix); otherwise, or without names, the axis shows ranks (0 = most training images).
 
     Returns:
         The figure: accuracy lines on the left axis (0-100 %), training counts as grey bars on a log-scale right
@@ -134,7 +141,13 @@ def per_class_accuracy(
     ax.set_ylim(0, 108)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel(ylabel)
-    ax.set_xlabel("classes sorted by training images (0 = most images)")
+    if class_names is not None and len(class_names) == k and k <= MAX_NAMED_CLASSES:
+        names = [str(class_names[i]) for i in order]
+        long = max(map(len, names)) > 3
+        ax.set_xticks(range(k), names, rotation=45 if long else 0, ha="right" if long else "center")
+        ax.set_xlabel("class, sorted by training images (most images first)")
+    else:
+        ax.set_xlabel("classes sorted by training images (0 = most images)")
     if title:
         ax.set_title(title)
     legend_above(fig, ax, with_counts=True)
