@@ -62,6 +62,7 @@ def test_overwrite_replaces_a_different_run(tmp_path, capsys, keep_threads):
     assert "already holds a different run (runtime.seed: 5 != 3)" in capsys.readouterr().err
     assert main(["train", str(cfg), "--out", str(out), "--quiet", "--overwrite"]) == 0
     assert config_from_dict(Config, yaml.safe_load(rd.config.read_text())).runtime.seed == 3
-    assert not (out / "eval_test_last.json").exists()
+    # the stale eval file is gone: the one there now is the new run's (train writes it at the end)
+    assert read_json(out / "eval_test_last.json")["metrics"] == read_json(rd.final)["test"]["last"]
     assert not rd.checkpoint("stage9_last").exists()
     assert "stale" not in read_json(rd.final)

@@ -331,6 +331,7 @@ def test_report_of_two_tiny_real_runs(tmp_path: Path) -> None:
     assert "bce3s: eval_test_last.json is missing" in md
 
 
+@pytest.mark.slow  # renders five whole reports (~30 s on 2 cores); CI runs it
 def test_run_colours_do_not_depend_on_argument_order(
     make_run: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
