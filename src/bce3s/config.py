@@ -316,6 +316,11 @@ class RuntimeConfig:
         num_workers: DataLoader workers of the ``loader`` pipeline.
         nan_policy: what a non-finite loss or gradient does: ``stop`` the run or ``skip`` the step.
         threads: CPU threads for PyTorch (0 = PyTorch's default).
+        step: how each training step runs: ``eager`` (the reference: a host-side finiteness check before every
+            optimizer step), ``static`` (the same step with no host synchronisation: device-side checks, fused
+            optimizer), ``graphed`` (``static`` captured once as a CUDA graph and replayed; one CUDA process),
+            ``compiled`` (``static`` with the forward and loss through ``torch.compile``), or ``auto``
+            (``graphed`` for one CUDA process without fp16, else ``eager``).
     """
 
     device: str = "auto"
@@ -326,6 +331,7 @@ class RuntimeConfig:
     num_workers: int = 0
     nan_policy: str = "stop"
     threads: int = 0
+    step: str = "auto"
 
     def check(self, path: str = "runtime") -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -334,6 +340,7 @@ class RuntimeConfig:
         _positive(f"{path}.num_workers", self.num_workers, strict=False)
         _choice(f"{path}.nan_policy", self.nan_policy, ("stop", "skip"), "nan_policy")
         _positive(f"{path}.threads", self.threads, strict=False)
+        _choice(f"{path}.step", self.step, ("auto", "eager", "static", "graphed", "compiled"), "step mode")
 
 
 def _default_stages() -> tuple[StageConfig, ...]:

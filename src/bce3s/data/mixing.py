@@ -30,7 +30,9 @@ __all__ = [
     "MixedBatch",
     "cutmix_box",
     "cutmix_box_at",
+    "draw_mix",
     "glmc_mix",
+    "glmc_mix_at",
     "sample_lambda",
 ]
 
@@ -146,3 +148,63 @@ def glmc_mix(
         labels=y,
         lam=lam,
     )
+
+
+def draw_mix(
+    alpha: float, height: int, width: int, generator: torch.Generator
+) -> tuple[float, tuple[int, int, int, int]]:
+    """The host-side draws of one :func:`glmc_mix` call: ``(lam, (y1, y2, x1, x2))``.
+
+    Advances ``generator`` exactly as :func:`glmc_mix` does (lambda, then the box centre), so a step that mixes
+    with :func:`glmc_mix_at` from these draws sees the same views as one that calls :func:`glmc_mix`.
+    """
+    lam = sample_lambda(alpha, generator)
+    return lam, cutmix_box(lam, height, width, generator)
+
+
+def mix_params(lam: float, box: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
+    """``lam`` and ``box`` as the tensors :func:`glmc_mix_at` takes: (2,) float32 ``[lam, 1 - lam]`` and (4,) int64."""
+    return torch.tensor([lam, 1.0 - lam], dtype=torch.float32), torch.tensor(box, dtype=torch.long)
+
+
+def glmc_mix_at(
+    x: Tensor,
+    y: Tensor,
+    x2: Tensor,
+    y2: Tensor,
+    *,
+    num_classes: int,
+    lam: Tensor,
+    box: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`glmc_mix` from draws held in device tensors: no host sync, no shape that depends on the draws.
+
+    This is the form a captured (CUDA graph) or compiled step runs: the CutMix box is a mask built by comparing
+    pixel coordinates with ``box``, so the kernels are the same whatever the draws. With the draws of
+    :func:`draw_mix` the views and targets equal :func:`glmc_mix`'s bit for bit.
+
+    Args:
+        x: float (B, C, H, W) clean images.
+        y: int64 (B,) their labels.
+        x2: float (B, C, H, W) second batch (same size as x).
+        y2: int64 (B,) its labels.
+        num_classes: K.
+        lam: (2,) float32 ``[lam, 1 - lam]`` on x's device (see :func:`mix_params`).
+        box: (4,) int64 ``(y1, y2, x1, x2)`` half-open CutMix box on x's device.
+
+    Returns:
+        images (3B, C, H, W) (clean, mixup, cutmix), target (3B, K), view (3B,) int64.
+    """
+    b, _, height, width = x.shape
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    keep, take = lam[0].to(x.dtype), lam[1].to(x.dtype)
+    mixup = x * keep + x2 * take
+    rows = torch.arange(height, device=x.device)[:, None]
+    cols = torch.arange(width, device=x.device)[None, :]
+    inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
+    cutmix = torch.where(inside, x2, x)
+    onehot = torch.zeros(b, num_classes, dtype=dtype, device=x.device).scatter_(1, y[:, None], 1.0)
+    rest = lam[1].to(dtype).expand(b, 1)
+    q = (onehot * lam[0].to(dtype)).scatter_add_(1, y2[:, None], rest)
+    view = torch.repeat_interleave(torch.arange(3, device=x.device), b)
+    return torch.cat([x, mixup, cutmix]), torch.cat([onehot, q, q]), view

@@ -18,6 +18,7 @@ from bce3s.seeding import derive_seed
 
 __all__ = [
     "amp_dtype",
+    "step_mode",
     "augment_spec",
     "build_run_model",
     "build_stage_loss",
@@ -108,6 +109,30 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if cfg.runtime.amp == "none" or device.type != "cuda":
         return None
     return torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
+
+
+def step_mode(cfg: Config, dist: DistInfo) -> str:
+    """The step a run uses: ``runtime.step`` with ``auto`` resolved for this process.
+
+    ``auto`` is ``graphed`` for one CUDA process (not fp16, whose loss scaler needs host decisions, and not with
+    ``model.compile``), else ``eager``.
+
+    Raises:
+        ConfigError: an explicit mode this process cannot run (``graphed`` off CUDA or with several processes; a
+            static mode with fp16).
+    """
+    mode = cfg.runtime.step
+    one_cuda = dist.device.type == "cuda" and dist.world_size == 1
+    if mode == "auto":
+        return "graphed" if one_cuda and cfg.runtime.amp != "fp16" and not cfg.model.compile else "eager"
+    if mode == "graphed" and not one_cuda:
+        raise ConfigError(
+            f"runtime.step: graphed needs one CUDA process (this run: {dist.device.type}, {dist.world_size} "
+            "process(es)); use static or compiled, or auto"
+        )
+    if mode != "eager" and cfg.runtime.amp == "fp16" and dist.device.type == "cuda":
+        raise ConfigError(f"runtime.step: {mode} cannot run fp16 (its loss scaler decides on the host); use amp bf16")
+    return mode
 
 
 def loss_needs(loss_name: str) -> frozenset[str]:

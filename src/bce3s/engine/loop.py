@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bce3s import faults
+from bce3s.engine.capture import CHECK_EVERY
 from bce3s.engine.distributed import DistInfo, all_gather_cat, all_reduce_flag
 from bce3s.engine.step import StepResult, StepRuntime, TrainBatch, train_step
 
@@ -34,14 +35,19 @@ class EpochResult:
     loss_sum: Tensor | float = 0.0
     term_sums: dict[str, Tensor | float] = field(default_factory=dict)
     steps: int = 0
-    skipped: int = 0
+    skipped: int | Tensor = 0
     images: int = 0
     time_s: float = 0.0
     stopped_at: int | None = None  # steps done when a stop request ended the epoch early
 
     def add(self, result: StepResult, world_size: int) -> None:
         """Count one step (its loss and terms only when it was applied)."""
-        if result.skipped:
+        if isinstance(result.skipped, Tensor):  # a static step: zeros for a skipped step, nothing read here
+            self.skipped = result.skipped.long() + self.skipped
+            self.loss_sum = self.loss_sum + result.loss
+            for name, value in result.terms.items():
+                self.term_sums[name] = self.term_sums.get(name, 0.0) + value
+        elif result.skipped:
             self.skipped += 1
         else:
             self.loss_sum = self.loss_sum + result.loss
@@ -51,7 +57,7 @@ class EpochResult:
         self.images += result.images * world_size
 
     def means(self) -> tuple[float, dict[str, float]]:
-        n = max(self.steps - self.skipped, 1)
+        n = max(self.steps - int(self.skipped), 1)
         return float(self.loss_sum) / n, {k: float(v) / n for k, v in self.term_sums.items()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -59,7 +65,7 @@ class EpochResult:
             "loss_sum": float(self.loss_sum),
             "term_sums": {k: float(v) for k, v in self.term_sums.items()},
             "steps": self.steps,
-            "skipped": self.skipped,
+            "skipped": int(self.skipped),
             "images": self.images,
             "time_s": self.time_s,
         }
@@ -112,6 +118,7 @@ def train_one_epoch(
     mix_it = _iterate(mix_source, start_step) if (rt.mixing.enabled and mix_source is not None) else None
     step = start_step
     total = len(source)
+    static = rt.static_step
     while step < total:
         try:
             x, y = next(it)
@@ -119,14 +126,18 @@ def train_one_epoch(
             break
         x2, y2 = next(mix_it) if mix_it is not None else (None, None)
         batch = TrainBatch(x, y, x2, y2, epoch=epoch, step=step)
-        res.add(train_step(rt, batch), rt.dist.world_size)
+        res.add(train_step(rt, batch) if static is None else static(batch), rt.dist.world_size)
         step += 1
+        if static is not None and step % CHECK_EVERY == 0:
+            static.check(epoch)  # the device-side non-finite record, read every CHECK_EVERY steps
         if progress is not None:
             progress(1)
         faults.at_step(rt.stage_index, epoch, step, should_stop)  # test-only hook, no-op unless BCE3S_FAULT_INJECT
         if all_reduce_flag(should_stop(), rt.dist) and step < total:
             res.stopped_at = step
             break
+    if static is not None:
+        static.check(epoch)
     res.time_s = time.perf_counter() - t_start
     return res
 

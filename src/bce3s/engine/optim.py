@@ -15,7 +15,7 @@ from torch import nn
 
 from bce3s.config import OptimConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "param_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "make_plain", "make_static", "param_groups"]
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> list[dict]:
@@ -34,14 +34,62 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimCon
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over the trainable parameters."""
+def build_optimizer(
+    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig, *, static: bool = False
+) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the trainable parameters.
+
+    ``static=True`` builds the form a captured step needs (see :func:`make_static`): the fused implementation
+    (one kernel for all parameters, and a ``found_inf`` flag read on the device) with the learning rate in a
+    device tensor. The updates are the same as the default's.
+    """
     groups = param_groups(named_params, cfg)
     if not groups:
         raise ValueError("no trainable parameters")
+    fused = {"fused": True} if static else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, **fused
+        )
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, **fused)
+    if static:
+        make_static(opt)
+    return opt
+
+
+def make_static(optimizer: torch.optim.Optimizer) -> None:
+    """Learning rates as device tensors and optimizer state allocated up front, for a captured step.
+
+    A schedule then writes the new rate into the tensor in place (``LRScheduler`` fills tensor rates), so a CUDA
+    graph replays with it; SGD momentum buffers start as zeros (equal to the first step's ``buf = grad`` with
+    dampening 0) and AdamW's state as its own first-step zeros, so no step is a "first step" with a different
+    code path and a skipped step (``found_inf``) leaves them defined. Call again after ``load_state_dict`` (which restores plain-float rates).
+    """
+    for group in optimizer.param_groups:
+        device = group["params"][0].device
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        elif group["lr"].device != device:
+            group["lr"] = group["lr"].to(device)
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if isinstance(optimizer, torch.optim.SGD) and group["momentum"] > 0:
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif isinstance(optimizer, torch.optim.AdamW) and not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def make_plain(optimizer: torch.optim.Optimizer) -> None:
+    """Tensor learning rates (from a checkpoint of a static optimizer) back to floats, for the eager step."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            if isinstance(group.get(key), torch.Tensor):
+                group[key] = float(group[key])
 
 
 def lr_factor(epoch: int, epochs: int, cfg: OptimConfig) -> float:

@@ -18,12 +18,13 @@ from torch import nn
 
 from bce3s.config import Config, StageConfig
 from bce3s.engine import build
+from bce3s.engine.capture import StaticStep
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.engine.distributed import DistInfo, all_reduce_flag
 from bce3s.engine.evaluate import evaluate_split
 from bce3s.engine.logger import EpochLogger
 from bce3s.engine.loop import EpochResult, train_one_epoch
-from bce3s.engine.optim import build_optimizer, build_scheduler
+from bce3s.engine.optim import build_optimizer, build_scheduler, make_plain, make_static
 from bce3s.engine.signals import StopFlag
 from bce3s.engine.state import Checkpointer, between_stages, cpu_copy, model_checkpoint, model_state
 from bce3s.engine.step import StepRuntime
@@ -140,7 +141,9 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
         named = [(f"head.{n}", p) for n, p in model.head.named_parameters()]
     else:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = build_optimizer(named, stage.optim)
+    mode = build.step_mode(cfg, d)
+    static = mode != "eager"
+    optimizer = build_optimizer(named, stage.optim, static=static)
     scheduler = build_scheduler(optimizer, stage.optim, stage.epochs)
     amp = build.amp_dtype(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp == torch.float16)
@@ -149,7 +152,9 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
         model.load_state_dict(resume["model"])
         loss_fn.load_state_dict(resume["loss"])
         optimizer.load_state_dict(resume["optimizer"])
+        (make_static if static else make_plain)(optimizer)  # the checkpoint may come from the other kind of step
         scheduler.load_state_dict(resume["scheduler"])
+        scheduler.base_lrs = [float(b) for b in scheduler.base_lrs]
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         maxnorm = resume.get("maxnorm")
@@ -173,6 +178,8 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
         seed=cfg.runtime.seed,
         stage_index=si,
     )
+    if static:
+        rt.static_step = StaticStep(rt, mode)
     source, mix_source = build.train_sources(cfg, ctx.data, si, d)
     return _Stage(si, stage, loss_fn, optimizer, scheduler, scaler, maxnorm, rt, source, mix_source)
 
@@ -284,7 +291,7 @@ def _end_epoch(ctx: RunContext, st: _Stage, epoch: int, lr: float, res: EpochRes
         "lr": lr,
         "loss": loss_mean,
         "terms": terms,
-        "skipped_steps": res.skipped,
+        "skipped_steps": int(res.skipped),
         "val": val,
         "time_s": res.time_s,
         "images_per_s": res.images / res.time_s if res.time_s > 0 else None,
@@ -329,7 +336,7 @@ def run_stage(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> None:
         start_epoch, start_step = int(resume["epoch"]), int(resume["step"])
         partial = EpochResult.from_state(resume.get("partial"))
     for epoch in range(start_epoch, st.cfg.epochs):
-        lr = st.optimizer.param_groups[0]["lr"]
+        lr = float(st.optimizer.param_groups[0]["lr"])
         res = _train_epoch(ctx, st, epoch, start_step, partial)
         start_step, partial = 0, None
         _end_epoch(ctx, st, epoch, lr, res)

@@ -47,6 +47,8 @@ class StepRuntime:
         nan_policy: ``stop`` or ``skip``.
         seed: run seed (the per-step mixing generators derive from it).
         stage_index: index of the stage (part of every derived seed).
+        static_step: a :class:`~bce3s.engine.capture.StaticStep` the loop runs instead of :func:`train_step`
+            (set by the stage when ``runtime.step`` is not ``eager``), or None.
     """
 
     model: nn.Module
@@ -63,6 +65,7 @@ class StepRuntime:
     nan_policy: str
     seed: int
     stage_index: int
+    static_step: Any = None
     params: list[Tensor] = field(init=False)
     buffers: list[Tensor] = field(init=False)
 
@@ -113,13 +116,15 @@ class StepResult:
     Attributes:
         loss: () float64 detached loss (0 when the step was skipped).
         terms: name -> () float64 detached loss terms (empty when skipped).
-        skipped: the step was not applied (non-finite loss or gradient under ``nan_policy: skip``).
+        skipped: the step was not applied (non-finite loss or gradient under ``nan_policy: skip``); a () bool
+            device tensor when the step ran without host synchronisation
+            (:class:`~bce3s.engine.capture.StaticStep`).
         images: images that went through the model on this rank (3B when mixing).
     """
 
     loss: Tensor
     terms: dict[str, Tensor]
-    skipped: bool
+    skipped: bool | Tensor
     images: int
 
 

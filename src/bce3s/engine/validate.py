@@ -56,6 +56,12 @@ def validate_config(cfg: Config) -> None:
     _choice("model.name", cfg.model.name, bce3s.models.MODELS, "model")
     _choice("model.head", cfg.model.head, bce3s.models.HEADS, "head")
     _choice("runtime.pipeline", cfg.runtime.pipeline, bce3s.data.PIPELINES, "pipeline")
+    if cfg.runtime.step == "graphed" and cfg.runtime.device == "cpu":
+        raise ConfigError("runtime.step: graphed needs CUDA but runtime.device is cpu; use static, eager or auto")
+    if cfg.runtime.step not in ("auto", "eager") and cfg.runtime.amp == "fp16":
+        raise ConfigError(
+            f"runtime.step: {cfg.runtime.step} cannot run fp16 (its loss scaler decides on the host); use amp bf16"
+        )
     for i, stage in enumerate(cfg.stages):
         _choice(f"stages.{i}.sampler", stage.sampler, bce3s.data.SAMPLER_KINDS, "sampler")
         _choice(f"stages.{i}.mixing.sampler", stage.mixing.sampler, bce3s.data.SAMPLER_KINDS, "sampler")

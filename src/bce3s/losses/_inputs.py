@@ -47,6 +47,8 @@ def is_hard(target: Tensor) -> bool:
 
 def values_checked(t: Tensor, force: bool) -> bool:
     """Whether value checks run for ``t``: always on the CPU (free), on accelerators only when forced."""
+    if torch.compiler.is_compiling():  # a traced (compiled) step must not branch on values
+        return False
     return force or t.device.type == "cpu"
 
 

@@ -86,6 +86,7 @@ class Loss(nn.Module):
         super().__init__()
         self.num_classes = check_param("num_classes", num_classes)
         self.check_inputs = False
+        self.static = False
 
     def forward(
         self,
@@ -126,6 +127,28 @@ class Loss(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loss the (0-based) epoch about to run. Default: nothing."""
+
+    def make_static(self, device: torch.device) -> None:
+        """Prepare for a captured or compiled step: no host-side draw or branch inside :meth:`forward`.
+
+        Random draws (the partial class set) then come from device buffers that :meth:`prepare_step` refills
+        before every step, in the order the eager path draws them, and epoch-dependent switches become device
+        flags. The losses' values are unchanged. Call once, after moving the loss to ``device``.
+        """
+        from bce3s.losses.partial import PartialClassSampler
+
+        self.static = True
+        for module in self.modules():
+            if isinstance(module, PartialClassSampler):
+                module.use_static_keys(self.num_classes, device)
+
+    def prepare_step(self) -> None:
+        """Host-side work due before each step of a static loss (refill the draw buffers); no-op otherwise."""
+        from bce3s.losses.partial import PartialClassSampler
+
+        for module in self.modules():
+            if isinstance(module, PartialClassSampler):
+                module.prepare()
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:

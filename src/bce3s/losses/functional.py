@@ -83,6 +83,12 @@ def _partial_class_mask(present: Tensor, ratio: float, generator: torch.Generato
             keys = keys.pin_memory().to(present.device, non_blocking=True)
         else:
             keys = keys.to(present.device)
+    return _partial_class_mask_from_keys(present, ratio, keys)
+
+
+def _partial_class_mask_from_keys(present: Tensor, ratio: float, keys: Tensor) -> Tensor:
+    """:func:`_partial_class_mask` with its (K,) uniform keys already drawn (on ``present``'s device)."""
+    num_classes = present.shape[0]
     keys = keys.masked_fill(present, -1.0)
     order = torch.argsort(keys)
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(num_classes, device=present.device))

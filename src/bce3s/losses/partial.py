@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bce3s.losses.functional import partial_class_set
+from bce3s.losses.functional import _partial_class_mask_from_keys, partial_class_set
 from bce3s.losses.params import check_param
 
 __all__ = ["PartialClassSampler"]
@@ -36,9 +36,30 @@ class PartialClassSampler(nn.Module):
         self.seed = check_param("seed", seed)
         self.generator = torch.Generator().manual_seed(seed)
 
+        self.static_keys: Tensor | None = None
+
     def forward(self, present: Tensor) -> Tensor:
         """(K,) bool mask of the classes present -> (K,) bool mask of the partial class set (no host sync)."""
+        if self.static_keys is not None:
+            return _partial_class_mask_from_keys(present, self.ratio, self.static_keys)
         return partial_class_set(present, present.shape[0], self.ratio, generator=self.generator)
+
+    def use_static_keys(self, num_classes: int, device: torch.device) -> None:
+        """Read the draws from a fixed device buffer that :meth:`prepare` refills before each step.
+
+        A captured (CUDA graph) step cannot draw on the host inside the graph; with a static buffer it reads the
+        same numbers the eager path would draw, in the same order, so class sets are identical.
+        """
+        if self.ratio < 1.0:
+            self.static_keys = torch.zeros(num_classes, device=device)
+
+    def prepare(self) -> None:
+        """Draw the next step's keys from the generator into the static buffer (no-op without one)."""
+        if self.static_keys is not None:
+            keys = torch.rand(self.static_keys.shape[0], generator=self.generator)
+            if self.static_keys.device.type == "cuda":
+                keys = keys.pin_memory()
+            self.static_keys.copy_(keys, non_blocking=True)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"seed": self.seed, "generator_state": self.generator.get_state()}

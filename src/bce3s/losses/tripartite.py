@@ -94,6 +94,8 @@ class Bce3sLoss(Loss):
         self.uniform_weight = check_param("uniform_weight", uniform_weight)
         self.contrastive_start_epoch = check_param("contrastive_start_epoch", contrastive_start_epoch)
         self.epoch = 0
+        # the same switch as a device flag, read by a static (captured) step instead of the Python branch
+        self.register_buffer("_active", torch.tensor(contrastive_start_epoch <= 0), persistent=False)
         self._epoch_set = False
         self._unfed_calls = 0
         self._no_epoch_calls = 0
@@ -113,6 +115,7 @@ class Bce3sLoss(Loss):
         """Set the current (0-based) epoch; the contrastive term starts at ``contrastive_start_epoch``."""
         self.epoch = int(epoch)
         self._epoch_set = True
+        self._active.fill_(self.contrastive_active)
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:
@@ -135,11 +138,13 @@ class Bce3sLoss(Loss):
                 f"{type(self).__name__}: embeddings have size {embeddings.shape[1]} but embedding_dim is "
                 f"{self.class_memory.dim}; build the loss with embedding_dim={embeddings.shape[1]}"
             )
-        if not self._warned and self.contrastive_weight > 0:
+        if not self._warned and self.contrastive_weight > 0 and not self.static:
             self._warn_if_contrastive_stuck()
         classes = self.sampler if self.sampler.ratio < 1.0 else None
         joint = self.joint(logits, target, view, classes)
-        if self.contrastive_active:
+        if self.static:  # computed every epoch and switched by the device flag: the same kernels every step
+            contrastive = self.contrastive(embeddings, target, view, self.class_memory) * self._active
+        elif self.contrastive_active:
             contrastive = self.contrastive(embeddings, target, view, self.class_memory)
         else:
             contrastive = logits.new_zeros(())

@@ -1,0 +1,296 @@
+"""The training step without host synchronisation, run eagerly, captured as a CUDA graph, or compiled.
+
+:func:`bce3s.engine.step.train_step` is the reference step: readable, and it checks finiteness on the host before
+the optimizer may step (one synchronisation per step). On a GPU a small model's step is then bound by kernel
+launches and that wait, not by arithmetic. :class:`StaticStep` runs the same step as a fixed sequence of device
+work:
+
+- the mixing draws (lambda, CutMix box) are made on the host from the same per-step generator as the reference
+  and passed in small device tensors (:func:`bce3s.data.mixing.glmc_mix_at` builds the views from them, bit for
+  bit the reference's views);
+- the loss draws its partial class sets from a device buffer refilled before each step
+  (:meth:`bce3s.losses.Loss.make_static`), and its epoch switch is a device flag;
+- the learning rate is a device tensor that the schedule updates in place, and the optimizer is the fused one,
+  which skips its update on the device when ``found_inf`` is set (a non-finite loss or gradient);
+- the class memory update and, under ``nan_policy: skip``, the BatchNorm statistics are kept or rolled back on
+  the device by the same flag;
+- loss, terms and the skip flag stay on the device; the loop adds them up and reads them once per epoch.
+
+Modes (``runtime.step``):
+
+- ``static``: that sequence, executed eagerly (any device; it is what the other two run).
+- ``graphed``: after ``WARMUP_STEPS`` eager steps, the whole step (forward, loss, backward, clipping, optimizer,
+  memory update) is captured once as a CUDA graph and replayed for every later step of the stage (single-process
+  CUDA). A batch of another shape (the last, smaller batch of an epoch) runs eagerly.
+- ``compiled``: the forward and the loss go through ``torch.compile`` (``reduce-overhead`` on CUDA, which
+  graphs the compiled forward and backward); the optimizer is the fused one.
+
+Non-finite steps are recorded on the device (first step and the term that failed) and checked every
+``CHECK_EVERY`` steps and at the end of the epoch: under ``nan_policy: stop`` the run then stops with the same
+:class:`~bce3s.errors.NonFiniteError` as the reference (no update of that step was applied; later steps of the
+window were, and the run resumes from the last epoch checkpoint). Under ``skip`` such steps are dropped as in the
+reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bce3s.data.mixing import draw_mix, glmc_mix_at, mix_params
+from bce3s.engine.distributed import all_gather_cat
+from bce3s.engine.step import StepResult, StepRuntime, TrainBatch, global_order
+from bce3s.errors import NonFiniteError
+from bce3s.seeding import make_generator
+
+__all__ = ["CHECK_EVERY", "STATIC_MODES", "WARMUP_STEPS", "StaticStep"]
+
+#: The modes :class:`StaticStep` runs (``runtime.step`` also has ``eager``, the reference, and ``auto``).
+STATIC_MODES = ("static", "graphed", "compiled")
+#: Eager steps before the CUDA graph is captured (lazy initialisation: cuDNN algorithms, autograd buffers).
+WARMUP_STEPS = 3
+#: Steps between two reads of the non-finite record (one host synchronisation each).
+CHECK_EVERY = 50
+
+
+@dataclass
+class _Inputs:
+    """The device tensors one step reads (the graph's static buffers in ``graphed`` mode)."""
+
+    images: Tensor  # (B, C, H, W)
+    labels: Tensor  # (B,)
+    mix_images: Tensor | None  # (B, C, H, W) or None
+    mix_labels: Tensor | None  # (B,) or None
+    lam: Tensor | None  # (2,) float32 [lam, 1 - lam]
+    box: Tensor | None  # (4,) int64 CutMix box
+    step: Tensor  # () int64 position in the epoch
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in vars(self).values() if t is not None]
+
+    def same_shapes(self, other: _Inputs) -> bool:
+        mine, theirs = vars(self), vars(other)
+        return all(
+            (a is None) == (theirs[k] is None) and (a is None or a.shape == theirs[k].shape) for k, a in mine.items()
+        )
+
+    def copy_(self, other: _Inputs) -> None:
+        for a, b in zip(self.tensors(), other.tensors()):
+            a.copy_(b, non_blocking=True)
+
+
+@dataclass
+class _Outputs:
+    loss: Tensor  # () float64, 0 when skipped
+    terms: dict[str, Tensor]  # () float64 each, 0 when skipped
+    skipped: Tensor  # () bool
+
+
+class StaticStep:
+    """A training step with no host synchronisation (see the module docstring).
+
+    Args:
+        rt: the stage's runtime; its optimizer must be static (``build_optimizer(..., static=True)``: fused, lr
+            in a device tensor) and its loss is made static here.
+        mode: ``static``, ``graphed`` or ``compiled``.
+        backend: the ``torch.compile`` backend of ``compiled`` (``inductor``; tests use ``aot_eager``).
+
+    Raises:
+        ValueError: a mode this runtime cannot run (``graphed`` off CUDA or with several processes, fp16 with
+            its loss scaler, a non-fused optimizer).
+    """
+
+    def __init__(self, rt: StepRuntime, mode: str, *, backend: str = "inductor") -> None:
+        if mode not in STATIC_MODES:
+            raise ValueError(f"mode must be one of {STATIC_MODES}, got {mode!r}")
+        device = rt.dist.device
+        if mode == "graphed" and (device.type != "cuda" or rt.dist.world_size > 1):
+            raise ValueError("graphed steps need one CUDA process (use static or compiled)")
+        if rt.scaler.is_enabled():
+            raise ValueError("fp16 with a loss scaler needs the eager step (use bf16, or runtime.step: eager)")
+        if not all(g.get("fused") for g in rt.optimizer.param_groups):
+            raise ValueError("a static step needs the fused optimizer (build_optimizer(..., static=True))")
+        self.rt, self.mode, self.device = rt, mode, device
+        rt.loss_fn.make_static(device)
+        # Parameters that get a gradient only from a term switched by a device flag (the projector, before the
+        # contrastive term starts): the reference leaves them untouched while their gradient is None, so their
+        # update (weight decay, momentum) is rolled back on the device while the flag is off.
+        flag = getattr(rt.loss_fn, "_active", None)
+        projector = getattr(rt.raw_model, "projector", None)
+        trainable = {id(p) for p in rt.params}
+        self._gate = flag if isinstance(flag, Tensor) and projector is not None else None
+        self._gated = [p for p in projector.parameters() if id(p) in trainable] if self._gate is not None else []
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_term = torch.zeros((), dtype=torch.long, device=device)
+        self._term_names: list[str] = []
+        self._calls = 0
+        self._graph: Any = None
+        self._static_in: _Inputs | None = None
+        self._static_out: _Outputs | None = None
+        self._forward = self._forward_loss
+        if mode == "compiled":
+            graphs = device.type == "cuda" and backend == "inductor"
+            self._forward = torch.compile(
+                self._forward_loss, backend=backend, mode="reduce-overhead" if graphs else None, dynamic=False
+            )
+
+    # -- host side -------------------------------------------------------------------------------------------
+
+    def _inputs(self, batch: TrainBatch) -> _Inputs:
+        rt = self.rt
+        lam = box = None
+        mixing = rt.mixing.enabled and batch.mix_images is not None
+        if mixing:
+            b = batch.images.shape[0]
+            gen = make_generator(rt.seed, "mix", rt.stage_index, batch.epoch, batch.step)
+            height, width = batch.images.shape[2], batch.images.shape[3]
+            lam_t, box_t = mix_params(*draw_mix(rt.mixing.alpha, height, width, gen))
+            pin = self.device.type == "cuda"
+            lam = (lam_t.pin_memory() if pin else lam_t).to(self.device, non_blocking=True)
+            box = (box_t.pin_memory() if pin else box_t).to(self.device, non_blocking=True)
+        step = torch.tensor(batch.step, dtype=torch.long)
+        step = (step.pin_memory() if self.device.type == "cuda" else step).to(self.device, non_blocking=True)
+        return _Inputs(
+            images=batch.images,
+            labels=batch.labels,
+            mix_images=batch.mix_images[:b].to(batch.images.device) if mixing else None,
+            mix_labels=batch.mix_labels[:b].to(batch.labels.device) if mixing else None,
+            lam=lam,
+            box=box,
+            step=step,
+        )
+
+    def __call__(self, batch: TrainBatch) -> StepResult:
+        """Run one step; the result's loss, terms and ``skipped`` are device tensors."""
+        inputs = self._inputs(batch)
+        self.rt.loss_fn.prepare_step()
+        if self.mode == "graphed":
+            out = self._graphed(inputs)
+        else:
+            self.rt.optimizer.zero_grad(set_to_none=True)
+            out = self._body(inputs)
+        self._calls += 1
+        views = 3 if inputs.lam is not None else 1
+        return StepResult(loss=out.loss, terms=out.terms, skipped=out.skipped, images=views * inputs.images.shape[0])
+
+    def _graphed(self, inputs: _Inputs) -> _Outputs:
+        if self._graph is not None and self._static_in is not None and self._static_in.same_shapes(inputs):
+            self._static_in.copy_(inputs)
+            self._graph.replay()
+            assert self._static_out is not None
+            return self._static_out
+        if self._graph is None and self._calls >= WARMUP_STEPS:
+            return self._capture(inputs)
+        # warm-up (and odd-shaped batches): eager, on a side stream as the CUDA-graph recipe asks
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.rt.optimizer.zero_grad(set_to_none=True)
+            out = self._body(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return out
+
+    def _capture(self, inputs: _Inputs) -> _Outputs:
+        static = _Inputs(**{k: (v.clone() if v is not None else None) for k, v in vars(inputs).items()})
+        self.rt.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._body(static)
+        self._graph, self._static_in, self._static_out = graph, static, out
+        graph.replay()  # capturing records the work; this replay does the step
+        return out
+
+    def check(self, epoch: int) -> None:
+        """Read the non-finite record (a host sync); under ``nan_policy: stop`` raise for the first bad step.
+
+        Raises:
+            NonFiniteError: a step of this epoch had a non-finite loss or gradient and the policy is ``stop``.
+        """
+        rt = self.rt
+        if rt.nan_policy != "stop":
+            return
+        step = int(self.bad_step)
+        if step < 0:
+            return
+        names = [*self._term_names, "total", "gradient"]
+        term = names[int(self.bad_term)]
+        self.bad_step.fill_(-1)
+        raise NonFiniteError(
+            f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage {rt.stage_index} epoch {epoch} "
+            f"step {step} (term: {term})",
+            stage_index=rt.stage_index,
+            epoch=epoch,
+            step=step,
+            term=term,
+        )
+
+    # -- device side: no host synchronisation below ----------------------------------------------------------
+
+    def _forward_loss(self, inputs: _Inputs) -> tuple[Tensor, dict[str, Tensor], Tensor | None, Tensor | None]:
+        """Mixing, forward and loss: (loss, terms, clean-view embeddings (B, P) or None, labels (B,))."""
+        rt = self.rt
+        x, target, view = inputs.images, inputs.labels, None
+        if inputs.lam is not None:
+            assert inputs.mix_images is not None and inputs.mix_labels is not None and inputs.box is not None
+            x, target, view = glmc_mix_at(
+                inputs.images,
+                inputs.labels,
+                inputs.mix_images,
+                inputs.mix_labels,
+                num_classes=rt.num_classes,
+                lam=inputs.lam,
+                box=inputs.box,
+            )
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            out = rt.model(x)
+        logits = out.logits.float()
+        use_emb = out.embeddings is not None and rt.needs_embeddings
+        embeddings = out.embeddings.float() if use_emb else None
+        weight = rt.raw_model.head.weight if rt.needs_weight else None
+        loss_out = rt.loss_fn(logits, target, view=view, embeddings=embeddings, weight=weight)
+        clean = embeddings[: inputs.images.shape[0]].detach() if embeddings is not None else None  # views: clean first
+        return loss_out.loss, loss_out.terms, clean, inputs.labels
+
+    def _body(self, inputs: _Inputs) -> _Outputs:
+        rt = self.rt
+        saved = [b.clone() for b in rt.buffers]
+        memory = getattr(rt.loss_fn, "class_memory", None)
+        loss, terms, clean, labels = self._forward(inputs)
+        if memory is not None and clean is not None:
+            old_memory, old_seen = memory.memory.clone(), memory.seen.clone()
+        loss.backward()
+        max_norm = rt.grad_clip if rt.grad_clip is not None else float("inf")
+        grads_of = [p for p in rt.params if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(grads_of, max_norm, foreach=True)
+        flags = [~torch.isfinite(t) for t in terms.values()]
+        flags += [~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm)]
+        self._term_names = list(terms)
+        bad_any = torch.stack(flags)
+        bad = bad_any.any()
+        opt = rt.optimizer
+        gated = [(t, t.clone()) for p in self._gated for t in (p, *opt.state[p].values()) if isinstance(t, Tensor)]
+        opt.grad_scale, opt.found_inf = None, bad.float().reshape(1)
+        opt.step()
+        opt.found_inf = None
+        with torch.no_grad():
+            for t, old in gated:
+                t.copy_(torch.where(self._gate, t, old))
+            for buf, old in zip(rt.buffers, saved):
+                buf.copy_(torch.where(bad, old, buf))
+            if memory is not None and clean is not None:
+                emb = global_order(all_gather_cat(clean, rt.dist), rt.dist)
+                rt.loss_fn.update(emb, global_order(all_gather_cat(labels, rt.dist), rt.dist))
+                memory.memory.copy_(torch.where(bad, old_memory, memory.memory))
+                memory.seen.copy_(torch.where(bad, old_seen, memory.seen))
+            first = bad & (self.bad_step < 0)
+            self.bad_step.copy_(torch.where(first, inputs.step, self.bad_step))
+            self.bad_term.copy_(torch.where(first, bad_any.long().argmax(), self.bad_term))
+            zero = torch.zeros((), dtype=torch.float64, device=loss.device)
+            out_loss = torch.where(bad, zero, loss.detach().double())
+            out_terms = {k: torch.where(bad, zero, v.detach().double()) for k, v in terms.items()}
+        return _Outputs(out_loss, out_terms, bad)

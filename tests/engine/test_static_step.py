@@ -1,0 +1,230 @@
+"""The static (sync-free) training step against the reference ``train_step``.
+
+The static step is what a CUDA graph captures and what ``torch.compile`` traces: mixing from draws held in
+tensors, device-side finiteness flag, fused optimizer with a tensor learning rate, gated memory and BatchNorm
+updates. Here it runs eagerly (and compiled with the ``aot_eager`` backend) on the CPU and must train exactly like
+the reference: same parameters, losses, class memory and partial-class generator state after steps spanning two
+epochs with a schedule step between them, and the same handling of a non-finite step under both policies.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+from bce3s.config import MixingConfig, OptimConfig
+from bce3s.engine.capture import StaticStep
+from bce3s.engine.distributed import DistInfo
+from bce3s.engine.optim import build_optimizer, build_scheduler
+from bce3s.engine.step import StepRuntime, TrainBatch, train_step
+from bce3s.errors import NonFiniteError
+from bce3s.losses import build_loss
+from bce3s.models import build_model
+
+K, B, SIZE = 10, 8, 16
+DEVICE = torch.device(os.environ.get("BCE3S_TEST_DEVICE", "cpu"))
+
+
+def _runtime(*, static: bool, nan_policy: str = "stop", grad_clip: float | None = None, loss: str = "bce3s"):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=K, head="normalized", projector_dim=16, in_channels=3).to(DEVICE)
+    counts = [100, 60, 40, 30, 20, 12, 8, 5, 3, 2]
+    params = {"neg_class_ratio": 0.4, "embedding_dim": 16, "seed": 3} if loss == "bce3s" else {}
+    loss_fn = build_loss(loss, num_classes=K, class_counts=counts, **params).to(DEVICE)
+    optim = OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-3, nesterov=True)
+    optimizer = build_optimizer(model.named_parameters(), optim, static=static)
+    rt = StepRuntime(
+        model=model,
+        raw_model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(DEVICE.type, enabled=False),
+        dist=DistInfo(rank=0, local_rank=0, world_size=1, device=DEVICE),
+        num_classes=K,
+        mixing=MixingConfig(enabled=True),
+        amp_dtype=None,
+        channels_last=False,
+        grad_clip=grad_clip,
+        nan_policy=nan_policy,
+        seed=7,
+        stage_index=0,
+    )
+    return rt, build_scheduler(optimizer, optim, 4)
+
+
+def _batches(n: int, *, bad_step: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        x = torch.randn(B, 3, SIZE, SIZE, generator=gen)
+        x2 = torch.randn(B, 3, SIZE, SIZE, generator=gen)
+        if i == bad_step:
+            x[0, 0, 0, 0] = float("nan")
+        y = torch.randint(0, K, (B,), generator=gen)
+        y2 = torch.randint(0, K, (B,), generator=gen)
+        out.append(tuple(t.to(DEVICE) for t in (x, y, x2, y2)))
+    return out
+
+
+def _run(rt, sched, step_fn, batches, epochs=(0, 1)) -> list[float]:
+    """Steps over two epochs (loss.set_epoch and a schedule step between them); the losses as floats."""
+    losses = []
+    per = len(batches) // len(epochs)
+    for e_i, epoch in enumerate(epochs):
+        rt.loss_fn.set_epoch(epoch)
+        for s in range(per):
+            x, y, x2, y2 = batches[e_i * per + s]
+            res = step_fn(TrainBatch(x, y, x2, y2, epoch=epoch, step=s))
+            losses.append(float(res.loss))
+        sched.step()
+    return losses
+
+
+def _assert_same_state(a: StepRuntime, b: StepRuntime, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    for (name, pa), pb in zip(a.raw_model.state_dict().items(), b.raw_model.state_dict().values()):
+        torch.testing.assert_close(pa, pb, rtol=rtol, atol=atol, msg=name)
+    mem_a, mem_b = a.loss_fn.class_memory, b.loss_fn.class_memory
+    torch.testing.assert_close(mem_a.memory, mem_b.memory, rtol=rtol, atol=atol)
+    assert torch.equal(mem_a.seen, mem_b.seen)
+    assert torch.equal(a.loss_fn.sampler.generator.get_state(), b.loss_fn.sampler.generator.get_state())
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.5])
+def test_static_step_trains_like_the_reference(grad_clip):
+    ref, ref_sched = _runtime(static=False, grad_clip=grad_clip)
+    st, st_sched = _runtime(static=True, grad_clip=grad_clip)
+    batches = _batches(6)
+    ref_losses = _run(ref, ref_sched, lambda b: train_step(ref, b), batches)
+    step = StaticStep(st, "static")
+    st_losses = _run(st, st_sched, step, batches)
+    torch.testing.assert_close(torch.tensor(st_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    assert st_losses[3] != st_losses[0]  # training moved
+    _assert_same_state(ref, st)
+    # the schedule wrote into the tensor learning rate the fused optimizer reads
+    assert float(st.optimizer.param_groups[0]["lr"]) == pytest.approx(ref.optimizer.param_groups[0]["lr"])
+    assert st.loss_fn.class_memory.seen.any()
+
+
+def test_compiled_step_equals_eager():
+    """``compiled`` traces mixing, forward and loss (aot_eager: the graph without code generation)."""
+    torch._dynamo.reset()
+    ref, ref_sched = _runtime(static=True)
+    comp, comp_sched = _runtime(static=True)
+    batches = _batches(4)
+    ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
+    comp_losses = _run(comp, comp_sched, StaticStep(comp, "compiled", backend="aot_eager"), batches)
+    torch.testing.assert_close(torch.tensor(comp_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    _assert_same_state(ref, comp, rtol=1e-4, atol=1e-5)
+
+
+def test_skip_policy_drops_the_bad_step_on_the_device():
+    ref, ref_sched = _runtime(static=False, nan_policy="skip")
+    st, st_sched = _runtime(static=True, nan_policy="skip")
+    batches = _batches(4, bad_step=1)
+    ref_losses = _run(ref, ref_sched, lambda b: train_step(ref, b), batches)
+    step = StaticStep(st, "static")
+    skipped = []
+
+    def run_and_count(batch):
+        res = step(batch)
+        skipped.append(bool(res.skipped))
+        return res
+
+    st_losses = _run(st, st_sched, run_and_count, batches)
+    assert skipped == [False, True, False, False]
+    assert st_losses[1] == 0.0 and ref_losses[1] == 0.0
+    torch.testing.assert_close(torch.tensor(st_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    _assert_same_state(ref, st)  # parameters, BatchNorm statistics and memory all rolled back alike
+    step.check(0)  # skip: nothing raised
+
+
+def test_stop_policy_names_the_first_bad_step_and_applies_nothing_of_it():
+    st, _ = _runtime(static=True, nan_policy="stop")
+    step = StaticStep(st, "static")
+    batches = _batches(3, bad_step=1)
+    st.loss_fn.set_epoch(0)
+    x, y, x2, y2 = batches[0]
+    step(TrainBatch(x, y, x2, y2, epoch=0, step=0))
+    before = copy.deepcopy(st.raw_model.state_dict())
+    memory = st.loss_fn.class_memory.memory.clone()
+    x, y, x2, y2 = batches[1]
+    step(TrainBatch(x, y, x2, y2, epoch=0, step=1))
+    for name, value in st.raw_model.state_dict().items():
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, before[name]), name
+    assert torch.equal(st.loss_fn.class_memory.memory, memory)
+    with pytest.raises(NonFiniteError) as err:
+        step.check(0)
+    assert (err.value.epoch, err.value.step, err.value.term) == (0, 1, "joint")
+
+
+def test_ce_without_mixing_matches_the_reference():
+    ref, ref_sched = _runtime(static=False, loss="ce")
+    st, st_sched = _runtime(static=True, loss="ce")
+    for rt in (ref, st):
+        rt.mixing = MixingConfig(enabled=False)
+    batches = [(x, y, None, None) for x, y, _, _ in _batches(4)]
+    ref_losses = _run(ref, ref_sched, lambda b: train_step(ref, b), batches)
+    st_losses = _run(st, st_sched, StaticStep(st, "static"), batches)
+    torch.testing.assert_close(torch.tensor(st_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    for pa, pb in zip(ref.raw_model.parameters(), st.raw_model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_graphed_step_equals_static_on_cuda():
+    """The captured CUDA graph replays the static step (warm-up, capture, replays across an epoch switch)."""
+    if DEVICE.type != "cuda":
+        pytest.skip("set BCE3S_TEST_DEVICE=cuda")
+    ref, ref_sched = _runtime(static=True)
+    gr, gr_sched = _runtime(static=True)
+    batches = _batches(16)
+    ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
+    graphed = StaticStep(gr, "graphed")
+    gr_losses = _run(gr, gr_sched, graphed, batches)
+    assert graphed._graph is not None
+    torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
+    _assert_same_state(ref, gr, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoints_cross_between_static_and_eager_optimizers():
+    """A static optimizer's state (tensor lr) resumes an eager one and the other way round, continuing alike."""
+    from bce3s.engine.optim import make_plain, make_static
+
+    cfg = OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-3)
+
+    def model_and_grad(seed):
+        torch.manual_seed(seed)
+        m = torch.nn.Linear(4, 3)
+        return m
+
+    def step(m, opt):
+        m.zero_grad()
+        m(torch.ones(2, 4)).square().sum().backward()
+        opt.step()
+
+    a = model_and_grad(0)
+    opt_a = build_optimizer(a.named_parameters(), cfg, static=True)
+    sched_a = build_scheduler(opt_a, cfg, 4)
+    step(a, opt_a)
+    sched_a.step()
+    b = model_and_grad(0)
+    b.load_state_dict(a.state_dict())
+    opt_b = build_optimizer(b.named_parameters(), cfg)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as from a file: no shared tensors
+    make_plain(opt_b)
+    assert isinstance(opt_b.param_groups[0]["lr"], float)
+    c = model_and_grad(0)
+    c.load_state_dict(a.state_dict())
+    opt_c = build_optimizer(c.named_parameters(), cfg, static=True)
+    opt_c.load_state_dict(copy.deepcopy(opt_b.state_dict()))
+    make_static(opt_c)
+    assert isinstance(opt_c.param_groups[0]["lr"], torch.Tensor)
+    for m, opt in ((a, opt_a), (b, opt_b), (c, opt_c)):
+        step(m, opt)
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters()):
+        torch.testing.assert_close(pb, pa)
+        torch.testing.assert_close(pc, pa)
