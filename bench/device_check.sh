@@ -2,32 +2,33 @@
 # One prepared run for a lent GPU (see docs/benchmarks.md and docs/results.md for what it printed):
 #   1. environment (GPU, torch, CUDA),
 #   2. CUDA numerics: the gpu-marked tests (losses, models, metrics/geometry, GPU-resident pipeline and mixing
-#      against CPU references; bf16 tolerances where autocast is used),
-#   3. the training-step benchmark (CE step vs full BCE3S step; channels_last / bf16 / torch.compile variants),
-#   4. the CIFAR-10-LT (IF 100) BCE3S recipe end to end (stage 1 + stage 2) on the GPU-resident pipeline, side by
-#      side with CE and its own stage 2, printing wall time, images/s and All/Many/Medium/Few for last/best_val.
+#      against CPU references; the graphed and static steps against each other),
+#   3. the training-step benchmark: CE and BCE3S steps, eager / static / compiled / graphed, resnet32 and
+#      resnet34_cifar at 3 x 64 images, and the projected wall time of the CIFAR-100-LT ResNet-34 recipe from it,
+#   4. the CIFAR-10-LT (IF 100) recipe, BCE3S and CE each with its own stage 2, seeds 0 1 2, all six runs at once
+#      on the GPU: the paper's 320 + 10 epochs when they fit the deadline (a concurrent probe decides; otherwise it
+#      says by how much they miss and runs the longest stage 1 that fits), mean ± std table, runs per GPU-minute.
 #
 # Usage (from the repository root; PYTHONPATH=src is set here, no install needed):
-#   bash bench/device_check.sh                       # on the GPU machine, data at .carry/cifar10-jpeg.tar.gz
-#   bash bench/device_check.sh --budget-s 330        # shorten stage 1 to fit a wall-time budget (probe first)
-#   bash bench/device_check.sh --deadline-s 560      # the whole script within 560 s (recipe gets what is left)
-#   bash bench/device_check.sh --smoke --data-root DIR   # CPU smoke test on a small ImageFolder tree
+#   bash bench/device_check.sh                       # on the GPU machine; the whole script within 570 s
+#   bash bench/device_check.sh --deadline-s 540      # another deadline (the recipe gets what is left)
+#   bash bench/device_check.sh --smoke               # CPU smoke test (< 2 min on 2 cores), data found by itself
+# Data: --data-root DIR (an ImageFolder tree with train/ and test/), else --data FILE.tar.gz, else the first of
+# .carry/cifar10-jpeg.tar.gz and ../shared/data/cifar10-jpeg.tar.gz (unpacked under /tmp/bce3s-data).
 # Results go to $OUT (the device tool's output folder) or bench/results/device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=0
-DATA_TGZ=.carry/cifar10-jpeg.tar.gz
+DATA_TGZ=""
 DATA_ROOT=""
-BUDGET=""
-DEADLINE=""
+DEADLINE=570
 START=$(date +%s)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
     --data) DATA_TGZ="$2"; shift ;;
     --data-root) DATA_ROOT="$2"; shift ;;
-    --budget-s) BUDGET="$2"; shift ;;
     --deadline-s) DEADLINE="$2"; shift ;;
     *) echo "device_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -52,10 +53,34 @@ if torch.cuda.is_available():
 EOF
 
 if [ -z "$DATA_ROOT" ]; then
+  if [ -z "$DATA_TGZ" ]; then
+    for c in .carry/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do
+      if [ -f "$c" ]; then DATA_TGZ="$c"; break; fi
+    done
+  fi
+  if [ -z "$DATA_TGZ" ] || [ ! -f "$DATA_TGZ" ]; then
+    echo "device_check.sh: no data: give --data-root DIR or --data FILE.tar.gz, or put cifar10-jpeg.tar.gz in .carry/" >&2
+    exit 2
+  fi
   step "unpack $DATA_TGZ"
   DATA_ROOT=/tmp/bce3s-data/cifar10-jpeg
   if [ ! -d "$DATA_ROOT/train" ]; then
     mkdir -p /tmp/bce3s-data && tar xzf "$DATA_TGZ" -C /tmp/bce3s-data || { echo "cannot unpack $DATA_TGZ"; exit 1; }
+  fi
+  if [ "$SMOKE" = 1 ]; then  # a small tree of real images: 40 train and 10 test images per class (links)
+    "$PY" - "$DATA_ROOT" /tmp/bce3s-data/cifar10-smoke <<'EOF'
+import sys
+from pathlib import Path
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for split, n in (("train", 40), ("test", 10)):
+    for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+        (dst / split / cls.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls.iterdir())[:n]:
+            link = dst / split / cls.name / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+EOF
+    DATA_ROOT=/tmp/bce3s-data/cifar10-smoke
   fi
 fi
 
@@ -63,26 +88,37 @@ if [ "$SMOKE" = 1 ]; then
   step "2. numerics: skipped in --smoke (the gpu-marked tests need CUDA)"
   step "3. training-step benchmark (quick, cpu)"
   "$PY" bench/train_step.py --quick --device cpu --out "$RESULTS/train_step.json" || status=1
-  step "4. recipe (smoke)"
-  "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out "$RESULTS/recipe" --smoke --device cpu || status=1
+  step "4. recipe (smoke: 2 seeds, 1 + 1 epochs, 2 runs at once)"
+  "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out "$RESULTS/recipe" --smoke --device cpu \
+    --seeds 0 1 --parallel 2 || status=1
 else
   step "2. CUDA numerics (gpu-marked tests against CPU references)"
-  BCE3S_TEST_DEVICE=cuda timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15
+  BCE3S_TEST_DEVICE=cuda timeout 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15
   rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "numerics: pytest exit $rc"; status=1; }
   step "3. training-step benchmark"
-  timeout 150 "$PY" bench/train_step.py --device cuda --variants all --steps 20 --out "$RESULTS/train_step.json" \
-    || status=1
-  if [ -n "$DEADLINE" ]; then  # whatever the first steps left, minus a margin for the final evaluation
-    BUDGET=$(( DEADLINE - ($(date +%s) - START) - 40 ))
-    echo "recipe budget: ${BUDGET} s"
-  fi
-  step "4. recipe: BCE3S and CE, CIFAR-10-LT IF 100, ResNet-32"
-  "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out /tmp/bce3s-runs --device cuda \
-    ${BUDGET:+--budget-s "$BUDGET"} || status=1
+  timeout 120 "$PY" bench/train_step.py --device cuda --variants all --models resnet32 resnet34_cifar --steps 20 \
+    --out "$RESULTS/train_step.json" || status=1
+  "$PY" - "$RESULTS/train_step.json" <<'EOF' || true
+import json, math, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+r34 = [r for r in rows if r["model"] == "resnet34_cifar"]
+if r34:
+    best = min(r34, key=lambda r: r["bce3s_ms"])
+    steps = math.ceil(10847 / 64)  # CIFAR-100-LT IF 100: 10,847 training images, batch 64
+    stage1 = 320 * steps * best["bce3s_ms"] / 1e3
+    stage2 = 10 * steps * best["ce_ms"] / 3 / 1e3
+    print(f"CIFAR-100-LT ResNet-34 recipe (synthetic 100-class data, {best['variant']} step {best['bce3s_ms']:.1f} ms):"
+          f" projected {(stage1 + stage2) / 60:.1f} min of training steps for 320 + 10 epochs (evaluation excluded)")
+EOF
+  BUDGET=$(( DEADLINE - ($(date +%s) - START) - 30 ))
+  step "4. recipe: BCE3S and CE, CIFAR-10-LT IF 100, ResNet-32, seeds 0 1 2, all at once (budget ${BUDGET} s)"
+  "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out /tmp/bce3s-runs --device cuda --seeds 0 1 2 \
+    --budget-s "$BUDGET" || status=1
   cp /tmp/bce3s-runs/summary.json "$RESULTS/recipe_summary.json" 2>/dev/null
-  for n in bce3s ce; do
-    cp "/tmp/bce3s-runs/$n/final.json" "$RESULTS/final_$n.json" 2>/dev/null
-    cp "/tmp/bce3s-runs/$n/metrics.jsonl" "$RESULTS/metrics_$n.jsonl" 2>/dev/null
+  for d in /tmp/bce3s-runs/*_seed*/; do
+    n=$(basename "$d")
+    cp "$d/final.json" "$RESULTS/final_$n.json" 2>/dev/null
+    cp "$d/metrics.jsonl" "$RESULTS/metrics_$n.jsonl" 2>/dev/null
   done
 fi
 step "done (status $status)"

@@ -1,14 +1,18 @@
-"""Train the CIFAR-10-LT (IF 100) BCE3S recipe and its CE baseline (each with its own stage 2) side by side.
+"""Train the CIFAR-10-LT (IF 100) BCE3S recipe and its CE baseline (each with its own stage 2) over seeds.
 
-Used by ``bench/device_check.sh``. Both runs use the CIFAR-10 JPEG copy (an ImageFolder tree) made long-tailed
-at IF 100, ResNet-32, the GPU-resident pipeline, the same seed and the same epochs, and run as two concurrent
-processes. With ``--budget-s`` a 2-epoch probe measures the time of a BCE3S epoch first, and stage 1 is
-shortened (never lengthened) so that both runs fit the budget; the table then says so and gives the projected
-wall time of the paper's 320 + 10 epochs. Usage::
+Used by ``bench/device_check.sh``. Every run uses the CIFAR-10 JPEG copy (an ImageFolder tree) made long-tailed at
+IF 100, ResNet-32, the GPU-resident pipeline and the run's default step (``runtime.step: auto``: a CUDA graph on
+one GPU). The runs (2 methods x the seeds) go ``--parallel`` at a time as separate processes sharing the device.
 
-    python bench/recipe_run.py --data-root /tmp/data/cifar10-jpeg --out runs/device            # paper epochs
-    python bench/recipe_run.py --data-root ROOT --out OUT --budget-s 360                        # fit a budget
-    python bench/recipe_run.py --data-root ROOT --out OUT --smoke                               # CPU smoke test
+With ``--budget-s`` a short concurrent probe (2 + 1 epochs of every run) measures the epoch time under that load
+first, and stage 1 is shortened (never lengthened) only if the paper's 320 + 10 epochs would not fit; the table
+then says by how much, and gives the projected wall time of the full schedule. The table gives mean ± std over the
+seeds of test accuracy for ``last`` and ``best_val`` (no TTA; TTA rows apart), the wall time per run and the runs
+per device-minute. Usage::
+
+    python bench/recipe_run.py --data-root /tmp/data/cifar10-jpeg --out runs/device           # paper epochs
+    python bench/recipe_run.py --data-root ROOT --out OUT --budget-s 480                       # fit a budget
+    python bench/recipe_run.py --data-root ROOT --out OUT --smoke                              # CPU smoke test
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RUNS = (
+METHODS = (
     ("BCE3S + CB-BCE stage 2", "bce3s", "configs/cifar10_lt/bce3s_r32.yaml"),
     ("CE + CB-softmax stage 2", "ce", "configs/cifar10_lt/ce_r32.yaml"),
 )
+#: Published CIFAR-10-LT IF 100 top-1 (ResNet-32, 320 + 10 epochs) to compare with: the BCE3S paper and GLMC.
+PAPER = {"BCE3S (paper)": 90.08, "GLMC (paper)": 89.58}
+PAPER_EPOCHS = (320, 10)
+GROUPS = (("All", "top1"), ("Many", "many"), ("Med", "medium"), ("Few", "few"))
 
 
 def _cmd(config: str, out: Path, sets: list[str]) -> list[str]:
@@ -39,19 +48,74 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()] if p.is_file() else []
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+def _run_all(jobs: list[tuple[str, list[str]]], out: Path, parallel: int) -> dict[str, tuple[int, float]]:
+    """Run ``(name, command)`` jobs, ``parallel`` at a time; name -> (exit code, wall seconds)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pending, active, ends = list(jobs), [], {}
+    while pending or active:
+        while pending and len(active) < parallel:
+            name, cmd = pending.pop(0)
+            log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed when the process ends
+            active.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log, time.time()))
+        time.sleep(0.2)
+        for item in list(active):
+            name, proc, log, t0 = item
+            if proc.poll() is not None:
+                log.close()
+                ends[name] = (proc.returncode, time.time() - t0)
+                active.remove(item)
+    return ends
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple[float, float, float]:
+    """(stage-1 epoch s, stage-2 epoch s, fixed s per run) measured with every run going at once."""
+    probe = out / "probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (
+            f"{name}_seed{seed}",
+            _cmd(
+                config,
+                probe / f"{name}_seed{seed}",
+                [*base, f"runtime.seed={seed}", "stages.0.epochs=2", "stages.1.epochs=1"],
+            ),
+        )
+        for _, name, config in METHODS
+        for seed in seeds
+    ]
+    ends = _run_all(jobs, probe, parallel)
+    t1, t2, fixed = [], [], []
+    for name, (_, wall) in ends.items():
+        hist = _history(probe / name)
+        if len(hist) < 3:
+            continue
+        t1.append(hist[1]["time_s"])  # the second epoch: no warm-up or capture
+        t2.append(hist[2]["time_s"])
+        fixed.append(max(wall - sum(h["time_s"] for h in hist), 0.0))
+    if not t1:
+        raise SystemExit(f"probe failed; see the logs under {probe}")
+    return max(t1), max(t2), max(fixed)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", required=True, help="ImageFolder tree with train/ and test/ (the JPEG copy)")
     ap.add_argument("--out", required=True, help="parent directory of the runs")
-    ap.add_argument("--budget-s", type=float, default=None, help="wall-time budget for both runs (probe first)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--parallel", type=int, default=None, help="runs at once on the device (default: all)")
+    ap.add_argument("--budget-s", type=float, default=None, help="wall-time budget for all runs (probe first)")
     ap.add_argument("--epochs1", type=int, default=None, help="stage-1 epochs (default: the config's, 320)")
     ap.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default: the config's, 10)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra overrides for both runs")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra overrides for every run")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (1 + 1 epochs, small batch) for tests")
     args = ap.parse_args()
     out = Path(args.out)
@@ -76,85 +140,97 @@ def main() -> int:
     else:
         base += ["data.val_per_class=50"]
     base += args.sets  # last, so they win
-    paper1, paper2 = 320, 10
-    e1 = args.epochs1 or paper1
-    e2 = args.epochs2 or paper2
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t_epoch = None
+    runs = len(METHODS) * len(args.seeds)
+    parallel = max(1, min(args.parallel or runs, runs))
+    e1 = args.epochs1 or PAPER_EPOCHS[0]
+    e2 = args.epochs2 or PAPER_EPOCHS[1]
+    t_start = time.time()
     if args.budget_s and not args.smoke:
-        probe = out / "probe"
-        t0 = time.time()
-        subprocess.run(_cmd(RUNS[0][2], probe, [*base, "stages.0.epochs=2", "stages.1.epochs=1"]), env=env, check=True)
-        probe_wall = time.time() - t0
-        hist = _history(probe)
-        t_epoch = hist[1]["time_s"] if len(hist) > 1 else probe_wall / 3
-        t_epoch2 = hist[2]["time_s"] if len(hist) > 2 else t_epoch
-        fixed = max(probe_wall - sum(h["time_s"] for h in hist), 0.0)  # start-up, data, evaluation
-        remaining = args.budget_s - probe_wall
-        slow = 1.35  # two concurrent processes on one GPU
-        fit = int((remaining - 1.5 * fixed - e2 * t_epoch2 * slow) / (t_epoch * slow))
-        e1 = max(1, min(e1, fit))
+        t1, t2, fixed = _probe(base, args.seeds, out, parallel)
+        waves = -(-runs // parallel)
+        remaining = args.budget_s - (time.time() - t_start)
+        need = waves * (fixed + e1 * t1 + e2 * t2)
+        fit = int((remaining / waves - fixed - e2 * t2) / t1)
         print(
-            f"probe: BCE3S stage-1 epoch {t_epoch:.2f} s, stage-2 epoch {t_epoch2:.2f} s, fixed {fixed:.0f} s; "
-            f"budget {args.budget_s:.0f} s -> stage-1 epochs {e1} (paper {paper1})",
+            f"probe ({parallel} runs at once): stage-1 epoch {t1:.2f} s, stage-2 epoch {t2:.2f} s, fixed {fixed:.0f} s"
+            f" per run; {e1} + {e2} epochs need {need:.0f} s, {remaining:.0f} s left",
             flush=True,
         )
+        if fit < e1:
+            print(
+                f"the full schedule does not fit: short by {need - remaining:.0f} s ({need / remaining:.2f}x); "
+                f"stage 1 cut to {max(fit, 1)} of {e1} epochs",
+                flush=True,
+            )
+            e1 = max(1, fit)
     sets = [*base, f"stages.0.epochs={e1}", f"stages.1.epochs={e2}"]
-    procs = []
+    jobs = [
+        (f"{name}_seed{seed}", _cmd(config, out / f"{name}_seed{seed}", [*sets, f"runtime.seed={seed}"]))
+        for _, name, config in METHODS
+        for seed in args.seeds
+    ]
     t0 = time.time()
-    for _, name, config in RUNS:
-        log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed after the process ends
-        procs.append((name, subprocess.Popen(_cmd(config, out / name, sets), env=env, stdout=log, stderr=log), log))
-    ends = {}
-    for name, proc, log in procs:
-        rc = proc.wait()
-        ends[name] = (rc, time.time() - t0)
-        log.close()
+    ends = _run_all(jobs, out, parallel)
+    total = time.time() - t0
     print()
     print(
-        f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, seed 0, stage-1 epochs {e1} (paper {paper1}), stage-2 "
-        f"epochs {e2}; both runs concurrently on one device; test accuracy (%)"
+        f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, seeds {' '.join(map(str, args.seeds))}, stage-1 epochs {e1} "
+        f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; {parallel} runs at once on one device; test accuracy "
+        "(%), mean ± std over seeds"
     )
-    hdr = f"{'run':<26}{'wall s':>8}{'img/s':>8}  {'checkpoint':<18}{'All':>7}{'Many':>7}{'Med':>7}{'Few':>7}"
-    print(hdr)
-    summary = {"epochs1": e1, "epochs2": e2, "paper_epochs": [paper1, paper2], "runs": {}}
-    for label, name, _ in RUNS:
-        rc, wall = ends[name]
-        run = out / name
-        hist = _history(run)
-        s1 = [h for h in hist if h["stage"] == "stage1"]
-        ips = sum(h["images_per_s"] or 0 for h in s1) / max(len(s1), 1)
-        final = json.loads((run / "final.json").read_text()) if (run / "final.json").is_file() else None
-        summary["runs"][name] = {
-            "rc": rc,
-            "wall_s": wall,
-            "stage1_images_per_s": ips,
-            "final_test": final and final["test"],
-        }
-        if final is None:
-            print(f"{label:<26}{wall:>8.0f}{ips:>8.0f}  failed (exit {rc}); see {out / (name + '.log')}")
-            continue
-        for ck in ("last", "best_val", "last_tta_flip", "best_val_tta_flip"):
-            m = final["test"].get(ck)
-            if m is None:
+    print(f"{'run':<26}{'checkpoint':<20}" + "".join(f"{g:>16}" for g, _ in GROUPS) + f"{'wall s/run':>16}")
+    summary: dict = {
+        "epochs": [e1, e2],
+        "paper_epochs": list(PAPER_EPOCHS),
+        "seeds": args.seeds,
+        "parallel": parallel,
+        "total_wall_s": total,
+        "runs_per_device_minute": runs / (total / 60),
+        "paper": PAPER,
+        "methods": {},
+    }
+    ok = True
+    for label, name, _ in METHODS:
+        finals, walls = [], []
+        for seed in args.seeds:
+            rc, wall = ends[f"{name}_seed{seed}"]
+            path = out / f"{name}_seed{seed}" / "final.json"
+            if rc != 0 or not path.is_file():
+                ok = False
+                print(f"{label:<26}seed {seed} failed (exit {rc}); see {out / f'{name}_seed{seed}.log'}")
                 continue
+            finals.append(json.loads(path.read_text())["test"])
+            walls.append(wall)
+        rows = {}
+        for ck in ("last", "best_val", "last_tta_flip", "best_val_tta_flip"):
+            vals = {g: [f[ck][key] for f in finals if f.get(ck) and f[ck].get(key) is not None] for g, key in GROUPS}
+            if not any(vals.values()):
+                continue
+            rows[ck] = {g: v for g, v in vals.items()}
+            if ck == "last_tta_flip":
+                print(f"{'':<26}(TTA: flip, reported apart)")
+            wall = _mean_std(walls) if ck == "last" else ""
             print(
-                f"{label if ck == 'last' else '':<26}{(f'{wall:.0f}' if ck == 'last' else ''):>8}"
-                f"{(f'{ips:.0f}' if ck == 'last' else ''):>8}  {ck:<18}{_fmt(m['top1']):>7}{_fmt(m['many']):>7}"
-                f"{_fmt(m['medium']):>7}{_fmt(m['few']):>7}"
+                f"{label if ck == 'last' else '':<26}{ck:<20}"
+                + "".join(f"{_mean_std(v):>16}" for v in vals.values())
+                + f"{wall:>16}"
             )
-        if s1 and e1 < paper1:
-            per1 = sum(h["time_s"] for h in s1) / len(s1)
-            s2 = [h for h in hist if h["stage"] == "stage2"]
-            per2 = sum(h["time_s"] for h in s2) / max(len(s2), 1)
-            proj = wall + (paper1 - e1) * per1 + (paper2 - e2) * per2
-            summary["runs"][name]["projected_paper_wall_s"] = proj
+        s1 = [
+            h["time_s"] for seed in args.seeds for h in _history(out / f"{name}_seed{seed}") if h["stage"] == "stage1"
+        ]
+        per_epoch = statistics.mean(s1) if s1 else None
+        summary["methods"][name] = {"label": label, "test": rows, "wall_s": walls, "stage1_epoch_s": per_epoch}
+        if per_epoch is not None and e1 < PAPER_EPOCHS[0] and walls:
+            proj = statistics.mean(walls) + (PAPER_EPOCHS[0] - e1) * per_epoch
+            summary["methods"][name]["projected_paper_wall_s"] = proj
             print(
-                f"{'':<26}projected wall time of the paper's {paper1} + {paper2} epochs (concurrent): "
-                f"{proj / 60:.1f} min"
+                f"{'':<26}projected wall time of {PAPER_EPOCHS[0]} + {PAPER_EPOCHS[1]} epochs under this load: "
+                f"{proj / 60:.1f} min per run"
             )
+    print("reference (paper, All, last): " + ", ".join(f"{k} {v:.2f}" for k, v in PAPER.items()))
+    print(f"{runs} runs in {total:.0f} s: {summary['runs_per_device_minute']:.2f} runs per device-minute")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return 0 if all(rc == 0 for rc, _ in ends.values()) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

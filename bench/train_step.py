@@ -13,7 +13,12 @@ gives medians. Usage::
 
     python bench/train_step.py                       # resnet32 + resnet34_cifar at batch 64 on CPU
     python bench/train_step.py --models resnet32 --steps 20 --out bench/results/train_step.json
-    python bench/train_step.py --device cuda --variants all   # + channels_last / bf16 / compile, resnet50 at 224
+    python bench/train_step.py --device cuda --variants all   # every step mode, bf16 / channels_last, resnet50
+
+Step modes (``runtime.step``): ``eager`` (the reference step, one host sync per step), ``static`` (the same step
+with no host sync: device-side finiteness flag, fused optimizer, tensor lr), ``compiled`` (static, forward and
+loss through torch.compile), ``graphed`` (static captured as one CUDA graph; CUDA only). ``--variants base`` runs
+eager and static (and graphed on CUDA); ``all`` adds compiled and, on CUDA, bf16 / channels_last forms.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 
 from bce3s.config import MixingConfig, OptimConfig
+from bce3s.engine.capture import StaticStep
 from bce3s.engine.distributed import DistInfo
 from bce3s.engine.optim import build_optimizer
 from bce3s.engine.step import StepRuntime, TrainBatch, train_step
@@ -49,9 +55,9 @@ def make_steps(
     device: torch.device,
     channels_last: bool,
     amp: str,
-    compile_model: bool,
+    step: str = "eager",
 ):
-    """Two closures, each running one :func:`bce3s.engine.step.train_step` (the code that trains) on fixed data."""
+    """Two closures (CE, BCE3S), each running one training step of mode ``step`` (the code that trains)."""
     counts = [max(int(500 * 0.01 ** (i / (num_classes - 1))), 1) for i in range(num_classes)]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
@@ -74,10 +80,10 @@ def make_steps(
         loss = build_loss(loss_name, num_classes=num_classes, class_counts=counts, **loss_params).to(device)
         loss.set_epoch(1)  # BCE3S: contrastive term on (epoch 0 only fills the memory)
         return StepRuntime(
-            model=torch.compile(model) if compile_model else model,
+            model=model,
             raw_model=model,
             loss_fn=loss,
-            optimizer=build_optimizer(model.named_parameters(), optim),
+            optimizer=build_optimizer(model.named_parameters(), optim, static=step != "eager"),
             scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
             dist=dist,
             num_classes=num_classes,
@@ -92,13 +98,17 @@ def make_steps(
 
     ce_rt = runtime("linear", "ce", mixing=False)
     b_rt = runtime("normalized", "bce3s", mixing=True, neg_class_ratio=0.4)
+    if step == "eager":
+        ce_run, b_run = (lambda batch: train_step(ce_rt, batch)), (lambda batch: train_step(b_rt, batch))
+    else:
+        ce_run, b_run = StaticStep(ce_rt, step), StaticStep(b_rt, step)
     step_i = [0]
 
     def ce_step() -> None:
-        train_step(ce_rt, TrainBatch(x3, y3))
+        ce_run(TrainBatch(x3, y3))
 
     def bce3s_step() -> None:
-        train_step(b_rt, TrainBatch(x, y, x2, y2, step=step_i[0]))
+        b_run(TrainBatch(x, y, x2, y2, step=step_i[0]))
         step_i[0] += 1
 
     # fill the memory once so the contrastive term has seen classes
@@ -140,30 +150,36 @@ def main() -> None:
         "--variants",
         default="base",
         choices=["base", "all"],
-        help="all: also channels_last, bf16 autocast, torch.compile (CUDA)",
+        help="base: eager and static steps (+ graphed on CUDA); all: also compiled, and bf16 / channels_last (CUDA)",
     )
-    ap.add_argument("--quick", action="store_true", help="resnet32 only, few steps (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="resnet32 only, batch 16, 2 steps (smoke test)")
     ap.add_argument("--out", default="bench/results/train_step.json")
     args = ap.parse_args()
     device = torch.device(args.device)
     models = args.models or (["resnet32", "resnet34_cifar"] + (["resnet50"] if device.type == "cuda" else []))
     if args.quick:
-        models, args.steps, args.warmup = ["resnet32"], 2, 1
-    variants = [("fp32", False, "none", False)]
-    if args.variants == "all" and device.type == "cuda":
-        variants += [
-            ("channels_last", True, "none", False),
-            ("bf16", False, "bf16", False),
-            ("channels_last+bf16", True, "bf16", False),
-            ("channels_last+bf16+compile", True, "bf16", True),
-        ]
+        models, args.steps, args.warmup, args.batch = ["resnet32"], 2, 1, 16
+    cuda = device.type == "cuda"
+    variants = [("eager", False, "none", "eager"), ("static", False, "none", "static")]
+    if cuda:
+        variants.append(("graphed", False, "none", "graphed"))
+    if args.variants == "all":
+        variants.append(("compiled", False, "none", "compiled"))
+        if cuda:
+            variants += [
+                ("graphed+bf16", False, "bf16", "graphed"),
+                ("graphed+channels_last+bf16", True, "bf16", "graphed"),
+                ("eager+channels_last+bf16", True, "bf16", "eager"),
+            ]
     rows = []
     for name in models:
         size = 224 if name in ("resnet50", "resnext50_32x4d", "resnet152") else 32
         batch = min(args.batch, 64) if size == 224 else args.batch
-        for vname, cl, amp, comp in variants:
-            if comp and name != models[0]:
+        for vname, cl, amp, mode in variants:
+            if mode == "compiled" and name != models[0]:
                 continue  # compile once (first model): compilation costs ~1 min per model
+            if mode == "compiled":
+                torch._dynamo.reset()
             ce_step, b_step = make_steps(
                 name,
                 batch=batch,
@@ -172,7 +188,7 @@ def main() -> None:
                 device=device,
                 channels_last=cl,
                 amp=amp,
-                compile_model=comp,
+                step=mode,
             )
             ta, tb = time_pair(ce_step, b_step, device, args.steps, args.warmup)
             a, b = statistics.median(ta), statistics.median(tb)

@@ -65,7 +65,8 @@ def make_static(optimizer: torch.optim.Optimizer) -> None:
     A schedule then writes the new rate into the tensor in place (``LRScheduler`` fills tensor rates), so a CUDA
     graph replays with it; SGD momentum buffers start as zeros (equal to the first step's ``buf = grad`` with
     dampening 0) and AdamW's state as its own first-step zeros, so no step is a "first step" with a different
-    code path and a skipped step (``found_inf``) leaves them defined. Call again after ``load_state_dict`` (which restores plain-float rates).
+    code path and a skipped step (``found_inf``) leaves them defined. Call again after ``load_state_dict``
+    (which restores plain-float rates).
     """
     for group in optimizer.param_groups:
         device = group["params"][0].device
