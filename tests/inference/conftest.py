@@ -14,7 +14,7 @@ TINY = {
         {
             "name": "stage1",
             "epochs": 2,
-            "batch_size": 64,
+            "batch_size": 32,
             "loss": {"name": "bce3s", "params": {"neg_class_ratio": 1.0}},
             "optim": {"lr": 0.05},
         }

@@ -23,6 +23,7 @@ normalisation.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -134,7 +135,7 @@ def build_exportable(rm: RunModel, *, traced: bool = False) -> ExportedClassifie
     ``traced``: the network is traced (for TorchScript) and resizes use the uint8 kernel on CPU."""
     from bce3s.data.transforms import eval_resize_size, preset_stats
 
-    model = rm.model.to("cpu").float().eval()
+    model = copy.deepcopy(rm.model).to("cpu").float().eval().requires_grad_(False)
     net: nn.Module = _Logits(model)
     if traced:
         example = torch.zeros(2, rm.in_channels, rm.image_size, rm.image_size)

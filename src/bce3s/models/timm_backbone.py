@@ -1,4 +1,4 @@
-"""timm backbones by name (``model.name: timm/<name>``), an optional extra (``pip install timm``).
+"""timm backbones by name (``model.name: timm/<name>``), an optional extra (``pip install 'bce3s[timm]'``).
 
 The timm model is built with ``num_classes=0`` (its classifier replaced by an identity), so it maps images to
 its pooled features ``(N, num_features)``; the BCE3S head and projector attach to those like to any backbone.
@@ -23,7 +23,7 @@ def _timm() -> Any:
     try:
         import timm
     except ImportError:
-        raise ConfigError("model.name: timm backbones need the timm package: pip install timm") from None
+        raise ConfigError("model.name: timm backbones need the timm package: pip install 'bce3s[timm]'") from None
     return timm
 
 
