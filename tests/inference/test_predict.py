@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from bce3s.cli import main
 from bce3s.config import load_config
 from bce3s.data import build_data
-from bce3s.engine.evaluate import evaluate_run
+from bce3s.data.imageset import load_image_file
+from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
+from bce3s.engine.distributed import init_distributed
+from bce3s.engine.evaluate import evaluate_run, predict_split
 from bce3s.inference import collect_inputs, load_run_model, predict_files
-from bce3s.inference.runmodel import SIGMOID_LOSSES, probability_kind
+from bce3s.inference.runmodel import SIGMOID_LOSSES, preprocess, probability_kind
 from bce3s.losses import LOSSES
 
 
@@ -65,9 +70,6 @@ def test_predict_probabilities_are_the_sigmoid_of_the_eval_logits(tiny_run, imag
     rm = load_run_model(tiny_run, "last", "cpu")
     files = sorted(str(p) for p in image_folder.glob("*/0*.png"))[:40]
     res = predict_files(rm, files, top_k=10, batch_size=16)
-    from bce3s.engine.distributed import init_distributed
-    from bce3s.engine.evaluate import predict_split
-
     data = build_data(rm.cfg.data)
     logits = predict_split(rm.cfg, data, rm.model, data.test, init_distributed("cpu"))["logits"]
     for row in res.rows:
@@ -108,3 +110,39 @@ def test_every_loss_has_a_probability_kind():
     kinds = {name: probability_kind(name) for name in LOSSES}
     assert kinds["bce3s"] == "sigmoid" and kinds["cb_bce"] == "sigmoid"
     assert kinds["ce"] == "softmax" and kinds["balanced_softmax"] == "softmax" and kinds["ldam"] == "softmax"
+
+
+def test_softmax_run_with_logit_adjustment_from_a_checkpoint_file(tiny_run, image_folder, tmp_path):
+    """A CE-trained head gives softmax probabilities of the adjusted logits, and the output says so."""
+    run = tmp_path / "ce_run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["stages"][0]["loss"] = {"name": "ce", "params": {}}  # no projector: CE needs no embeddings
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    state = load_checkpoint(tiny_run / "checkpoints" / "best_val.pt")
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("projector.")}
+    bias = torch.linspace(-1.0, 1.0, 10)
+    state["model"]["logit_bias"] = bias
+    save_checkpoint(tmp_path / "adjusted.pt", state)
+
+    rm = load_run_model(run, str(tmp_path / "adjusted.pt"), "cpu")
+    assert (rm.probability, rm.logit_adjusted) == ("softmax", True)
+    files = sorted(str(p) for p in image_folder.glob("2/*.png"))[:8]
+    res = predict_files(rm, files, top_k=10)
+    plain = load_run_model(tiny_run, "best_val", "cpu")
+    t = plain.transform()
+    x = torch.stack([preprocess(load_image_file(f, "L"), t, plain.preset, plain.image_size) for f in files])
+    with torch.no_grad():
+        expected = torch.softmax(plain.model(x).logits + bias, dim=1)
+    for row, probs in zip(res.rows, expected):
+        got = dict((i, p) for i, _, p in row.topk)
+        assert [got[k] for k in range(10)] == pytest.approx(probs.tolist(), abs=1e-5)
+        assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), *files, "--checkpoint", str(tmp_path / "adjusted.pt"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert {r["probability"] for r in csv.DictReader(out.open())} == {"softmax+logit_adjusted"}
+
+
+def test_unknown_checkpoint_is_a_usage_error(tiny_run, image_folder):
+    assert main(["predict", str(tiny_run), str(image_folder), "--checkpoint", "best", "--quiet"]) == 2

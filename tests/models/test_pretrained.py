@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,19 @@ def test_timm_backbone_trains_a_step_through_the_normalized_head(tmp_path):
     before = model.head.weight.detach().clone()
     opt.step()
     assert torch.isfinite(loss) and not torch.equal(before, model.head.weight)
+
+
+def test_timm_names_are_validated(tmp_path, monkeypatch):
+    from bce3s.engine.validate import validate_config
+
+    cfg = _tiny_cfg(tmp_path, {"name": "timm/test_resnet"})
+    monkeypatch.setitem(sys.modules, "timm", None)  # not installed: a one-line hint at the extra
+    with pytest.raises(ConfigError, match=r"bce3s\[timm\]"):
+        validate_config(cfg)
+    monkeypatch.undo()
+    pytest.importorskip("timm", reason="timm not installed (optional)")
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match="model.freeze_stages"):
+        validate_config(_tiny_cfg(tmp_path, {"name": "timm/test_resnet", "freeze_stages": 1}))
+    with pytest.raises(ConfigError, match="model.name"):
+        validate_config(_tiny_cfg(tmp_path, {"name": "timm/no_such_net"}))

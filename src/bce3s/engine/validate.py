@@ -57,6 +57,8 @@ def validate_config(cfg: Config) -> None:
         from bce3s.models.timm_backbone import check_timm_name
 
         check_timm_name(cfg.model.name)
+        if cfg.model.freeze_stages:
+            raise ConfigError("model.freeze_stages: not available for timm backbones (they do not list stages)")
     else:
         _choice("model.name", cfg.model.name, bce3s.models.MODELS, "model")
     if cfg.model.pretrained is not None:
