@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``bce3s --help`` documents every option)."""
     parser = _Parser(
         prog="bce3s",
-        description="Long-tailed image recognition with BCE3S: train, evaluate and report.",
+        description="Long-tailed image recognition with BCE3S: train, evaluate, report, predict and export.",
         epilog="Multi-GPU: torchrun --nproc_per_node=N -m bce3s train CONFIG --out DIR",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

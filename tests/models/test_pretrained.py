@@ -248,3 +248,20 @@ def test_timm_names_are_validated(tmp_path, monkeypatch):
         validate_config(_tiny_cfg(tmp_path, {"name": "timm/test_resnet", "freeze_stages": 1}))
     with pytest.raises(ConfigError, match="model.name"):
         validate_config(_tiny_cfg(tmp_path, {"name": "timm/no_such_net"}))
+
+
+@pytest.mark.slow
+def test_torchvision_resnet50_weights_by_name_load_into_the_backbone(tmp_path, monkeypatch):
+    """A torchvision ResNet-50 state dict (with its fc) placed in the hub cache loads strictly by name."""
+    from torchvision.models import resnet50
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    dst, _ = torchvision_weights_file("resnet50", "IMAGENET1K_V2")
+    dst.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    donor = resnet50(weights=None)
+    torch.save(donor.state_dict(), dst)
+    model = build_model("resnet50", num_classes=10)
+    load_pretrained(model.backbone, "IMAGENET1K_V2", "resnet50")
+    expected = {k: v for k, v in donor.state_dict().items() if not k.startswith("fc.")}
+    assert _same(model.backbone.state_dict(), expected)
