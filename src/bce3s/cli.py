@@ -1,4 +1,5 @@
-"""The ``bce3s`` command line: ``train``, ``eval``, ``report``, ``compare``, ``sweep``, ``demo`` and ``config``.
+"""The ``bce3s`` command line: ``train``, ``eval``, ``predict``, ``export``, ``report``, ``compare``, ``sweep``,
+``demo`` and ``config``.
 
 Usage, config and data errors print one line (``bce3s: error: ...``) and exit with code 2; ``--debug`` shows
 the traceback instead. Under ``torchrun`` the same command runs distributed (``torchrun --nproc_per_node=N -m
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``bce3s --help`` documents every option)."""
     parser = _Parser(
         prog="bce3s",
-        description="Long-tailed image recognition with BCE3S: train, evaluate and report.",
+        description="Long-tailed image recognition with BCE3S: train, evaluate, report, predict and export.",
         epilog="Multi-GPU: torchrun --nproc_per_node=N -m bce3s train CONFIG --out DIR",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -86,6 +87,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-geometry", action="store_true", help="skip the feature/classifier geometry diagnostics")
     e.add_argument("--save-features", action="store_true", help="also save features, logits and labels (.pt)")
     _add_common(e)
+
+    pr = sub.add_parser(
+        "predict",
+        help="classify image files with a trained run (CSV or JSON Lines)",
+        description="Classify image files, folders (recursively) or glob patterns with a run's checkpoint, using "
+        "the run's evaluation preprocessing. One row per file: predicted class, its probability (the run's kind: "
+        "sigmoid for BCE-trained heads, softmax for CE) and the top-k classes; a file that is not a readable "
+        "image gets its reason and the others are still predicted. Exit code 1 when any file failed.",
+    )
+    pr.add_argument("run_dir", help="a directory made by 'bce3s train'")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    pr.add_argument("--checkpoint", default="best_val",
+                    help="best_val | last | <stage>_last | <stage>_best_val | a .pt file (default best_val)")
+    pr.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    pr.add_argument("--out", help="write FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    pr.add_argument("--batch-size", type=int, help="images per forward (default: the run's eval.batch_size)")
+    pr.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    _add_common(pr)
+
+    x = sub.add_parser(
+        "export",
+        help="write a run's model as one self-contained file (TorchScript, torch.export or ONNX)",
+        description="Export a run's checkpoint as a file that loads with plain torch (or onnxruntime) without "
+        "bce3s. Input: uint8 images (N, C, H, W); output: logits (N, K); the run's eval preprocessing is inside, "
+        "the class names and probability kind are stored with it (docs/using_a_model.md).",
+    )
+    x.add_argument("run_dir", help="a directory made by 'bce3s train'")
+    x.add_argument("--checkpoint", default="best_val",
+                   help="best_val | last | <stage>_last | <stage>_best_val | a .pt file (default best_val)")
+    x.add_argument("--format", required=True, choices=["torchscript", "exported", "onnx"], help="file format")
+    x.add_argument("--out", required=True, help="the file to write")
+    x.add_argument("--input-size", type=int,
+                   help="exported/onnx: the square image side they take (default: the run's eval input, "
+                   "round(S / 0.875) for the imagenet preset); torchscript takes any size")
+    _add_common(x)
 
     r = sub.add_parser(
         "report",
@@ -335,6 +371,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from bce3s.inference import collect_inputs, load_run_model, predict_files, write_predictions
+    from bce3s.inference.predict import output_format
+
+    output_format(args.out)  # a bad --out fails before the model loads
+    rm = load_run_model(args.run_dir, args.checkpoint, args.device)
+    files = collect_inputs(args.inputs)
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="predict", unit="img", leave=False, dynamic_ncols=True)
+    try:
+        result = predict_files(
+            rm, files, top_k=args.top_k, batch_size=args.batch_size, progress=bar.update if bar else None
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    text = write_predictions(result, args.out, args.top_k)
+    if args.out is None:
+        print(text, end="")
+    for row in result.failed:
+        print(f"bce3s: {row.path}: {row.error}", file=sys.stderr)
+    kind = result.probability + (" with post-hoc logit adjustment" if result.logit_adjusted else "")
+    done = len(result.rows) - len(result.failed)
+    where = f" -> {args.out}" if args.out else ""
+    print(f"predicted {done} of {len(result.rows)} files ({kind} probabilities, checkpoint {result.checkpoint}){where}",
+          file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from bce3s.inference import export_model, load_run_model
+
+    rm = load_run_model(args.run_dir, args.checkpoint, "cpu")
+    out = export_model(rm, args.format, args.out, input_size=args.input_size)
+    print(f"exported {args.format}: {out} (input uint8 (N, {rm.in_channels}, H, W); logits (N, {rm.num_classes}); "
+          f"probabilities: {rm.probability})")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from bce3s.report.writer import write_report
 
@@ -491,6 +569,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
+    "predict": _cmd_predict,
+    "export": _cmd_export,
     "report": _cmd_report,
     "compare": _cmd_compare,
     "sweep": _cmd_sweep,

@@ -114,6 +114,12 @@ class ModelConfig:
         sync_bn: convert BatchNorm to SyncBatchNorm under DDP.
         channels_last: channels_last memory format (CUDA).
         compile: wrap the model in ``torch.compile``.
+        pretrained: backbone weights to start from: a file (torchvision/timm state dict, bce3s checkpoint, or
+            ``.safetensors``) or a torchvision weights name of ``resnet50`` / ``resnext50_32x4d`` / ``resnet152``
+            (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``) from torch's hub cache; ``None`` = random init.
+            Loaded with ``weights_only=True``; keys must match the backbone (the classifier ``fc`` is dropped).
+        freeze_stages: freeze the first N stages of the backbone (the stem counts as the first; frozen
+            parameters keep ``requires_grad=False`` and their BatchNorm statistics in every stage); 0 = none.
     """
 
     name: str = "small_cnn"
@@ -122,9 +128,14 @@ class ModelConfig:
     sync_bn: bool = False
     channels_last: bool = False
     compile: bool = False
+    pretrained: str | None = None
+    freeze_stages: int = 0
 
     def check(self, path: str = "model") -> None:
         _positive(f"{path}.projector_dim", self.projector_dim)
+        _positive(f"{path}.freeze_stages", self.freeze_stages, strict=False)
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ConfigError(f"{path}.pretrained: empty; give a weights file or a torchvision weights name")
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,8 @@ class OptimConfig:
         warmup_epochs: linear warm-up epochs before the schedule.
         min_lr: final learning rate of the cosine schedule.
         grad_clip: clip the global gradient norm to this value (``None`` = off); applied with and without AMP.
+        backbone_lr_mult: the backbone's learning rate is ``lr * backbone_lr_mult`` (fine-tuning a pretrained
+            backbone slower than the head and projector); 1 = one learning rate for all.
     """
 
     name: str = "sgd"
@@ -171,6 +184,7 @@ class OptimConfig:
     warmup_epochs: int = 0
     min_lr: float = 0.0
     grad_clip: float | None = None
+    backbone_lr_mult: float = 1.0
 
     def check(self, path: str = "optim") -> None:
         _choice(f"{path}.name", self.name, ("sgd", "adamw"), "optimizer")
@@ -182,6 +196,7 @@ class OptimConfig:
         _positive(f"{path}.min_lr", self.min_lr, strict=False)
         if self.grad_clip is not None:
             _positive(f"{path}.grad_clip", self.grad_clip)
+        _positive(f"{path}.backbone_lr_mult", self.backbone_lr_mult, strict=False)
 
 
 @dataclass(frozen=True)

@@ -197,3 +197,31 @@ def test_missing_cifar_says_how_to_place_it_by_hand(tmp_path, monkeypatch, datas
         if download:
             assert "name resolution" in text  # the reason of the failure
         assert not root.exists()  # nothing left behind
+
+
+class _RunsCode:
+    """Unpickling this calls ``pathlib.Path.touch`` (a stand-in for any code a crafted pickle could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_reader_admits_arrays_and_builtins_only(tmp_path):
+    """The CIFAR reader's unpickler refuses any global besides numpy arrays and builtins: nothing runs."""
+    make_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    with open(folder / "data_batch_2", "rb") as f:
+        batch = pickle.load(f)
+    with open(folder / "data_batch_2", "wb") as f:  # protocol 2 (as the original files): bytes via _codecs
+        pickle.dump({**batch, "blob": b"\x00\xff", "pair": (1, 2.5)}, f, protocol=2)
+    cfg = DataConfig(dataset="cifar10_lt", root=str(tmp_path), imbalance_factor=1, val_per_class=0)
+    assert len(build_data(cfg).train) == 700  # arrays, lists, tuples, bytes still read
+    marker = tmp_path / "ran"
+    with open(folder / "data_batch_2", "wb") as f:
+        pickle.dump({**batch, "payload": _RunsCode(marker)}, f)
+    with pytest.raises(DataError, match=r"data_batch_2"):
+        build_data(cfg)
+    assert not marker.exists()

@@ -19,19 +19,28 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor", "make_plain", "mak
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> list[dict]:
-    """Split trainable parameters into a decayed and (optionally) a no-decay group (norm weights and biases)."""
-    decay, no_decay = [], []
+    """Split trainable parameters into a decayed and (optionally) a no-decay group (norm weights and biases).
+
+    With ``cfg.backbone_lr_mult != 1`` the parameters named ``backbone.*`` form their own groups with
+    ``lr = cfg.lr * backbone_lr_mult`` after the other groups (so ``param_groups[0]`` keeps the base lr); the
+    per-epoch schedule scales every group's lr by the same factor.
+    """
+    split = cfg.backbone_lr_mult != 1.0
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        if cfg.no_decay_norm_bias and (p.ndim <= 1 or name.endswith(".bias")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        no_decay = cfg.no_decay_norm_bias and (p.ndim <= 1 or name.endswith(".bias"))
+        backbone = split and name.startswith("backbone.")
+        buckets.setdefault((backbone, no_decay), []).append(p)
+    groups = []
+    for backbone in (False, True):
+        extra = {"lr": cfg.lr * cfg.backbone_lr_mult} if backbone else {}
+        for no_decay in (False, True):
+            params = buckets.get((backbone, no_decay), [])
+            if params:
+                groups.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, **extra})
+    return groups
 
 
 def build_optimizer(

@@ -11,6 +11,7 @@ run to the end, so two commands never write one run.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
 import sys
@@ -36,6 +37,8 @@ from bce3s.engine.validate import validate_config
 from bce3s.errors import BCE3SError, CheckpointError, ConfigError, DiskFullError, Interrupted, RunDirError
 from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, run_lock, write_json
 from bce3s.seeding import seed_everything
+
+log = logging.getLogger("bce3s.engine")
 
 __all__ = ["TrainResult", "train"]
 
@@ -321,6 +324,32 @@ def train(
             raise _disk_full(rd, err) from err
 
 
+def _check_pretrained_file(spec: str) -> None:
+    """``model.pretrained``: a weights name (checked by validate_config) or an existing file."""
+    from bce3s.models.pretrained import is_weights_name
+
+    if not is_weights_name(spec) and not Path(spec).expanduser().is_file():
+        raise ConfigError(
+            f"model.pretrained: file not found: {spec} (give a weights file, or a torchvision weights name such as "
+            "IMAGENET1K_V2 for resnet50)"
+        )
+
+
+def _load_pretrained(cfg: Config, model: nn.Module, dist: DistInfo) -> None:
+    """Load ``model.pretrained`` into the backbone of a new run (rank 0 downloads named weights first)."""
+    from bce3s.models.pretrained import is_weights_name, load_pretrained, torchvision_weights_file
+
+    spec = cfg.model.pretrained
+    assert spec is not None
+    if is_weights_name(spec) and dist.distributed:
+        if dist.is_main:
+            load_pretrained(model.backbone, spec, cfg.model.name)
+        barrier(dist)  # the file is in the hub cache now: the other ranks read it
+        spec = str(torchvision_weights_file(cfg.model.name, spec)[0])
+    source = load_pretrained(model.backbone, spec, cfg.model.name)
+    log.info("backbone weights loaded from %s", source)
+
+
 def _train(
     cfg: Config,
     rd: RunDir,
@@ -337,6 +366,8 @@ def _train(
     _tune_backends(cfg.runtime, dist.device)
     from bce3s.data.splits import build_data
 
+    if resume_state is None and cfg.model.pretrained is not None:
+        _check_pretrained_file(cfg.model.pretrained)
     data = build_data(cfg.data)
     _check_data(cfg, data, rd, resume_state)
     t0 = time.time()
@@ -354,6 +385,8 @@ def _train(
     history = list(resume_state.get("history", [])) if resume_state is not None else []
     logger = EpochLogger(rd, is_main=dist.is_main, tensorboard=cfg.log.tensorboard, quiet=quiet, history=history)
     model = _build_model(cfg, data, dist)
+    if resume_state is None and cfg.model.pretrained is not None:
+        _load_pretrained(cfg, model, dist)
     status = "failed"
     try:
         with StopFlag() as stop:

@@ -79,10 +79,14 @@ class _Stage:
     mix_source: Any
 
 
-def _set_trainable(model: nn.Module, stage: StageConfig, needs_emb: bool) -> None:
+def _set_trainable(model: nn.Module, stage: StageConfig, needs_emb: bool, frozen_stages: int = 0) -> None:
     freeze = stage.freeze_backbone
     for p in model.backbone.parameters():
         p.requires_grad_(not freeze)
+    if frozen_stages and not freeze:
+        from bce3s.models.pretrained import freeze_stages
+
+        freeze_stages(model.backbone, frozen_stages)
     if getattr(model, "projector", None) is not None:
         for p in model.projector.parameters():
             p.requires_grad_(needs_emb and not freeze)
@@ -90,10 +94,15 @@ def _set_trainable(model: nn.Module, stage: StageConfig, needs_emb: bool) -> Non
         p.requires_grad_(True)
 
 
-def _set_mode(model: nn.Module, stage: StageConfig) -> None:
+def _set_mode(model: nn.Module, stage: StageConfig, frozen_stages: int = 0) -> None:
     model.train()
     if stage.freeze_backbone and stage.bn_mode == "eval":
         model.backbone.eval()
+    elif frozen_stages and not stage.freeze_backbone:  # frozen stages keep their BatchNorm statistics
+        from bce3s.models.pretrained import backbone_stages
+
+        for module in backbone_stages(model.backbone)[:frozen_stages]:
+            module.eval()
 
 
 def _init_weights(ctx: RunContext, si: int) -> None:
@@ -136,7 +145,7 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
     loss_fn = build.build_stage_loss(cfg, si, ctx.data.num_classes, ctx.data.train_counts).to(d.device)
     ctx.losses[stage.name] = loss_fn
     needs_emb = "embeddings" in getattr(loss_fn, "needs", frozenset())
-    _set_trainable(model, stage, needs_emb)
+    _set_trainable(model, stage, needs_emb, cfg.model.freeze_stages)
     if stage.freeze_backbone:
         named = [(f"head.{n}", p) for n, p in model.head.named_parameters()]
     else:
@@ -223,7 +232,7 @@ def _train_epoch(ctx: RunContext, st: _Stage, epoch: int, start_step: int, parti
     st.source.set_epoch(epoch)
     if st.mix_source is not None:
         st.mix_source.set_epoch(epoch)
-    _set_mode(ctx.model, stage)
+    _set_mode(ctx.model, stage, ctx.cfg.model.freeze_stages)
     bar = ctx.logger.progress(len(st.source), start_step, f"{stage.name} {epoch + 1}/{stage.epochs}")
     try:
         res = train_one_epoch(

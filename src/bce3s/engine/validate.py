@@ -53,7 +53,16 @@ def validate_config(cfg: Config) -> None:
     _choice("data.dataset", cfg.data.dataset, bce3s.data.DATASETS, "dataset")
     if cfg.data.preset is not None:
         _choice("data.preset", cfg.data.preset, bce3s.data.PRESETS, "preset")
-    _choice("model.name", cfg.model.name, bce3s.models.MODELS, "model")
+    if cfg.model.name.startswith("timm/"):
+        from bce3s.models.timm_backbone import check_timm_name
+
+        check_timm_name(cfg.model.name)
+        if cfg.model.freeze_stages:
+            raise ConfigError("model.freeze_stages: not available for timm backbones (they do not list stages)")
+    else:
+        _choice("model.name", cfg.model.name, bce3s.models.MODELS, "model")
+    if cfg.model.pretrained is not None:
+        _check_pretrained(cfg.model.pretrained, cfg.model.name)
     _choice("model.head", cfg.model.head, bce3s.models.HEADS, "head")
     _choice("runtime.pipeline", cfg.runtime.pipeline, bce3s.data.PIPELINES, "pipeline")
     if cfg.runtime.step == "graphed" and cfg.runtime.device == "cpu":
@@ -67,6 +76,15 @@ def validate_config(cfg: Config) -> None:
         _choice(f"stages.{i}.mixing.sampler", stage.mixing.sampler, bce3s.data.SAMPLER_KINDS, "sampler")
         _choice(f"stages.{i}.loss.name", stage.loss.name, bce3s.losses.LOSSES, "loss")
         _dry_build_loss(f"stages.{i}.loss", stage.loss)
+
+
+def _check_pretrained(spec: str, arch: str) -> None:
+    """A torchvision weights name in ``model.pretrained`` is one of ``arch``'s (files are checked by ``train``:
+    a finished run stays usable after its weights file is gone)."""
+    from bce3s.models.pretrained import is_weights_name, torchvision_weights_file
+
+    if is_weights_name(spec):
+        torchvision_weights_file(arch, spec)
 
 
 def _choice(path: str, value: str, valid: Collection[str], what: str) -> None:

@@ -26,11 +26,17 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 
 
 def build_backbone(name: str, *, in_channels: int = 3) -> nn.Module:
-    """Build a backbone ``(N, C, H, W) -> (N, D)`` by name.
+    """Build a backbone ``(N, C, H, W) -> (N, D)`` by name: a key of :data:`MODELS` or ``timm/<arch>`` (timm).
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or ``in_channels < 1``.
     """
+    if name.startswith("timm/"):
+        from bce3s.models.timm_backbone import TimmFeatures
+
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        return TimmFeatures(name, in_channels=in_channels)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     if in_channels < 1:
@@ -49,7 +55,7 @@ def build_model(
     """Build a :class:`Classifier` from a backbone name.
 
     Args:
-        name: a key of :data:`MODELS`.
+        name: a key of :data:`MODELS`, or ``timm/<arch>`` for a timm model (needs timm).
         num_classes: number of classes ``K``.
         in_channels: image channels (1 for grayscale).
         head: ``"normalized"`` (BCE3S) or ``"linear"``.

@@ -84,6 +84,10 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stages(self) -> list[nn.Module]:
+        """The stem (``conv1``, ``bn1``) and ``layer1`` ... ``layer3``, input first (``model.freeze_stages``)."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3]
+
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(N, out_features)`` from images ``(N, C, H, W)``."""
         out = F.relu(self.bn1(self.conv1(x)))

@@ -55,6 +55,10 @@ class SmallCNN(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stages(self) -> list[nn.Module]:
+        """The five conv-BN-ReLU layers, input first (``model.freeze_stages``)."""
+        return list(self.features)
+
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(N, 4 * width)`` from images ``(N, C, H, W)``."""
         return self.features(x).mean(dim=(2, 3))

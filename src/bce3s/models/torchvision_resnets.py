@@ -48,6 +48,10 @@ class ResNetFeatures(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_features: int = net.fc.in_features
 
+    def stages(self) -> list[nn.Module]:
+        """The stem (``conv1``, ``bn1``) and ``layer1`` ... ``layer4``, input first (``model.freeze_stages``)."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(N, out_features)`` from images ``(N, C, H, W)``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

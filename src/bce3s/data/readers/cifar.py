@@ -11,6 +11,7 @@ import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,10 +71,44 @@ CIFAR100 = _Layout(
 )
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that admits only numpy arrays and plain builtins (dict, list, str, numbers): a CIFAR pickle
+    needs nothing else, and refusing every other global means a crafted file cannot run code when read."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes written by Python 2 (numpy array buffers)
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
+        ("builtins", "bytes"),
+        ("builtins", "bytearray"),
+        ("builtins", "str"),
+        ("builtins", "int"),
+        ("builtins", "float"),
+        ("builtins", "complex"),
+        ("builtins", "bool"),
+        ("__builtin__", "set"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR pickle holds only numpy arrays and builtins"
+            )
+        return super().find_class(module, name)
+
+
 def _load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _ArraysOnly(f, encoding="latin1").load()
     except FileNotFoundError:
         raise DataError(f"CIFAR file missing: {path} (re-extract the archive or set data.download=true)") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as err:
