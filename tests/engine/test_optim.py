@@ -10,7 +10,7 @@ from bce3s.engine.optim import build_optimizer, build_scheduler, lr_factor, para
 def test_cosine_starts_at_base_lr_and_never_runs_an_epoch_at_zero():
     cfg = OptimConfig(lr=0.01, scheduler="cosine", min_lr=0.0)
     lrs = [0.01 * lr_factor(e, 320, cfg) for e in range(320)]
-    assert lrs[0] == pytest.approx(0.01)  # SPEC 7.8: epoch 0 at the base lr (official: 0.0099998)
+    assert lrs[0] == pytest.approx(0.01)  # epoch 0 at the base lr (official: 0.0099998)
     assert lrs[-1] > 0  # official code's last epoch runs at lr 0
     assert lrs[160] == pytest.approx(0.005)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
@@ -47,6 +47,7 @@ def test_no_decay_group_for_norms_and_biases():
     assert len(all_decay) == 1 and len(all_decay[0]["params"]) == 4  # official: decay on everything
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the official order
 def test_before_epoch_stepping_is_the_official_schedule():
     """The official loop calls ``scheduler.step()`` before each epoch on CosineAnnealingLR(T_max = epochs)."""
     epochs, lr = 320, 0.01
