@@ -19,6 +19,8 @@ image for image (the tests compare them bit for bit); it runs on any device with
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -59,25 +61,50 @@ def affine_bicubic(images: Tensor, coefficients: tuple[float, ...], fill: int) -
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"affine_bicubic expects uint8 images, got {images.dtype}")
-    a0, a1, a2, a3, a4, a5 = (float(c) for c in coefficients)
+    if len(coefficients) != 6:
+        raise ValueError(f"affine_bicubic needs 6 coefficients, got {len(coefficients)}")
     h, w = images.shape[-2:]
-    dev = images.device
-    yo = (torch.arange(h, device=dev, dtype=torch.float64) + 0.5)[:, None].expand(h, w)
-    xo = (torch.arange(w, device=dev, dtype=torch.float64) + 0.5)[None, :].expand(h, w)
+    rows, cols, dx, dy, inside = _sampling(h, w, tuple(float(c) for c in coefficients), images.device)
+    flat = images.reshape(*images.shape[:-2], h * w).to(torch.float64)
+    # A pass whose offset is 0 everywhere returns its second tap exactly (v2 + 0 * (...) = v2), so shears, which
+    # move along one axis, read 4 neighbours instead of 16 with the same result.
+    if dx is None:
+        cols = cols[1:2]
+    if dy is None:
+        rows = rows[1:2]
+    index = (rows[:, None, :] * w + cols[None, :, :]).reshape(-1)
+    taps = flat[..., index].unflatten(-1, (rows.shape[0], cols.shape[0], h * w))  # (..., C, row, column, HW)
+    along_x = taps[..., 0, :] if dx is None else _cubic(*taps.unbind(-2), dx)  # (..., C, row, HW)
+    v = along_x[..., 0, :] if dy is None else _cubic(*along_x.unbind(-2), dy)
+    out = torch.where(v <= 0.0, 0.0, torch.where(v >= 255.0, 255.0, v.trunc()))
+    out = torch.where(inside, out, float(fill))
+    return out.to(torch.uint8).reshape(images.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _sampling(
+    h: int, w: int, coefficients: tuple[float, ...], device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+    """Neighbour rows and columns (4, HW) each, offsets dx, dy (HW,; None when 0 everywhere), inside mask (HW,)."""
+    a0, a1, a2, a3, a4, a5 = coefficients
+    yo = (torch.arange(h, dtype=torch.float64) + 0.5)[:, None].expand(h, w)
+    xo = (torch.arange(w, dtype=torch.float64) + 0.5)[None, :].expand(h, w)
     xin = a0 * xo + a1 * yo + a2
     yin = a3 * xo + a4 * yo + a5
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     xs, ys = xin - 0.5, yin - 0.5
     x0, y0 = xs.floor(), ys.floor()
     dx, dy = (xs - x0).reshape(-1), (ys - y0).reshape(-1)
-    cols = [(x0.long() - 1 + k).clamp(0, w - 1).reshape(-1) for k in range(4)]
-    rows = [(y0.long() - 1 + k).clamp(0, h - 1).reshape(-1) for k in range(4)]
-    flat = images.reshape(*images.shape[:-2], h * w).to(torch.float64)
-    along_x = []
-    for r in rows:
-        taps = [flat.index_select(-1, r * w + c) for c in cols]
-        along_x.append(_cubic(*taps, dx))
-    v = _cubic(*along_x, dy)
-    out = torch.where(v <= 0.0, 0.0, torch.where(v >= 255.0, 255.0, v.trunc()))
-    out = torch.where(inside.reshape(-1), out, float(fill))
-    return out.to(torch.uint8).reshape(images.shape)
+    cols = torch.stack([(x0.long() - 1 + k).clamp(0, w - 1).reshape(-1) for k in range(4)])
+    rows = torch.stack([(y0.long() - 1 + k).clamp(0, h - 1).reshape(-1) for k in range(4)])
+
+    def put(t: Tensor) -> Tensor:
+        return t.to(device)
+
+    return (
+        put(rows),
+        put(cols),
+        None if bool((dx == 0).all()) else put(dx),
+        None if bool((dy == 0).all()) else put(dy),
+        put(inside.reshape(-1)),
+    )
