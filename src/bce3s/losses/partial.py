@@ -51,7 +51,7 @@ class PartialClassSampler(nn.Module):
 
         With ``reduce_present`` set, the set is drawn around ``reduce_present(present)`` (the global batch's classes).
         """
-        if self.reduce_present is not None:
+        if self.reduce_present is not None and self.ratio < 1.0:  # r = 1 keeps every class: nothing to share
             present = self.reduce_present(present)
         return partial_class_set(present, present.shape[0], self.ratio, generator=self.generator)
 
