@@ -191,15 +191,20 @@ class OfficialAutoAugment(v2.AutoAugment):
         fill: fill value of rotate, shear and translate, 0..255.
     """
 
+    # the official float64 magnitudes of the geometric ops (torchvision's float32 values differ in the 8th digit);
+    # a class attribute, so that the transform pickles (DataLoader workers started with spawn)
+    _AUGMENTATION_SPACE = {
+        **v2.AutoAugment._AUGMENTATION_SPACE,
+        **{
+            name: (functools.partial(_official_magnitudes, name), True)
+            for name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+        },
+    }
+
     def __init__(self, fill: int = 128) -> None:
         check_autoaugment_options(fill, "official")
         super().__init__(v2.AutoAugmentPolicy.CIFAR10, fill=fill)
         self.fill_value = fill
-        # the official float64 magnitudes of the geometric ops (torchvision's float32 values differ in the 8th digit)
-        space = dict(self._AUGMENTATION_SPACE)
-        for name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
-            space[name] = (functools.partial(_official_magnitudes, name), True)
-        self._AUGMENTATION_SPACE = space
 
     def _apply_image_or_video_transform(  # torchvision's per-op hook (called once per applied op)
         self, image: Any, transform_id: str, magnitude: float, interpolation: Any, fill: Any
