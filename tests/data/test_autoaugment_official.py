@@ -197,7 +197,8 @@ def test_config_keys_reach_both_pipelines() -> None:
     assert (spec.autoaugment_fill, spec.autoaugment_geometry) == (128, "official")
     t = build_transform("cifar", train=True, image_size=32, **spec.options())
     assert any(isinstance(op, OfficialAutoAugment) and op.fill_value == 128 for op in t.transforms)
-    assert isinstance(pickle.loads(pickle.dumps(t)).transforms[2], OfficialAutoAugment)  # spawn-started workers
+    copy = pickle.loads(pickle.dumps(t))  # DataLoader workers started with spawn get a pickled transform
+    assert any(isinstance(op, OfficialAutoAugment) for op in copy.transforms)
     b = BatchAugment("cifar", train=True, image_size=32, **spec.options())
     assert (b.autoaugment_fill, b.autoaugment_geometry) == (128, "official")
     plain = build_transform("cifar", train=True, image_size=32, autoaugment_fill=128)
