@@ -36,6 +36,11 @@ REQUIRED = [
     "cifar100_lt/ce_r32.yaml",
     "cifar100_lt/glmc_style_ce_r34.yaml",
     "cifar10_lt/bce3s_r32.yaml",
+    "cifar10_lt/bce3s_r34.yaml",
+    "cifar100_lt/bce3s_r34_official.yaml",
+    "cifar100_lt/bce3s_r32_official.yaml",
+    "cifar10_lt/bce3s_r32_official.yaml",
+    "cifar10_lt/bce3s_r34_official.yaml",
     "imagenet_lt/bce3s_rx50.yaml",
     "inat2018/bce3s_r50.yaml",
     "places_lt/bce3s_r152.yaml",
@@ -150,6 +155,7 @@ def test_release_recipe_holds_official_values():
     assert (d.dataset, d.imbalance_factor, d.profile, d.order) == ("cifar100_lt", 100, "exp", "file")
     assert d.val_per_class == 20
     assert (d.preset, d.autoaugment, d.cutout) == ("cifar", True, 16)
+    assert (d.autoaugment_fill, d.autoaugment_geometry) == (128, "official")  # the official PIL policy
     assert (m.name, m.head, m.projector_dim) == ("resnet34_cifar", "normalized", 128)
     s1, s2 = cfg.stages
     assert (s1.epochs, s1.batch_size, s1.sampler) == (320, 64, "instance")
@@ -240,3 +246,14 @@ def test_recipes_page_lists_every_config():
     text = page.read_text()
     missing = [rel for rel in ALL if f"configs/{rel}" not in text]
     assert not missing, f"docs/recipes.md does not list: {missing}"
+
+
+def test_cifar10_backbones_differ_only_in_the_model_and_say_which_is_which():
+    """ResNet-34 is the official code's CIFAR encoder, ResNet-32 the one the paper's tables name."""
+    r32, r34 = _load("cifar10_lt/bce3s_r32.yaml"), _load("cifar10_lt/bce3s_r34.yaml")
+    assert (r32.model.name, r34.model.name) == ("resnet32", "resnet34_cifar")
+    assert dataclasses.replace(r32, model=dataclasses.replace(r32.model, name="resnet34_cifar")) == r34
+    assert "official code" in _header("cifar10_lt/bce3s_r34.yaml") and "ResNet-32" in _header(
+        "cifar10_lt/bce3s_r34.yaml"
+    )
+    assert "ResNet-34" in _header("cifar10_lt/bce3s_r32.yaml")

@@ -69,6 +69,11 @@ class DataConfig:
         train_list, val_list, test_list: split files (``path label`` per line) for split-file datasets.
         preset: augmentation preset (a name in ``bce3s.data.PRESETS``); ``None`` = the dataset's default.
         autoaugment: AutoAugment (CIFAR10 policy) in the ``cifar`` preset.
+        autoaugment_fill: value (0..255, every channel) AutoAugment fills the area a rotate, shear or translate
+            uncovers with: 0 = torchvision's default, 128 = the official code's grey.
+        autoaugment_geometry: AutoAugment's geometric ops: ``torchvision`` (nearest interpolation, translations
+            truncated to whole pixels, rotations both ways) or ``official`` (the official code's PIL policy:
+            bicubic shear, translations rounded to the nearest pixel, counter-clockwise rotations only).
         cutout: Cutout side in pixels (0 = off).
         randaugment: RandAugment instead of colour jitter in the ``imagenet`` preset.
         image_size: training crop side; ``None`` = the dataset's default.
@@ -87,6 +92,8 @@ class DataConfig:
     test_list: str | None = None
     preset: str | None = None
     autoaugment: bool = True
+    autoaugment_fill: int = 0
+    autoaugment_geometry: str = "torchvision"
     cutout: int = 16
     randaugment: bool = False
     image_size: int | None = None
@@ -98,6 +105,9 @@ class DataConfig:
         _choice(f"{path}.order", self.order, ("file", "random"), "order")
         if self.val_per_class is not None:
             _positive(f"{path}.val_per_class", self.val_per_class, strict=False)
+        if not 0 <= self.autoaugment_fill <= 255:
+            raise ConfigError(f"{path}.autoaugment_fill: must be in [0, 255] (got {self.autoaugment_fill})")
+        _choice(f"{path}.autoaugment_geometry", self.autoaugment_geometry, ("torchvision", "official"), "geometry")
         _positive(f"{path}.cutout", self.cutout, strict=False)
         if self.image_size is not None:
             _positive(f"{path}.image_size", self.image_size)
@@ -169,6 +179,10 @@ class OptimConfig:
         scheduler: ``cosine`` (to ``min_lr`` over the stage) or ``constant``.
         warmup_epochs: linear warm-up epochs before the schedule.
         min_lr: final learning rate of the cosine schedule.
+        schedule_step: when the per-epoch schedule advances: ``after_epoch`` (epoch 0 runs at the base lr, the
+            last epoch above ``min_lr``) or ``before_epoch`` (the official code: the scheduler is stepped before
+            each epoch, so every epoch runs at the next epoch's lr, epoch 0 already below the base lr and the
+            last epoch at ``min_lr``).
         grad_clip: clip the global gradient norm to this value (``None`` = off); applied with and without AMP.
         backbone_lr_mult: the backbone's learning rate is ``lr * backbone_lr_mult`` (fine-tuning a pretrained
             backbone slower than the head and projector); 1 = one learning rate for all.
@@ -183,6 +197,7 @@ class OptimConfig:
     scheduler: str = "cosine"
     warmup_epochs: int = 0
     min_lr: float = 0.0
+    schedule_step: str = "after_epoch"
     grad_clip: float | None = None
     backbone_lr_mult: float = 1.0
 
@@ -194,6 +209,7 @@ class OptimConfig:
         _choice(f"{path}.scheduler", self.scheduler, ("cosine", "constant"), "scheduler")
         _positive(f"{path}.warmup_epochs", self.warmup_epochs, strict=False)
         _positive(f"{path}.min_lr", self.min_lr, strict=False)
+        _choice(f"{path}.schedule_step", self.schedule_step, ("after_epoch", "before_epoch"), "schedule_step")
         if self.grad_clip is not None:
             _positive(f"{path}.grad_clip", self.grad_clip)
         _positive(f"{path}.backbone_lr_mult", self.backbone_lr_mult, strict=False)

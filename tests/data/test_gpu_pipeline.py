@@ -43,12 +43,12 @@ def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 _NEAREST = F.InterpolationMode.NEAREST
 
 
-def _torchvision_op(image: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+def _torchvision_op(image: torch.Tensor, name: str, magnitude: float, fill: int | None = None) -> torch.Tensor:
     """Reference: one AutoAugment / RandAugment op on one uint8 (C, H, W) image with public v2 functional ops.
 
-    The op semantics of ``v2.AutoAugment`` / ``v2.RandAugment`` (nearest interpolation, fill 0, shears about the
-    top-left corner, integer translations, factors ``1 + magnitude``, solarize threshold ``255 * magnitude``),
-    written out here independently of ``bce3s``.
+    The op semantics of ``v2.AutoAugment`` / ``v2.RandAugment`` (nearest interpolation, ``fill`` (None = 0) for
+    the area geometric ops uncover, shears about the top-left corner, integer translations, factors
+    ``1 + magnitude``, solarize threshold ``255 * magnitude``), written out here independently of ``bce3s``.
     """
     if name == "Identity":
         return image
@@ -56,17 +56,17 @@ def _torchvision_op(image: torch.Tensor, name: str, magnitude: float) -> torch.T
         angle = math.degrees(math.atan(magnitude))
         shear = [angle, 0.0] if name == "ShearX" else [0.0, angle]
         return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=_NEAREST,
-                        fill=None, center=[0, 0])
+                        fill=fill, center=[0, 0])
     if name in ("TranslateX", "TranslateY"):
         shift = [int(magnitude), 0] if name == "TranslateX" else [0, int(magnitude)]
         return F.affine(image, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=_NEAREST,
-                        fill=None)
+                        fill=fill)
     factor_ops = {"Brightness": F.adjust_brightness, "Color": F.adjust_saturation, "Contrast": F.adjust_contrast,
                   "Sharpness": F.adjust_sharpness}
     if name in factor_ops:
         return factor_ops[name](image, 1.0 + magnitude)
     if name == "Rotate":
-        return F.rotate(image, magnitude, interpolation=_NEAREST, fill=None)
+        return F.rotate(image, magnitude, interpolation=_NEAREST, fill=fill)
     if name == "Posterize":
         return F.posterize(image, int(magnitude))
     if name == "Solarize":
@@ -100,17 +100,58 @@ def test_policy_table_matches_torchvision() -> None:
     assert tuple(ra._AUGMENTATION_SPACE) == ga.RANDAUGMENT_OPS
 
 
+@pytest.mark.parametrize("fill", [None, 128, 37])
 @pytest.mark.parametrize(("c", "h", "w"), [(3, 32, 32), (1, 28, 28), (3, 9, 7)])
-def test_every_op_variant_equals_torchvision_per_image(c: int, h: int, w: int) -> None:
+def test_every_op_variant_equals_torchvision_per_image(c: int, h: int, w: int, fill: int | None) -> None:
+    """Every variant, bit for bit, with torchvision's fill (None = its default 0; 128 = the official grey)."""
     x = _images(12, c, h, w)
+    opts = {} if fill is None else {"fill": fill}
     for table in (ga.autoaugment_table(h, w)[0], ga.randaugment_table(h, w)[0]):
-        fast = BatchedOps(table, c, h, w, torch.device("cpu"))
+        fast = BatchedOps(table, c, h, w, torch.device("cpu"), **opts)
         n = x.shape[0]
         for vid, (name, magnitude) in enumerate(table.variants):
-            expected = torch.stack([_torchvision_op(x[i], name, magnitude) for i in range(n)])
+            expected = torch.stack([_torchvision_op(x[i], name, magnitude, fill) for i in range(n)])
             variants = torch.full((n, 1), vid)
             assert torch.equal(fast.apply(x, variants), expected), (name, magnitude)
-            assert torch.equal(ga.apply_op_slots(x, variants, table), expected), (name, magnitude)
+            assert torch.equal(ga.apply_op_slots(x, variants, table, **opts), expected), (name, magnitude)
+
+
+def test_fill_is_what_the_uncovered_area_holds() -> None:
+    """A 9-px translation of a constant image uncovers 9 columns: they hold the fill, the rest the image."""
+    x = torch.full((2, 3, 32, 32), 200, dtype=torch.uint8)
+    table = ga.OpTable((("TranslateX", 9.0),))
+    for fill in (0, 128):
+        out = BatchedOps(table, 3, 32, 32, torch.device("cpu"), fill=fill).apply(x, torch.zeros(2, 1, dtype=torch.long))
+        assert bool((out[..., :9] == fill).all()) and bool((out[..., 9:] == 200).all())
+
+
+def test_autoaugment_fill_128_equals_torchvision_autoaugment_transform() -> None:
+    """The whole policy: ``v2.AutoAugment(CIFAR10, fill=128)`` per image under torch's global RNG equals the batched
+    ops fed with the same draws (read back by re-running torchvision's draw sequence on the same seed)."""
+    x = _images(40, 3, 32, 32, seed=5)
+    table, ids, _probs = ga.autoaugment_table(32, 32)
+    aa = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=128)
+    fast = BatchedOps(table, 3, 32, 32, torch.device("cpu"), fill=128)
+    for i in range(x.shape[0]):
+        torch.manual_seed(100 + i)
+        expected = aa(x[i])
+        torch.manual_seed(100 + i)
+        variants = _torchvision_draws(ids)
+        assert torch.equal(fast.apply(x[i : i + 1], variants)[0], expected), i
+
+
+def _torchvision_draws(ids: torch.Tensor) -> torch.Tensor:
+    """(1, 2) variant ids of one ``v2.AutoAugment(CIFAR10)`` forward under torch's global RNG (its draw order)."""
+    policy = int(torch.randint(len(ga.CIFAR10_POLICY), ()))
+    out = torch.full((1, 2), -1)
+    for slot, (name, prob, _bin) in enumerate(ga.CIFAR10_POLICY[policy]):
+        if not torch.rand(()) <= prob:
+            continue
+        signed = name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+                          "Contrast", "Sharpness")
+        neg = 1 if (signed and torch.rand(()) <= 0.5) else 0
+        out[0, slot] = ids[policy, slot, neg]
+    return out
 
 
 def test_mixed_variants_and_two_slots_equal_sequential_reference() -> None:
@@ -363,16 +404,19 @@ def test_source_holds_one_block_and_default_sizes() -> None:
 @pytest.mark.gpu
 def test_gpu_output_identical_to_cpu() -> None:
     x = _images(64, 3, 32, 32)
-    for preset, kwargs in (("cifar", {}), ("gray", {"flip": True})):
+    official = {"autoaugment_fill": 128, "autoaugment_geometry": "official"}
+    for preset, kwargs in (("cifar", {}), ("cifar", official), ("gray", {"flip": True})):
         xx = x if preset == "cifar" else x[:, :1]
         aug = BatchAugment(preset, train=True, image_size=32, **kwargs)
         cpu = aug(xx, make_generator(0, "augment", 0, 0))
         gpu = aug(xx.cuda(), make_generator(0, "augment", 0, 0))
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-6)
     table, _ids, _probs = ga.autoaugment_table(32, 32)
-    fast = BatchedOps(table, 3, 32, 32, torch.device("cuda"))
-    for vid in range(len(table.variants)):
-        variants = torch.full((64, 1), vid)
-        ref = BatchedOps(table, 3, 32, 32, torch.device("cpu")).apply(x, variants)
-        assert torch.equal(fast.apply(x.cuda(), variants).cpu(), ref), table.variants[vid]
+    for opts in ({}, {"fill": 128, "geometry": "official"}):
+        fast = BatchedOps(table, 3, 32, 32, torch.device("cuda"), **opts)
+        slow = BatchedOps(table, 3, 32, 32, torch.device("cpu"), **opts)
+        for vid in range(len(table.variants)):
+            variants = torch.full((64, 1), vid)
+            ref = slow.apply(x, variants)
+            assert torch.equal(fast.apply(x.cuda(), variants).cpu(), ref), (opts, table.variants[vid])
     assert F.to_dtype(x.cuda(), torch.float32, scale=True).is_cuda

@@ -5,7 +5,10 @@ Presets (``DataConfig.preset``):
 - ``cifar`` (CIFAR-LT, the official BCE3S recipe), train: ``RandomCrop(size, padding=4)`` →
   ``RandomHorizontalFlip`` → ``AutoAugment(CIFAR10)`` (optional) → ``ToDtype(float32, scale=True)`` →
   :class:`Cutout` (side ``cutout``, 0 = off) → ``Normalize`` with the CIFAR-10 statistics the official code uses.
-  Eval: ``ToDtype`` → ``Normalize``.
+  Eval: ``ToDtype`` → ``Normalize``. AutoAugment fills the area a rotate, shear or translate uncovers with
+  ``autoaugment_fill`` (torchvision: 0; the official code: 128) and does its geometric ops the
+  ``autoaugment_geometry`` way (``torchvision``, or ``official``: the official PIL policy's bicubic shear,
+  rounded translations and counter-clockwise rotations, see :data:`bce3s.data.gpu.autoaugment.GEOMETRIES`).
 - ``imagenet`` (ImageNet-LT, iNat, Places, ImageFolder-LT), train: ``RandomResizedCrop(size)`` → flip →
   ``ColorJitter(0.4, 0.4, 0.4)`` or ``RandAugment()`` → ``ToDtype`` → ``Normalize`` (ImageNet statistics).
   Eval: ``Resize(round(size / 0.875))`` → ``CenterCrop(size)`` → ``ToDtype`` → ``Normalize``.
@@ -24,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
+
+from bce3s.data.gpu.autoaugment import GEOMETRIES, apply_op, official_magnitude
 
 __all__ = [
     "AugmentSpec",
@@ -43,7 +49,9 @@ __all__ = [
     "IMAGENET_STD",
     "PRESETS",
     "Cutout",
+    "OfficialAutoAugment",
     "build_transform",
+    "check_autoaugment_options",
     "cutout_box",
     "default_flip",
     "eval_resize_size",
@@ -123,6 +131,8 @@ class AugmentSpec:
         randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
         train_transform: training sources augment; False = they apply the eval transform to their sampled
             batches (a stage with ``augment: false``).
+        autoaugment_fill: AutoAugment's fill value, 0..255 (0 = torchvision's default, 128 = official).
+        autoaugment_geometry: ``torchvision`` or ``official`` (AutoAugment's geometric ops).
     """
 
     preset: str
@@ -132,22 +142,76 @@ class AugmentSpec:
     cutout: int = 16
     randaugment: bool = False
     train_transform: bool = True
+    autoaugment_fill: int = 0
+    autoaugment_geometry: str = "torchvision"
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)
+        check_autoaugment_options(self.autoaugment_fill, self.autoaugment_geometry)
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be > 0 (got {self.image_size})")
         if self.cutout < 0:
             raise ValueError(f"cutout must be >= 0 (got {self.cutout})")
 
     def options(self) -> dict[str, Any]:
-        """The keywords ``flip``, ``autoaugment``, ``cutout`` and ``randaugment`` of :func:`build_transform`."""
+        """The augmentation keywords of :func:`build_transform` (all but ``preset``, ``train`` and sizes)."""
         return {
             "flip": self.flip,
             "autoaugment": self.autoaugment,
             "cutout": self.cutout,
             "randaugment": self.randaugment,
+            "autoaugment_fill": self.autoaugment_fill,
+            "autoaugment_geometry": self.autoaugment_geometry,
         }
+
+
+def check_autoaugment_options(fill: int, geometry: str) -> None:
+    """Raise ``ValueError`` unless ``fill`` is in 0..255 and ``geometry`` one of ``GEOMETRIES``."""
+    if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+        raise ValueError(f"autoaugment_fill must be an integer in [0, 255] (got {fill!r})")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown autoaugment_geometry {geometry!r}; valid: {', '.join(GEOMETRIES)}")
+
+
+def _official_magnitudes(name: str, num_bins: int, height: int, width: int) -> Tensor:
+    return torch.tensor(
+        [official_magnitude(name, b, height, width, num_bins) for b in range(num_bins)], dtype=torch.float64
+    )
+
+
+class OfficialAutoAugment(v2.AutoAugment):
+    """``v2.AutoAugment(CIFAR10, fill=fill)`` with the official code's geometric ops (``geometry="official"``).
+
+    torchvision's random draws (sub-policy, application, sign) are kept; each op is done by
+    :func:`bce3s.data.gpu.autoaugment.apply_op` with ``geometry="official"``: Pillow's bicubic shear, translations
+    rounded to the nearest pixel, counter-clockwise rotations, with the official float64 magnitudes; the other ops
+    are torchvision's. Input: uint8 tensors (..., C, H, W).
+
+    Args:
+        fill: fill value of rotate, shear and translate, 0..255.
+    """
+
+    # the official float64 magnitudes of the geometric ops (torchvision's float32 values differ in the 8th digit);
+    # a class attribute, so that the transform pickles (DataLoader workers started with spawn)
+    _AUGMENTATION_SPACE = {
+        **v2.AutoAugment._AUGMENTATION_SPACE,
+        **{
+            name: (functools.partial(_official_magnitudes, name), True)
+            for name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+        },
+    }
+
+    def __init__(self, fill: int = 128) -> None:
+        check_autoaugment_options(fill, "official")
+        super().__init__(v2.AutoAugmentPolicy.CIFAR10, fill=fill)
+        self.fill_value = fill
+
+    def _apply_image_or_video_transform(  # torchvision's per-op hook (called once per applied op)
+        self, image: Any, transform_id: str, magnitude: float, interpolation: Any, fill: Any
+    ) -> Any:
+        if not isinstance(image, Tensor) or image.dtype != torch.uint8:
+            raise TypeError(f"OfficialAutoAugment expects uint8 tensors, got {type(image).__name__}")
+        return apply_op(image, transform_id, magnitude, fill=self.fill_value, geometry="official")
 
 
 def cutout_box(cy: int, cx: int, size: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -210,6 +274,8 @@ def build_transform(
     randaugment: bool = False,
     flip: bool | None = None,
     channels: int = 3,
+    autoaugment_fill: int = 0,
+    autoaugment_geometry: str = "torchvision",
 ) -> v2.Compose:
     """A per-image torchvision v2 pipeline: uint8 (C, H, W) -> float32 (C, image_size, image_size) normalized.
 
@@ -222,8 +288,11 @@ def build_transform(
         randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
         flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
         channels: image channels (selects the per-channel normalization statistics).
+        autoaugment_fill: AutoAugment's fill of rotate, shear and translate, 0..255 (official: 128).
+        autoaugment_geometry: ``torchvision`` (``v2.AutoAugment``) or ``official`` (:class:`OfficialAutoAugment`).
     """
     _check_preset(preset)
+    check_autoaugment_options(autoaugment_fill, autoaugment_geometry)
     if image_size <= 0:
         raise ValueError(f"image_size must be > 0 (got {image_size})")
     flip = default_flip(preset) if flip is None else flip
@@ -238,7 +307,10 @@ def build_transform(
         if flip:
             ops.append(v2.RandomHorizontalFlip())
         if preset == "cifar" and autoaugment:
-            ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+            if autoaugment_geometry == "official":
+                ops.append(OfficialAutoAugment(autoaugment_fill))
+            else:
+                ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=autoaugment_fill or None))
         if preset == "imagenet":
             ops.append(v2.RandAugment() if randaugment else v2.ColorJitter(0.4, 0.4, 0.4))
         ops.append(v2.ToDtype(torch.float32, scale=True))

@@ -54,6 +54,8 @@ def augment_spec(cfg: Config, data: Any, *, train_transform: bool = True) -> Any
         cutout=c.cutout,
         randaugment=c.randaugment,
         train_transform=train_transform,
+        autoaugment_fill=c.autoaugment_fill,
+        autoaugment_geometry=c.autoaugment_geometry,
     )
 
 

@@ -7,6 +7,7 @@ gloo on CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +20,17 @@ from bce3s.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistInfo", "all_gather_cat", "all_reduce_flag", "barrier", "init_distributed", "resolve_device", "shutdown"]
+__all__ = [
+    "DistInfo",
+    "all_gather_cat",
+    "all_reduce_flag",
+    "barrier",
+    "init_distributed",
+    "resolve_device",
+    "share_class_sets",
+    "shutdown",
+    "union_across_ranks",
+]
 
 
 @dataclass(frozen=True)
@@ -126,3 +137,29 @@ def all_reduce_flag(flag: bool, info: DistInfo) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def union_across_ranks(mask: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """(K,) bool: True where ``mask`` is True on any rank (an all-reduce MAX; no host sync). A collective.
+
+    For the mask of the classes present in each rank's rows, this is the mask of the classes of the global batch,
+    the same as gathering every rank's labels and marking them.
+    """
+    if not info.distributed:
+        return mask
+    flags = mask.to(torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.bool()
+
+
+def share_class_sets(loss_fn: torch.nn.Module, info: DistInfo) -> None:
+    """Under DDP, make ``loss_fn``'s partial class sets come from the global batch (every rank the same set).
+
+    Sets ``reduce_present`` of the loss's :class:`~bce3s.losses.partial.PartialClassSampler` (attribute
+    ``sampler``; losses without one are left alone) to :func:`union_across_ranks`. Every rank holds the same
+    sampler seed (derived from ``runtime.seed``), so all ranks draw the same set: the one a single process would
+    draw from the whole batch.
+    """
+    sampler = getattr(loss_fn, "sampler", None)
+    if info.distributed and sampler is not None and hasattr(sampler, "reduce_present"):
+        sampler.reduce_present = functools.partial(union_across_ranks, info=info)

@@ -1,8 +1,10 @@
 """Optimizers and per-epoch learning-rate schedules.
 
-The schedule advances **after** each epoch's steps: epoch 0 runs at the base learning rate (after any
-warm-up), and the cosine reaches ``min_lr`` only after the last epoch, unlike the official code whose last epoch
-runs at lr 0.
+By default (``schedule_step: after_epoch``) the schedule advances **after** each epoch's steps: epoch 0 runs at
+the base learning rate (after any warm-up), and the cosine reaches ``min_lr`` only after the last epoch.
+``schedule_step: before_epoch`` reproduces the official code, which steps its scheduler before each epoch: every
+epoch runs at the factor of the next one, so epoch 0 is already below the base lr and the last epoch runs at
+``min_lr`` (0 in the official run).
 """
 
 from __future__ import annotations
@@ -103,7 +105,12 @@ def make_plain(optimizer: torch.optim.Optimizer) -> None:
 
 
 def lr_factor(epoch: int, epochs: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base lr used during ``epoch`` (0-based) of a stage of ``epochs`` epochs."""
+    """Multiplier of the base lr used during ``epoch`` (0-based) of a stage of ``epochs`` epochs.
+
+    With ``cfg.schedule_step == "before_epoch"`` epoch ``e`` runs at the ``after_epoch`` factor of ``e + 1``.
+    """
+    if cfg.schedule_step == "before_epoch":
+        epoch += 1
     warm = cfg.warmup_epochs
     if epoch < warm:
         return (epoch + 1) / (warm + 1)

@@ -20,7 +20,7 @@ from bce3s.config import Config, StageConfig
 from bce3s.engine import build
 from bce3s.engine.capture import StaticStep
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.engine.distributed import DistInfo, all_reduce_flag
+from bce3s.engine.distributed import DistInfo, all_reduce_flag, share_class_sets
 from bce3s.engine.evaluate import evaluate_split
 from bce3s.engine.logger import EpochLogger
 from bce3s.engine.loop import EpochResult, train_one_epoch
@@ -143,6 +143,7 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
     if resume is None:
         _init_weights(ctx, si)
     loss_fn = build.build_stage_loss(cfg, si, ctx.data.num_classes, ctx.data.train_counts).to(d.device)
+    share_class_sets(loss_fn, d)  # under DDP: partial class sets from the global batch, the same on every rank
     ctx.losses[stage.name] = loss_fn
     needs_emb = "embeddings" in getattr(loss_fn, "needs", frozenset())
     _set_trainable(model, stage, needs_emb, cfg.model.freeze_stages)

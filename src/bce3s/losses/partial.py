@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,6 +21,12 @@ class PartialClassSampler(nn.Module):
     ``_extra_state``), so a checkpoint restores the exact sequence of class sets on resume. Draws happen on the
     CPU, so a seed gives the same sets on any device.
 
+    Data-parallel training: set ``reduce_present`` to a function that turns this process's (K,) bool mask of the
+    classes present into the union over all processes (the classes of the *global* batch), e.g.
+    :func:`bce3s.engine.distributed.union_across_ranks`. With the same seed on every process, every process then
+    draws the same set, the one a single process would draw from the whole batch (the engine does this under
+    DDP). Without it each process builds its set from its own rows only.
+
     Args:
         neg_class_ratio: r in (0, 1]; 1 keeps all classes and draws nothing.
         seed: seed of the generator.
@@ -28,6 +35,8 @@ class PartialClassSampler(nn.Module):
         ratio: r.
         seed: the seed.
         generator: the CPU generator.
+        reduce_present: ``None`` or a function (K,) bool -> (K,) bool applied to the mask of present classes
+            before the draw; it must be called on every process at every draw (a collective).
     """
 
     def __init__(self, neg_class_ratio: float, seed: int = 0) -> None:
@@ -35,11 +44,16 @@ class PartialClassSampler(nn.Module):
         self.ratio = check_param("neg_class_ratio", neg_class_ratio)
         self.seed = check_param("seed", seed)
         self.generator = torch.Generator().manual_seed(seed)
-
+        self.reduce_present: Callable[[Tensor], Tensor] | None = None
         self.static_keys: Tensor | None = None
 
     def forward(self, present: Tensor) -> Tensor:
-        """(K,) bool mask of the classes present -> (K,) bool mask of the partial class set (no host sync)."""
+        """(K,) bool mask of the classes present -> (K,) bool mask of the partial class set (no host sync).
+
+        With ``reduce_present`` set, the set is drawn around ``reduce_present(present)`` (the global batch's classes).
+        """
+        if self.reduce_present is not None and self.ratio < 1.0:  # r = 1 keeps every class: nothing to share
+            present = self.reduce_present(present)
         if self.static_keys is not None:
             return _partial_class_mask_from_keys(present, self.ratio, self.static_keys)
         return partial_class_set(present, present.shape[0], self.ratio, generator=self.generator)

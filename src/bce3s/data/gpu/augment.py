@@ -32,7 +32,7 @@ from bce3s.data.gpu.autoaugment import (
     sample_randaugment,
 )
 from bce3s.data.gpu.batched_ops import BatchedOps
-from bce3s.data.transforms import PRESETS, default_flip, eval_resize_size, preset_stats
+from bce3s.data.transforms import PRESETS, check_autoaugment_options, default_flip, eval_resize_size, preset_stats
 
 __all__ = ["BatchAugment", "check_images", "slice_params"]
 
@@ -47,7 +47,7 @@ class BatchAugment:
         preset: ``cifar``, ``imagenet`` or ``gray``.
         train: augment (True) or the deterministic eval transform (False).
         image_size: output side.
-        autoaugment, cutout, randaugment, flip: as in ``build_transform``.
+        autoaugment, cutout, randaugment, flip, autoaugment_fill, autoaugment_geometry: as in ``build_transform``.
     """
 
     def __init__(
@@ -60,11 +60,14 @@ class BatchAugment:
         cutout: int = 16,
         randaugment: bool = False,
         flip: bool | None = None,
+        autoaugment_fill: int = 0,
+        autoaugment_geometry: str = "torchvision",
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
         if image_size <= 0 or cutout < 0:
             raise ValueError(f"image_size must be > 0 and cutout >= 0 (got {image_size}, {cutout})")
+        check_autoaugment_options(autoaugment_fill, autoaugment_geometry)
         self.preset = preset
         self.train = train
         self.image_size = image_size
@@ -73,7 +76,9 @@ class BatchAugment:
         self.randaugment = randaugment and preset == "imagenet"
         self.flip = default_flip(preset) if flip is None else flip
         self.padding = 4 if preset == "cifar" else image_size // 8
-        self._aa = autoaugment_table(image_size, image_size) if self.autoaugment else None
+        self.autoaugment_fill = autoaugment_fill
+        self.autoaugment_geometry = autoaugment_geometry
+        self._aa = autoaugment_table(image_size, image_size, autoaugment_geometry) if self.autoaugment else None
         self._ra = randaugment_table(image_size, image_size) if self.randaugment else None
         self._ops: dict[tuple[str, int, int, int, str], BatchedOps] = {}
         self._norm: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
@@ -81,7 +86,8 @@ class BatchAugment:
     def __repr__(self) -> str:
         return (
             f"BatchAugment(preset={self.preset!r}, train={self.train}, image_size={self.image_size}, "
-            f"autoaugment={self.autoaugment}, cutout={self.cutout}, randaugment={self.randaugment}, flip={self.flip})"
+            f"autoaugment={self.autoaugment}, cutout={self.cutout}, randaugment={self.randaugment}, flip={self.flip}, "
+            f"autoaugment_fill={self.autoaugment_fill}, autoaugment_geometry={self.autoaugment_geometry!r})"
         )
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -206,7 +212,9 @@ class BatchAugment:
     def _batched_ops(self, kind: str, table: OpTable, x: Tensor) -> BatchedOps:
         key = (kind, *x.shape[1:], str(x.device))
         if key not in self._ops:
-            self._ops[key] = BatchedOps(table, x.shape[1], x.shape[2], x.shape[3], x.device)
+            # the fill and geometry options belong to AutoAugment; RandAugment keeps torchvision's semantics
+            opts = {"fill": self.autoaugment_fill, "geometry": self.autoaugment_geometry} if kind == "aa" else {}
+            self._ops[key] = BatchedOps(table, x.shape[1], x.shape[2], x.shape[3], x.device, **opts)
         return self._ops[key]
 
     def _crop_flip(self, x: Tensor, oy: Tensor, ox: Tensor, flip: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ batch is transformed slot after slot, images independently of each other:
   table, colour and sharpness a per-variant two-input lookup table; contrast, equalize and autocontrast run
   torchvision's kernel (for autocontrast, :func:`autocontrast`: the same ops without a host synchronisation) on
   the sub-batch of each variant. Every table is built from torchvision's own kernels or op sequences, so the
-  output equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and ``fill=None``, i.e. 0)
-  image by image, bit for bit, on every device (the tests check every variant).
+  output equals :func:`apply_op` (torchvision's op dispatch with nearest interpolation and the configured fill, 0
+  by default) image by image, bit for bit, on every device (the tests check every variant).
 - :func:`apply_op_slots` (the reference) calls :func:`apply_op` once per variant present.
 
 Parameters are drawn on the CPU from an explicit ``torch.Generator``, so a batch is augmented identically on every
@@ -27,14 +27,18 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from bce3s.data.gpu.pil_geometry import affine_bicubic, shear_coefficients
+
 __all__ = [
     "CIFAR10_POLICY",
+    "GEOMETRIES",
     "RANDAUGMENT_OPS",
     "OpTable",
     "apply_op",
     "apply_op_slots",
     "autoaugment_table",
     "autocontrast",
+    "official_magnitude",
     "op_magnitude",
     "put_rows",
     "randaugment_table",
@@ -93,6 +97,15 @@ RANDAUGMENT_OPS: tuple[str, ...] = (
     "Equalize",
 )
 
+#: How AutoAugment's geometric ops are done. ``torchvision``: ``torchvision.transforms.v2.AutoAugment`` (nearest
+#: interpolation everywhere, translations truncated to whole pixels, rotations in both directions).
+#: ``official``: the official BCE3S code's PIL policy: shears with Pillow's bicubic resampling
+#: (:func:`bce3s.data.gpu.pil_geometry.affine_bicubic`), translations rounded to the nearest pixel (Pillow's
+#: nearest sampling of a fractional shift; 15 / 13 / 5 px instead of 14 / 12 / 4 for 32-px images), rotations
+#: counter-clockwise only (the official rotate takes no random sign). Each op then equals the official PIL op bit
+#: for bit, given the same draw and fill (the tests compare them with Pillow).
+GEOMETRIES: tuple[str, ...] = ("torchvision", "official")
+
 _SIGNED = frozenset(
     {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast", "Sharpness"}
 )
@@ -125,55 +138,70 @@ def op_magnitude(name: str, bin_index: int | None, height: int, width: int, num_
     return float(mags[bin_index])
 
 
-def apply_op(images: Tensor, name: str, magnitude: float) -> Tensor:
-    """Apply one AutoAugment op to a batch with one parameter set, exactly as torchvision v2 does per image.
+#: Upper end of each geometric op's magnitude range in the official policy (translations: a fraction of the side).
+_OFFICIAL_MAX = {"ShearX": 0.3, "ShearY": 0.3, "TranslateX": 150 / 331, "TranslateY": 150 / 331, "Rotate": 30.0}
 
-    Mirrors ``torchvision.transforms.v2._AutoAugmentBase._apply_image_or_video_transform`` with nearest
-    interpolation and ``fill=None`` (the ``AutoAugment`` defaults).
+
+def official_magnitude(name: str, bin_index: int, height: int, width: int, num_bins: int = 10) -> float:
+    """The official policy's float64 magnitude of a geometric op (``numpy.linspace(0, max, 10)[bin]``, in pixels for
+    translations), where torchvision computes it in float32; other ops: :func:`op_magnitude`.
+
+    ``numpy.linspace`` gives ``bin * (max / (num_bins - 1))`` and exactly ``max`` for the last bin.
+    """
+    if name not in _OFFICIAL_MAX:
+        return op_magnitude(name, bin_index, height, width, num_bins)
+    top = _OFFICIAL_MAX[name]
+    value = top if bin_index == num_bins - 1 else bin_index * (top / (num_bins - 1))
+    if name == "TranslateX":
+        return value * width
+    if name == "TranslateY":
+        return value * height
+    return value
+
+
+def apply_op(images: Tensor, name: str, magnitude: float, *, fill: int = 0, geometry: str = "torchvision") -> Tensor:
+    """Apply one AutoAugment op to a batch with one parameter set.
+
+    With ``geometry="torchvision"`` this mirrors ``torchvision.transforms.v2._AutoAugmentBase.
+    _apply_image_or_video_transform`` with nearest interpolation and ``fill`` (``AutoAugment(fill=fill)``; 0 is
+    torchvision's default). ``geometry="official"`` changes the three geometric ops to what the official BCE3S
+    code's PIL policy does (:data:`GEOMETRIES`); every other op is the same.
 
     Args:
         images: uint8 (B, C, H, W), C in {1, 3}, on any device.
         name: op name (``CIFAR10_POLICY`` / ``RANDAUGMENT_OPS`` spelling).
         magnitude: signed magnitude (0.0 for ops without one).
+        fill: value (0..255, every channel) of the area a rotate, shear or translate uncovers.
+        geometry: ``torchvision`` or ``official``.
 
     Returns:
         uint8 (B, C, H, W).
     """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown AutoAugment geometry {geometry!r}; valid: {', '.join(GEOMETRIES)}")
     nearest = F.InterpolationMode.NEAREST
+    fill_arg = None if fill == 0 else float(fill)  # fill 0 and fill None give the same pixels with nearest
+    official = geometry == "official"
     if name == "Identity":
         return images
-    if name == "ShearX":
-        shear = [math.degrees(math.atan(magnitude)), 0.0]
+    if name in ("ShearX", "ShearY"):
+        if official:
+            return affine_bicubic(images, shear_coefficients(name, magnitude), fill)
+        angle = math.degrees(math.atan(magnitude))
+        shear = [angle, 0.0] if name == "ShearX" else [0.0, angle]
         return F.affine(
-            images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=None, center=[0, 0]
+            images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=fill_arg,
+            center=[0, 0],
         )
-    if name == "ShearY":
-        shear = [0.0, math.degrees(math.atan(magnitude))]
+    if name in ("TranslateX", "TranslateY"):
+        pixels = math.floor(magnitude + 0.5) if official else int(magnitude)
+        shift = [pixels, 0] if name == "TranslateX" else [0, pixels]
         return F.affine(
-            images, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=nearest, fill=None, center=[0, 0]
-        )
-    if name == "TranslateX":
-        return F.affine(
-            images,
-            angle=0.0,
-            translate=[int(magnitude), 0],
-            scale=1.0,
-            shear=[0.0, 0.0],
-            interpolation=nearest,
-            fill=None,
-        )
-    if name == "TranslateY":
-        return F.affine(
-            images,
-            angle=0.0,
-            translate=[0, int(magnitude)],
-            scale=1.0,
-            shear=[0.0, 0.0],
-            interpolation=nearest,
-            fill=None,
+            images, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest, fill=fill_arg
         )
     if name == "Rotate":
-        return F.rotate(images, angle=magnitude, interpolation=nearest, fill=None)
+        angle = abs(magnitude) if official else magnitude
+        return F.rotate(images, angle=angle, interpolation=nearest, fill=fill_arg)
     if name == "Brightness":
         return F.adjust_brightness(images, brightness_factor=1.0 + magnitude)
     if name == "Color":
@@ -257,8 +285,11 @@ def _signed_ids(builder: _TableBuilder, name: str, magnitude: float) -> tuple[in
     return pos, pos
 
 
-def autoaugment_table(height: int, width: int) -> tuple[OpTable, Tensor, Tensor]:
+def autoaugment_table(height: int, width: int, geometry: str = "torchvision") -> tuple[OpTable, Tensor, Tensor]:
     """Variant table of the CIFAR-10 AutoAugment policy for images of size (height, width).
+
+    With ``geometry="official"`` the geometric ops carry the official policy's float64 magnitudes
+    (:func:`official_magnitude`) instead of torchvision's float32 ones.
 
     Returns:
         table: the distinct variants.
@@ -270,7 +301,8 @@ def autoaugment_table(height: int, width: int) -> tuple[OpTable, Tensor, Tensor]
     probs = torch.empty(len(CIFAR10_POLICY), 2, dtype=torch.float64)
     for p, sub in enumerate(CIFAR10_POLICY):
         for s, (name, prob, bin_index) in enumerate(sub):
-            ids[p, s, 0], ids[p, s, 1] = _signed_ids(builder, name, op_magnitude(name, bin_index, height, width))
+            magnitude = (official_magnitude if geometry == "official" else op_magnitude)(name, bin_index, height, width)
+            ids[p, s, 0], ids[p, s, 1] = _signed_ids(builder, name, magnitude)
             probs[p, s] = prob
     return builder.table(), ids, probs
 
@@ -325,7 +357,9 @@ def sample_randaugment(n: int, ids: Tensor, generator: torch.Generator, *, num_o
     return ids[op, neg]
 
 
-def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
+def apply_op_slots(
+    images: Tensor, variants: Tensor, table: OpTable, *, fill: int = 0, geometry: str = "torchvision"
+) -> Tensor:
     """Reference path: apply per-image op variants slot after slot, one torchvision kernel call per variant.
 
     Slower than :class:`bce3s.data.gpu.batched_ops.BatchedOps` (one call per variant present instead of one per
@@ -335,6 +369,7 @@ def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
         images: uint8 (B, C, H, W) on any device.
         variants: int64 (B, S) on the CPU, variant ids into ``table`` (-1 = no op in that slot).
         table: the variant table.
+        fill, geometry: as in :func:`apply_op`.
 
     Returns:
         uint8 (B, C, H, W) on ``images.device``; images are transformed independently of each other.
@@ -353,7 +388,7 @@ def apply_op_slots(images: Tensor, variants: Tensor, table: OpTable) -> Tensor:
         for vid, count in enumerate(counts):
             if count:
                 name, magnitude = table.variants[vid]
-                pieces.append(apply_op(sub[start : start + count], name, magnitude))
+                pieces.append(apply_op(sub[start : start + count], name, magnitude, fill=fill, geometry=geometry))
                 start += count
         out = put_rows(out, rows_dev, torch.cat(pieces) if len(pieces) > 1 else pieces[0])
     return out

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from bce3s.data.gpu.autoaugment import OpTable, apply_op, autocontrast, row_view, sorted_rows, take_rows
+from bce3s.data.gpu.autoaugment import GEOMETRIES, OpTable, apply_op, autocontrast, row_view, sorted_rows, take_rows
 
 __all__ = ["BatchedOps"]
 
@@ -77,8 +77,9 @@ class BatchedOps:
     Every variant's effect is precomputed with torchvision's own kernels or op sequences, so the result is
     identical to :func:`apply_op` image by image (the tests check this for every variant):
 
-    - geometric ops (shear, translate, rotate; nearest, fill 0): a source-pixel map per variant, obtained by
-      running :func:`apply_op` on an image whose pixels hold their own index; applied with one ``gather``;
+    - geometric ops (shear, translate, rotate; nearest): a source-pixel map per variant, obtained by running
+      :func:`apply_op` on an image whose pixels hold their own index; applied with one ``gather`` from the image
+      extended by one pixel of value ``fill``;
     - pointwise ops (invert, posterize, solarize, brightness): a 256-entry lookup table per variant, obtained by
       running :func:`apply_op` on an image holding all 256 values;
     - colour (saturation) and sharpness: the blend of a pixel with its grey value / 3x3-blurred value is a
@@ -93,10 +94,29 @@ class BatchedOps:
         table: the op variants.
         channels, height, width: image shape the maps are built for.
         device: where the tables live.
+        fill: value (0..255) of the area a rotate, shear or translate uncovers (the extra pixel of the gather).
+        geometry: ``torchvision`` or ``official`` (:data:`bce3s.data.gpu.autoaugment.GEOMETRIES`); with
+            ``official`` the bicubic shears run :func:`apply_op` on their sub-batch like the kernel family.
     """
 
-    def __init__(self, table: OpTable, channels: int, height: int, width: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        table: OpTable,
+        channels: int,
+        height: int,
+        width: int,
+        device: torch.device,
+        *,
+        fill: int = 0,
+        geometry: str = "torchvision",
+    ) -> None:
+        if not 0 <= fill <= 255:
+            raise ValueError(f"fill must be in [0, 255] (got {fill})")
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"unknown AutoAugment geometry {geometry!r}; valid: {', '.join(GEOMETRIES)}")
         self.table = table
+        self.fill = int(fill)
+        self.geometry = geometry
         self.shape = (channels, height, width)
         self.device = torch.device(device)
         nv = len(table.variants)
@@ -108,13 +128,15 @@ class BatchedOps:
         values = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
         for vid, (name, magnitude) in enumerate(table.variants):
             fam = _FAMILY.get(name, _KERNEL)
+            if geometry == "official" and name in ("ShearX", "ShearY"):
+                fam = _KERNEL  # bicubic: not a pixel gather
             if fam == _COLOR and channels != 3:
                 fam = _KERNEL  # saturation of a 1-channel image is the identity in torchvision
             if fam in (_COLOR, _SHARP) and (height <= 2 or width <= 2):
                 fam = _KERNEL
             family[vid] = fam
             if fam == _GEOM:
-                src = apply_op(index_image, name, magnitude).round().long().view(hw) - 1
+                src = apply_op(index_image, name, magnitude, geometry=geometry).round().long().view(hw) - 1
                 row[vid] = len(maps)
                 maps.append(torch.where(src < 0, torch.full_like(src, hw), src))
             elif fam == _LUT:
@@ -186,7 +208,10 @@ class BatchedOps:
                 name, magnitude = self.table.variants[vid]
                 sub = part[start : start + count]
                 # the same result as torchvision's kernel, without its device synchronisation
-                pieces.append(autocontrast(sub) if name == "AutoContrast" else apply_op(sub, name, magnitude))
+                if name == "AutoContrast":
+                    pieces.append(autocontrast(sub))
+                else:
+                    pieces.append(apply_op(sub, name, magnitude, fill=self.fill, geometry=self.geometry))
                 start += count
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
@@ -194,7 +219,7 @@ class BatchedOps:
         n, c, h, w = x.shape
         if fam == _GEOM:
             assert self._maps is not None
-            ext = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
+            ext = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), self.fill)], dim=2)
             idx = self._maps.index_select(0, rows)  # (n, HW)
             return ext.gather(2, idx[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
         if fam == _LUT:
