@@ -23,7 +23,7 @@ Usage::
 
     python bench/losses.py [--quick] [--device cpu|cuda] [--repeats 5] [--threads N]
                            [--out bench/results/losses.json]
-    python bench/losses.py --floor [--repeats 7] [--out bench/results/losses_floor.json]
+    python bench/losses.py --floor [--repeats 7] [--compile] [--out bench/results/losses_floor.json]
 """
 
 from __future__ import annotations
@@ -235,8 +235,14 @@ def paired_ratio(
     }
 
 
-def bench_floor(num_classes: int, batch: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:
-    """Classifier + projector + BCE3S loss (forward + backward) against its bare matmuls (forward + backward)."""
+def bench_floor(
+    num_classes: int, batch: int, dim: int, device: torch.device, repeats: int, compiled: bool = False
+) -> dict[str, float]:
+    """Classifier + projector + BCE3S loss (forward + backward) against its bare matmuls (forward + backward).
+
+    ``compiled``: the head and loss go through ``torch.compile`` (the loss made static, as the ``compiled`` and
+    ``graphed`` training steps run it), so elementwise work fuses into a few kernels.
+    """
     g = torch.Generator().manual_seed(0)
     rows = 3 * batch
     x = make_inputs(num_classes, batch, device)
@@ -250,10 +256,18 @@ def bench_floor(num_classes: int, batch: int, dim: int, device: torch.device, re
     grads = [torch.ones(rows, num_classes, device=device), torch.ones(rows, EMBEDDING_DIM, device=device)]
     grads.append(torch.ones(num_classes, num_classes, device=device))
 
-    def step() -> None:
+    def head(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
         logits = torch.addmm(b, h, F.normalize(w, dim=1, eps=1e-5).T)
-        out = loss(logits, x["target"], view=x["view"], embeddings=h @ wp.T, weight=w)
-        out.loss.backward()
+        return loss(logits, x["target"], view=x["view"], embeddings=h @ wp.T, weight=w).loss
+
+    run = head
+    if compiled:
+        loss.make_static(device)
+        loss.prepare_step()
+        run = torch.compile(head, dynamic=False)
+
+    def step() -> None:
+        run(h, w, b, wp).backward()
 
     def floor() -> None:
         torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
@@ -288,13 +302,19 @@ def run_floor(
     repeats: int,
     classes: set[int] | None = None,
     uniform_cases: tuple[tuple[int, int], ...] = UNIFORM_CASES,
+    compiled: bool = False,
 ) -> dict:
-    """The floor comparisons (those with K in ``classes``, default all): ``{"step": [...], "uniform": [...]}``."""
+    """The floor comparisons (those with K in ``classes``, default all): ``{"step": [...], "uniform": [...]}``.
+
+    ``compiled`` adds, for each step case, the same head and loss through ``torch.compile``.
+    """
     out: dict[str, list[dict]] = {"step": [], "uniform": []}
     for k, b, d in FLOOR_CASES:
         if classes is None or k in classes:
-            out["step"].append({"K": k, "B": b, "D": d, **bench_floor(k, b, d, device, repeats)})
-            print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
+            for comp in (False, True) if compiled else (False,):
+                row = {"K": k, "B": b, "D": d, "compiled": comp, **bench_floor(k, b, d, device, repeats, comp)}
+                out["step"].append(row)
+                print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
     for k, d in uniform_cases:
         if classes is None or k in classes:
             out["uniform"].append({"K": k, "D": d, **bench_uniform_floor(k, d, device, max(3, repeats // 2))})
@@ -307,7 +327,8 @@ def format_floor(floor: dict) -> str:
     lines = ["| what | K | B | D | ms | floor ms | ratio | ratio of minima |", "|" + "---|" * 8]
     for r in floor["step"]:
         lines.append(
-            f"| classifier + projector + BCE3S vs bare matmuls | {r['K']} | {r['B']} | {r['D']} | {r['ms']:.2f} | "
+            f"| classifier + projector + BCE3S{' (compiled)' if r.get('compiled') else ''} vs bare matmuls | "
+            f"{r['K']} | {r['B']} | {r['D']} | {r['ms']:.2f} | "
             f"{r['floor_ms']:.2f} | {r['ratio']:.2f}x | {r['ratio_of_min']:.2f}x |"
         )
     for r in floor["uniform"]:
@@ -337,6 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench/results/losses.json", help="JSON output path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--floor", action="store_true", help="only the step-versus-bare-matmul floor comparison")
+    parser.add_argument(
+        "--compile", action="store_true", help="--floor: also the head and loss through torch.compile (~1 min each)"
+    )
     parser.add_argument("--classes", default=None, help="--floor: only these K, comma-separated (100,1000,8142)")
     parser.add_argument("--uniform-case", default="8142,2048", help="--floor: K,D of the uniform-term comparison")
     parser.add_argument(
@@ -407,6 +431,7 @@ def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] |
             repeats,
             {int(k) for k in args.classes.split(",")} if args.classes else None,
             (tuple(int(x) for x in args.uniform_case.split(",")),),  # type: ignore[arg-type]
+            compiled=args.compile,
         ),
     }
     print(format_floor(result["floor"]))
