@@ -256,9 +256,12 @@ def test_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_last_pt(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(faults, "during_write", full_disk)
+    exe = tmp_path / "venv" / "bin" / "bce3s"  # run as venv/bin/bce3s, not on PATH: the hint says so
+    monkeypatch.setattr("sys.argv", [str(exe), "train"])
+    monkeypatch.setenv("PATH", "/nonexistent")
     assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 2
     err = _one_line_error(capsys)
-    assert str(ck.parent) in err and "--resume" in err
+    assert str(ck.parent) in err and f"{exe} train --resume --out {out}" in err
     assert ck.read_bytes() == seen["before"]
     assert load_checkpoint(ck)["stage_name"] == "stage1"  # end of epoch 0, loads
     assert not list(ck.parent.glob(".*.tmp")) and not (out / LOCK_NAME).exists()

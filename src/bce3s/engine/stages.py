@@ -232,7 +232,7 @@ def _train_epoch(ctx: RunContext, st: _Stage, epoch: int, start_step: int, parti
     except NonFiniteError as err:
         what = "gradient" if err.term == "gradient" else "loss"
         raise NonFiniteError(
-            f"non-finite {what} (term: {err.term}) at stage {stage.name} epoch {err.epoch} step {err.step} "
+            f"non-finite {what} (term: {err.term}) at stage {stage.name} epoch {err.epoch + 1} step {err.step + 1} "
             f"(runtime.nan_policy: stop). {ctx.ckpt.last_good()}",
             stage_index=st.index,
             epoch=err.epoch,
@@ -335,7 +335,7 @@ def run_stage(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> None:
         _end_epoch(ctx, st, epoch, lr, res)
         if all_reduce_flag(ctx.stop(), ctx.dist):  # a stop requested during the epoch's last step
             raise Interrupted(
-                f"interrupted by {ctx.stop.name} at stage {st.cfg.name} after epoch {epoch}; last.pt saved. "
-                f"Resume with: bce3s train --resume --out {ctx.ckpt.rd.root}"
+                f"interrupted by {ctx.stop.name} at stage {st.cfg.name} after epoch {epoch + 1}; last.pt saved. "
+                f"Resume with: {program_name()} train --resume --out {ctx.ckpt.rd.root}"
             )
     _end_stage(ctx, st)
