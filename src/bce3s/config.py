@@ -316,6 +316,10 @@ class RuntimeConfig:
         num_workers: DataLoader workers of the ``loader`` pipeline.
         nan_policy: what a non-finite loss or gradient does: ``stop`` the run or ``skip`` the step.
         threads: CPU threads for PyTorch (0 = PyTorch's default).
+        max_steps: cap on the optimizer steps of every epoch (null = the whole epoch), for smoke runs: each epoch
+            of each stage stops after this many steps (the first ``max_steps`` batches of its order), then
+            validates and saves as usual; the learning-rate schedule and the epochs are unchanged. Part of the
+            run's config (``config.yaml``), so ``--resume`` continues with the same cap.
     """
 
     device: str = "auto"
@@ -326,6 +330,7 @@ class RuntimeConfig:
     num_workers: int = 0
     nan_policy: str = "stop"
     threads: int = 0
+    max_steps: int | None = None
 
     def check(self, path: str = "runtime") -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -334,6 +339,8 @@ class RuntimeConfig:
         _positive(f"{path}.num_workers", self.num_workers, strict=False)
         _choice(f"{path}.nan_policy", self.nan_policy, ("stop", "skip"), "nan_policy")
         _positive(f"{path}.threads", self.threads, strict=False)
+        if self.max_steps is not None:
+            _positive(f"{path}.max_steps", self.max_steps)
 
 
 def _default_stages() -> tuple[StageConfig, ...]:
