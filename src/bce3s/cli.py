@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="seeds of each method (default 0 1 2); the verdict needs at least 2")
+    d.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, as separate processes (default 1: one after the other, in this "
+                   "process); every run uses one thread, so the numbers do not depend on --jobs or the machine")
     d.add_argument("--device", default="cpu", help="device (default cpu)")
     d.add_argument("--overwrite", action="store_true", help="replace whatever OUT/ce/seedN and OUT/bce3s/seedN hold")
     _add_common(d)
@@ -453,6 +456,42 @@ def demo_run_dir(parent: Path, name: str, seed: int) -> Path:
     return parent / name / f"seed{seed}"
 
 
+def _demo_parallel(parent: Path, todo: list[tuple[str, str, int]], sets: dict[tuple[str, int], list[str]],
+                   jobs: int) -> None:
+    """Train the demo's runs as ``jobs`` parallel ``bce3s train`` processes; one line per finished run."""
+    import tempfile
+    import time
+
+    pending = list(todo)
+    active: list[tuple[str, str, int, float, subprocess.Popen, Any]] = []
+    failed: list[str] = []
+    print(f"training {len(todo)} runs, {jobs} at a time, into {parent}", flush=True)
+    while pending or active:
+        while pending and len(active) < jobs:
+            label, name, seed = pending.pop(0)
+            out = demo_run_dir(parent, name, seed)
+            cmd = [sys.executable, "-m", "bce3s", "train", str(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml"),
+                   "--out", str(out), "--overwrite", "--quiet"] + [x for o in sets[name, seed] for x in ("--set", o)]
+            log_file = tempfile.TemporaryFile("w+")  # stderr in a file: a full pipe would block the run
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+            active.append((label, name, seed, time.perf_counter(), proc, log_file))
+        time.sleep(0.2)
+        for item in [a for a in active if a[4].poll() is not None]:
+            active.remove(item)
+            label, name, seed, t0, proc, log_file = item
+            log_file.seek(0)
+            err = log_file.read()
+            log_file.close()
+            if proc.returncode:
+                last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+                failed.append(f"{label} seed {seed}: {last}")
+            else:
+                print(f"trained {label}, seed {seed} -> {demo_run_dir(parent, name, seed)} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    if failed:
+        raise BCE3SError("demo runs failed: " + "; ".join(failed))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -465,11 +504,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     parent = Path(args.out)
     seeds = list(dict.fromkeys(args.seeds))
-    cfgs = {}
+    jobs = args.jobs
+    if jobs < 1:
+        raise ConfigError("--jobs: must be >= 1")
+    cfgs, sets = {}, {}
     for _, name in DEMO_RUNS:  # look at every run directory before training any
         for seed in seeds:
-            overrides = [f"runtime.device={args.device}", f"runtime.seed={seed}"]
-            cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", overrides)
+            # one thread per run: the numbers do not depend on the machine's core count or on --jobs
+            sets[name, seed] = [f"runtime.device={args.device}", f"runtime.seed={seed}", "runtime.threads=1"]
+            cfg = load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", sets[name, seed])
             validate_config(cfg)
             if not args.overwrite:
                 check_demo_out(demo_run_dir(parent, name, seed), cfg)
@@ -478,14 +521,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger("bce3s.engine").setLevel(logging.WARNING)
         logging.getLogger("bce3s.data").setLevel(logging.WARNING)
     start = time.perf_counter()
-    for seed in seeds:
-        for label, name in DEMO_RUNS:
+    todo = [(label, name, seed) for seed in seeds for label, name in DEMO_RUNS]
+    if jobs == 1:
+        for label, name, seed in todo:
             out = demo_run_dir(parent, name, seed)
             print(f"training {label}, seed {seed} -> {out}", end="", flush=True)
             t0 = time.perf_counter()
             train(cfgs[name, seed], out, overwrite=True, quiet=args.quiet,
                   config_path=f"configs/digits_lt/{name}.yaml", command=sys.argv)
             print(f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    else:
+        _demo_parallel(parent, todo, sets, jobs)
     groups = [(label, [load_run(demo_run_dir(parent, name, s)) for s in seeds]) for label, name in DEMO_RUNS]
     methods = summarize_methods(groups)
     first = groups[0][1][0]

@@ -191,3 +191,45 @@ def test_demo_prints_mean_std_over_seeds_and_a_verdict(tmp_path, write_run, monk
     lo, hi = _reference_interval(d)
     assert ("ahead" in verdict) == (not lo <= 0 <= hi)
     assert "docs/results.md" in out
+
+
+def test_demo_jobs_runs_each_seed_once_as_a_one_thread_process(tmp_path, write_run, monkeypatch, capsys) -> None:
+    """``--jobs 2``: one ``bce3s train`` process per (method, seed), with its seed and one thread; a failed run is
+    one line naming it (the processes are faked: each writes a fake run directory)."""
+    import bce3s.cli as cli
+
+    launched: list[list[str]] = []
+
+    class FakeProc:
+        def __init__(self, cmd: list[str], **_: Any) -> None:
+            launched.append(cmd)
+            sets = dict(cmd[i + 1].split("=", 1) for i, a in enumerate(cmd) if a == "--set")
+            out = Path(cmd[cmd.index("--out") + 1])
+            self.returncode = 1 if fail and out.parent.name == "bce3s" and sets["runtime.seed"] == "1" else 0
+            if not self.returncode:
+                loss = out.parent.name
+                write_run(out, loss=loss, seed=int(sets["runtime.seed"]), skill=1.2 if loss == "bce3s" else 0.8)
+
+        def poll(self) -> int:
+            return self.returncode
+
+    monkeypatch.setattr(cli.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr("bce3s.report.writer.write_report",
+                        lambda dirs, out, **kw: (Path(out) / "report.html", Path(out) / "report.md"))
+    fail = False
+    assert main_demo(tmp_path / "demo", "--jobs", "2") == 0
+    assert len(launched) == 6
+    runs = {(Path(c[c.index("--out") + 1]).parent.name, c[c.index("--set") + 3]) for c in launched}
+    assert runs == {(m, f"runtime.seed={s}") for m in ("ce", "bce3s") for s in range(3)}
+    assert all("runtime.threads=1" in c for c in launched)
+    assert "Verdict, All (last)" in capsys.readouterr().out
+    fail, launched[:] = True, []
+    assert main_demo(tmp_path / "demo2", "--jobs", "2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BCE3S seed 1" in err
+
+
+def main_demo(out: Path, *args: str) -> int:
+    from bce3s.cli import main
+
+    return main(["demo", "--out", str(out), "--quiet", *args])
