@@ -151,12 +151,14 @@ def test_sweep_two_seeds_writes_compare_table(cfg_file, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_prints_table_and_report_path(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'demo' / 'report' / 'report.html'}" in out
     for name in ("ce", "bce3s"):
-        final = json.loads((tmp_path / "demo" / name / "final.json").read_text())
-        assert f"{final['test']['last']['top1']:.2f}" in out
+        top1 = [json.loads((tmp_path / "demo" / name / f"seed{s}" / "final.json").read_text())["test"]["last"]["top1"]
+                for s in (0, 1)]
+        assert f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f}" in out
+    assert "Verdict, All (last)" in out
 
 
 def test_final_table_says_why_a_shot_group_is_empty(capsys: pytest.CaptureFixture[str]) -> None:

@@ -352,6 +352,10 @@ class RuntimeConfig:
             optimizer), ``graphed`` (``static`` captured once as a CUDA graph and replayed; one CUDA process),
             ``compiled`` (``static`` with the forward and loss through ``torch.compile``), or ``auto``
             (``graphed`` for one CUDA process without fp16, else ``eager``).
+        max_steps: cap on the optimizer steps of every epoch (null = the whole epoch), for smoke runs: each epoch
+            of each stage stops after this many steps (the first ``max_steps`` batches of its order), then
+            validates and saves as usual; the learning-rate schedule and the epochs are unchanged. Part of the
+            run's config (``config.yaml``), so ``--resume`` continues with the same cap.
     """
 
     device: str = "auto"
@@ -363,6 +367,7 @@ class RuntimeConfig:
     nan_policy: str = "stop"
     threads: int = 0
     step: str = "auto"
+    max_steps: int | None = None
 
     def check(self, path: str = "runtime") -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -372,6 +377,8 @@ class RuntimeConfig:
         _choice(f"{path}.nan_policy", self.nan_policy, ("stop", "skip"), "nan_policy")
         _positive(f"{path}.threads", self.threads, strict=False)
         _choice(f"{path}.step", self.step, ("auto", "eager", "static", "graphed", "compiled"), "step mode")
+        if self.max_steps is not None:
+            _positive(f"{path}.max_steps", self.max_steps)
 
 
 def _default_stages() -> tuple[StageConfig, ...]:

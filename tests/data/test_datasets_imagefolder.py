@@ -133,7 +133,7 @@ def test_imagefolder_errors(tmp_path):
         build_data(DataConfig(dataset="imagefolder_lt", root=str(tmp_path / "c"), val_per_class=12))
     make_tree(tmp_path / "d")
     (tmp_path / "d" / "train" / "ant" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(DataError, match=r"cannot decode image .*train/ant/000\.png"):
+    with pytest.raises(DataError, match=r"1 of \d+ image cannot be decoded .*train/ant/000\.png"):
         build_data(DataConfig(dataset="imagefolder_lt", root=str(tmp_path / "d"), imbalance_factor=1))
     make_tree(tmp_path / "e")
     for f in (tmp_path / "e" / "test").rglob("*.png"):
@@ -158,3 +158,39 @@ def test_real_cifar10_jpeg(shared_data, tmp_path):
     first = sorted(os.listdir(tmp_path / "cifar10-jpeg" / "train" / "airplane"))[0]
     ref = np.asarray(Image.open(tmp_path / "cifar10-jpeg" / "train" / "airplane" / first).convert("RGB"))
     assert torch.equal(data.train.images[0], torch.from_numpy(ref.copy()).permute(2, 0, 1))
+
+
+def test_every_undecodable_image_is_named_in_one_error(tmp_path):
+    """Three corrupt files in train and test: one DataError names all three (not one per run)."""
+    make_tree(tmp_path, fmt="jpg")
+    bad = [tmp_path / "train" / "ant" / "003.jpg", tmp_path / "train" / "cat" / "011.jpg",
+           tmp_path / "test" / "bee" / "001.jpg"]
+    bad[0].write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    bad[1].write_bytes(b"")
+    bad[2].write_bytes(b"GIF89a truncated")
+    with pytest.raises(DataError) as info:
+        build_data(DataConfig(dataset="imagefolder_lt", root=str(tmp_path), imbalance_factor=1, val_per_class=1))
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("3 of ")
+    assert all(str(p) in msg for p in bad)
+    assert "more" not in msg
+
+
+def test_many_undecodable_images_name_the_first_few_and_count_the_rest(tmp_path):
+    from bce3s.data.imageset import SHOWN_BAD_FILES
+
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"{i:02d}.png"
+        if i % 3 == 0:
+            Image.new("RGB", (4, 4)).save(p)
+        else:
+            p.write_bytes(b"broken")
+        paths.append(str(p))
+    with pytest.raises(DataError) as info:
+        decode_files(paths, workers=3)
+    msg = str(info.value)
+    broken = [p for i, p in enumerate(paths) if i % 3]
+    assert msg.startswith(f"{len(broken)} of 12 images")
+    assert [p for p in broken if p in msg] == broken[:SHOWN_BAD_FILES]  # the first ones, in file order
+    assert f"and {len(broken) - SHOWN_BAD_FILES} more" in msg

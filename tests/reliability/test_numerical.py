@@ -19,7 +19,7 @@ from bce3s.cli import main
 from bce3s.config import Config, config_from_dict
 from bce3s.engine import train
 from bce3s.engine.checkpoint import load_checkpoint
-from bce3s.errors import NonFiniteError
+from bce3s.errors import NonFiniteError, program_name
 from bce3s.losses import LossOutput
 from bce3s.losses.tripartite import Bce3sLoss
 from bce3s.models.classifier import Classifier
@@ -89,7 +89,8 @@ def where(state: dict) -> tuple:
 
 def hint(out: Path) -> str:
     return (
-        f"lower the learning rate and train again, or resume skipping such steps: bce3s train --resume --out {out} "
+        "lower the learning rate and train again, or resume skipping such steps: "
+        f"{program_name()} train --resume --out {out} "
         "--set runtime.nan_policy=skip"
     )
 
@@ -105,8 +106,8 @@ def test_stop_policy_names_step_term_and_last_good_checkpoint(fault, what, tmp_p
     with pytest.raises(NonFiniteError) as info:
         train(config(), out, quiet=True)
     assert str(info.value) == (
-        f"{what} at stage stage1 epoch 1 step 3 (runtime.nan_policy: stop). Last good checkpoint: "
-        f"{out}/checkpoints/last.pt (stage1 epoch 1 step 0), not overwritten; {hint(out)}"
+        f"{what} at stage stage1 epoch 2 step 4 (runtime.nan_policy: stop). Last good checkpoint: "
+        f"{out}/checkpoints/last.pt (stage1, end of epoch 1), not overwritten; {hint(out)}"
     )
     state = last_state(out)
     assert where(state) == (0, 1, 0)  # written at the end of epoch 0, before the fault
@@ -173,8 +174,8 @@ def test_nan_weights_are_never_written(tmp_path, monkeypatch, keep_threads):
     with pytest.raises(NonFiniteError) as info:
         train(config(**{"runtime.nan_policy": "skip"}), out, quiet=True)
     assert str(info.value) == (
-        "the model holds NaN/inf values (head.weight) at stage1 epoch 0; stage1_best_val.pt was not written. "
-        f"Last good checkpoint: {out}/checkpoints/last.pt (stage1 epoch 0 step 0), not overwritten; {hint(out)}"
+        "the model holds NaN/inf values (head.weight) at stage1, end of epoch 1; stage1_best_val.pt was not written. "
+        f"Last good checkpoint: {out}/checkpoints/last.pt (start of stage1), not overwritten; {hint(out)}"
     )
     assert where(last_state(out)) == (0, 0, 0)
     assert_all_finite(last_state(out)["model"])
@@ -190,10 +191,27 @@ def test_cli_reports_nan_in_one_line(tmp_path, monkeypatch, capsys, keep_threads
     assert rc == 3
     assert "Traceback" not in err
     assert err == (
-        "bce3s: error: non-finite loss (term: joint) at stage stage1 epoch 0 step 4 (runtime.nan_policy: stop). "
-        f"Last good checkpoint: {out}/checkpoints/last.pt (stage1 epoch 0 step 0), not overwritten; {hint(out)}\n"
+        "bce3s: error: non-finite loss (term: joint) at stage stage1 epoch 1 step 5 (runtime.nan_policy: stop). "
+        f"Last good checkpoint: {out}/checkpoints/last.pt (start of stage1), not overwritten; {hint(out)}\n"
     )
 
 
 def read_json_line(line: str) -> dict:
     return json.loads(line)
+
+
+def test_nan_hint_names_the_program_as_run_and_counts_epochs_from_one(tmp_path, monkeypatch, capsys, keep_threads):
+    """Run as ``.venv/bin/bce3s`` (not on PATH), the hint says ``.venv/bin/bce3s train --resume ...``; the epoch of
+    the failing step and of the last good checkpoint are those of the log (1-based)."""
+    exe = tmp_path / ".venv" / "bin" / "bce3s"
+    monkeypatch.setattr("sys.argv", [str(exe), "train"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    inject(monkeypatch, {(1, 3)}, "nan_term")
+    cfg = write_cfg(tmp_path / "c.yaml", one_stage())
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert f"{exe} train --resume --out {out} --set runtime.nan_policy=skip" in err
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 1  # the log's epoch 1 finished; the fault struck in the log's epoch 2, step 4
+    assert "at stage stage1 epoch 2 step 4 " in err and "(stage1, end of epoch 1)" in err

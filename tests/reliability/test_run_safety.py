@@ -26,6 +26,7 @@ from bce3s.config import Config, config_from_dict, dump_config, load_config
 from bce3s.engine.checkpoint import load_checkpoint
 from bce3s.engine.run import TrainResult, train
 from bce3s.errors import DiskFullError, RunDirError
+from bce3s.report.rundata import RunData
 from bce3s.rundir import LOCK_NAME, RunDir, atomic_write_bytes, run_lock, write_json
 
 
@@ -71,33 +72,34 @@ def _fake_run(root: Path, data: dict[str, Any], status: str = "finished") -> Non
     rd.write_text(rd.checkpoint("last"), "the user's weights")
 
 
-def _demo_cfg(name: str, device: str = "cpu") -> Config:
-    return load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml", [f"runtime.device={device}"])
+def _demo_cfg(name: str, device: str = "cpu", seed: int = 0) -> Config:
+    return load_config(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml",
+                       [f"runtime.device={device}", f"runtime.seed={seed}"])
 
 
-def _demo_run(root: Path, name: str, status: str = "finished") -> None:
+def _demo_run(root: Path, name: str, status: str = "finished", seed: int = 0) -> None:
     """What an earlier ``bce3s demo`` left in ``root`` (config and run.json are what the check reads)."""
     rd = RunDir(root)
     root.mkdir(parents=True)
-    rd.write_text(rd.config, dump_config(_demo_cfg(name)))
+    rd.write_text(rd.config, dump_config(_demo_cfg(name, seed=seed)))
     write_json(rd.run_json, {"status": status, "resumed_from": []})
 
 
 def test_demo_refuses_to_replace_a_run_that_is_not_its_own(tmp_path, capsys):
     parent = tmp_path / "demo"
-    _fake_run(parent / "bce3s", tiny())  # a run the user trained there
+    _fake_run(parent / "bce3s" / "seed2", tiny())  # a run the user trained there
     before = _snapshot(parent)
     assert main(["demo", "--out", str(parent), "--quiet"]) == 2
     err = _one_line_error(capsys)
-    assert str(parent / "bce3s") in err and "--overwrite" in err
+    assert str(parent / "bce3s" / "seed2") in err and "--overwrite" in err
     assert _snapshot(parent) == before
     assert not (parent / "ce").exists(), "nothing may be trained before both folders are checked"
 
 
 def test_demo_refuses_a_folder_of_other_files(tmp_path, capsys):
     parent = tmp_path / "demo"
-    (parent / "ce").mkdir(parents=True)
-    (parent / "ce" / "config.yaml").write_text("my notes\n")
+    (parent / "ce" / "seed0").mkdir(parents=True)
+    (parent / "ce" / "seed0" / "config.yaml").write_text("my notes\n")
     before = _snapshot(parent)
     assert main(["demo", "--out", str(parent), "--quiet"]) == 2
     _one_line_error(capsys)
@@ -127,20 +129,27 @@ def test_second_demo_replaces_its_own_runs_and_overwrite_replaces_any(tmp_path, 
         m = {"top1": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0}
         return TrainResult(run_dir=Path(out), final={"test": {"last": m, "best_val": m}})
 
+    def fake_load_run(path: Path) -> RunData:
+        m = {"top1": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0}
+        return RunData(path=Path(path), label=Path(path).name, config={},
+                       final={"test": {"last": m, "best_val": m}, "run": {"seed": int(Path(path).name[4:])}})
+
     monkeypatch.setattr(run_module, "train", fake_train)
-    monkeypatch.setattr("bce3s.engine.evaluate.evaluate_run", lambda *a, **k: {})
-    monkeypatch.setattr("bce3s.report.writer.write_report", lambda dirs, out: (out / "r.html", out / "r.md"))
+    monkeypatch.setattr("bce3s.report.rundata.load_run", fake_load_run)
+    monkeypatch.setattr("bce3s.report.writer.write_report",
+                        lambda dirs, out, **kw: (out / "r.html", out / "r.md"))
     parent = tmp_path / "demo"
-    for name in ("ce", "bce3s"):
-        _demo_run(parent / name, name)
+    runs = [parent / name / f"seed{seed}" for seed in (0, 1, 2) for name in ("ce", "bce3s")]
+    for run in runs:
+        _demo_run(run, run.parent.name, seed=int(run.name[4:]))
     assert main(["demo", "--out", str(parent), "--quiet"]) == 0, capsys.readouterr().err
-    assert calls == [(parent / "ce", True), (parent / "bce3s", True)]
+    assert calls == [(run, True) for run in runs]
     calls.clear()
-    (parent / "bce3s" / "config.yaml").write_text(dump_config(config_from_dict(Config, tiny())))
+    (parent / "bce3s" / "seed1" / "config.yaml").write_text(dump_config(config_from_dict(Config, tiny())))
     assert main(["demo", "--out", str(parent), "--quiet"]) == 2
     assert calls == []
     assert main(["demo", "--out", str(parent), "--quiet", "--overwrite"]) == 0
-    assert calls == [(parent / "ce", True), (parent / "bce3s", True)]
+    assert calls == [(run, True) for run in runs]
 
 
 # ------------------------------------------------------------------------------------------- resume of a finished run
@@ -247,9 +256,12 @@ def test_full_disk_while_writing_a_checkpoint_is_one_line_and_keeps_last_pt(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(faults, "during_write", full_disk)
+    exe = tmp_path / "venv" / "bin" / "bce3s"  # run as venv/bin/bce3s, not on PATH: the hint says so
+    monkeypatch.setattr("sys.argv", [str(exe), "train"])
+    monkeypatch.setenv("PATH", "/nonexistent")
     assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 2
     err = _one_line_error(capsys)
-    assert str(ck.parent) in err and "--resume" in err
+    assert str(ck.parent) in err and f"{exe} train --resume --out {out}" in err
     assert ck.read_bytes() == seen["before"]
     assert load_checkpoint(ck)["stage_name"] == "stage1"  # end of epoch 0, loads
     assert not list(ck.parent.glob(".*.tmp")) and not (out / LOCK_NAME).exists()

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from bce3s.errors import DataError
 
-__all__ = ["ImageSet", "decode_files", "load_image_file"]
+__all__ = ["SHOWN_BAD_FILES", "ImageSet", "decode_files", "load_image_file"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,28 @@ def load_image_file(path: str | os.PathLike[str], mode: str = "RGB") -> Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+SHOWN_BAD_FILES = 5
+"""How many undecodable files :func:`decode_files` names in its one error (it counts all of them)."""
+
+
+def _bad_files_error(bad: Sequence[tuple[str, str]], n: int) -> DataError:
+    """One error naming the first :data:`SHOWN_BAD_FILES` undecodable files (path and reason) and the count."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:SHOWN_BAD_FILES])
+    more = f"; and {len(bad) - SHOWN_BAD_FILES} more" if len(bad) > SHOWN_BAD_FILES else ""
+    what = "image cannot" if len(bad) == 1 else "images cannot"
+    return DataError(f"{len(bad)} of {n} {what} be decoded (re-create or remove them): {shown}{more}")
+
+
+def _reason(err: DataError, path: str) -> str:
+    """The reason part of a :func:`load_image_file` error, without the path it repeats."""
+    text = str(err)
+    for prefix in (f"cannot decode image {path}: ", "image file not found: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    text = text.replace(" (re-create or remove the file)", "").replace(f" '{path}'", "").replace(path, "").strip()
+    return "not found" if text.startswith("(check data.root") else (text or "unreadable")
+
+
 def decode_files(
     paths: Sequence[str],
     *,
@@ -59,6 +81,9 @@ def decode_files(
     workers: int | None = None,
 ) -> Tensor | None:
     """Decode files of one common size into a single uint8 tensor, with a thread pool.
+
+    Every file is read even after a bad one, so that one error names all the files that cannot be decoded
+    (the first :data:`SHOWN_BAD_FILES` with their reason, and the count) instead of one per run.
 
     Args:
         paths: image files.
@@ -70,39 +95,52 @@ def decode_files(
         uint8 (N, C, H, W), or ``None`` when the images differ in size or the tensor would be too large.
 
     Raises:
-        DataError: a file cannot be decoded.
+        DataError: files cannot be decoded (all of them counted, the first few named).
     """
     n = len(paths)
     channels = 3 if mode == "RGB" else 1
     if n == 0:
         return torch.empty(0, channels, 1, 1, dtype=torch.uint8)
-    first = load_image_file(paths[0], mode)
+    bad: list[tuple[int, str]] = []
+    first, j = None, 0
+    while first is None and j < n:  # the first decodable image gives the common shape
+        try:
+            first = load_image_file(paths[j], mode)
+        except DataError as err:
+            bad.append((j, _reason(err, str(paths[j]))))
+        j += 1
+    if first is None:
+        raise _bad_files_error([(str(paths[i]), r) for i, r in bad], n)
     shape = tuple(first.shape)
     if n * first.numel() > max_bytes:
+        if bad:
+            raise _bad_files_error([(str(paths[i]), r) for i, r in bad], n)
         log.info("not decoding %d images of shape %s into memory: more than %d bytes", n, shape, max_bytes)
         return None
     out = torch.empty((n, *shape), dtype=torch.uint8)
-    out[0] = first
+    out[j - 1] = first
     mismatch: list[tuple[int, tuple[int, ...]]] = []
 
-    def work(i: int) -> bool:
-        if mismatch:
-            return False
-        img = load_image_file(paths[i], mode)
+    def work(i: int) -> None:
+        try:
+            img = load_image_file(paths[i], mode)
+        except DataError as err:
+            bad.append((i, _reason(err, str(paths[i]))))
+            return
         if tuple(img.shape) != shape:
-            mismatch.append((i, tuple(img.shape)))
-            return False
-        out[i] = img
-        return True
+            mismatch.append((i, tuple(img.shape)))  # kept as files; the others are still read, to find bad ones
+        elif not mismatch:
+            out[i] = img
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for ok in pool.map(work, range(1, n), chunksize=64):
-            if not ok:
-                break
+        list(pool.map(work, range(j, n), chunksize=64))
+    if bad:
+        raise _bad_files_error([(str(paths[i]), r) for i, r in sorted(bad)], n)
     if mismatch:
-        i, other = mismatch[0]
-        log.info("images differ in size (%s: %s, %s: %s): keeping them as files", paths[0], shape, paths[i], other)
+        i, other = min(mismatch)
+        log.info("images differ in size (%s: %s, %s: %s): keeping them as files", paths[j - 1], shape, paths[i],
+                 other)
         return None
     return out
 

@@ -44,4 +44,5 @@ def device_name(device: torch.device) -> str:
     """A human description of the device, e.g. ``NVIDIA H100 80GB HBM3 (cuda:0)`` or ``cpu (x86_64, 2 threads)``."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {n} thread{'s' if n != 1 else ''})"

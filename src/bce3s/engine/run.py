@@ -34,7 +34,15 @@ from bce3s.engine.signals import StopFlag
 from bce3s.engine.stages import RunContext, run_stage
 from bce3s.engine.state import RESUME_FREE, Checkpointer, config_diff, load_resume_state, model_state
 from bce3s.engine.validate import validate_config
-from bce3s.errors import BCE3SError, CheckpointError, ConfigError, DiskFullError, Interrupted, RunDirError
+from bce3s.errors import (
+    BCE3SError,
+    CheckpointError,
+    ConfigError,
+    DiskFullError,
+    Interrupted,
+    RunDirError,
+    program_name,
+)
 from bce3s.rundir import RunDir, atomic_write_bytes, check_writable, run_lock, write_json
 from bce3s.seeding import seed_everything
 
@@ -114,7 +122,7 @@ def _resume_config(rd: RunDir, cfg: Config | None) -> tuple[Config, list[str], d
     if rd.read_run_info().get("status") == "finished":  # resuming would only evaluate the test split again
         raise RunDirError(
             f"{rd.root} holds a finished run (see its final.json): there is nothing to resume; to train it again, "
-            f"run: bce3s train {rd.config} --out {rd.root} --overwrite (or choose another --out)"
+            f"run: {program_name()} train {rd.config} --out {rd.root} --overwrite (or choose another --out)"
         )
     run_cfg = _read_config(rd)
     cfg = run_cfg if cfg is None else cfg
@@ -255,7 +263,8 @@ def _set_status(rd: RunDir, status: str) -> None:
 def _disk_full(rd: RunDir, err: DiskFullError) -> DiskFullError:
     """``err`` with how to go on once there is room again."""
     if rd.checkpoint("last").is_file():
-        how = f"once there is room, continue the run from its last checkpoint: bce3s train --resume --out {rd.root}"
+        how = ("once there is room, continue the run from its last checkpoint: "
+               f"{program_name()} train --resume --out {rd.root}")
     else:
         how = "the run had no checkpoint yet: once there is room, run the same command again with --overwrite"
     return DiskFullError(f"{err.what}; {how}", folder=err.folder, needed=err.needed, what=err.what)

@@ -9,6 +9,7 @@ epoch, validates and keeps ``<stage>_best_val.pt``, and at its end applies post-
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,36 @@ def _init_weights(ctx: RunContext, si: int) -> None:
         model.reset_head(generator=torch.Generator(device=model.head.weight.device).manual_seed(seed))
 
 
+class StepCap:
+    """A training batch source cut to its first ``max_steps`` batches per epoch (``runtime.max_steps``).
+
+    The epoch loop runs ``len(source)`` steps and resumes mid-epoch with ``iter_from(step)``, so capping the length
+    and the iterators is all a smoke run needs; the mixing source runs in lockstep and needs no cap. Everything
+    else (``set_epoch``, ...) is the wrapped source's.
+    """
+
+    def __init__(self, source: Any, max_steps: int) -> None:
+        self.source = source
+        self.max_steps = max_steps
+
+    def __len__(self) -> int:
+        return min(len(self.source), self.max_steps)
+
+    def __iter__(self) -> Any:
+        return itertools.islice(iter(self.source), len(self))
+
+    def iter_from(self, step: int) -> Any:
+        """The batches from ``step`` to the cap (resume in the middle of an epoch)."""
+        if hasattr(self.source, "iter_from"):
+            return itertools.islice(iter(self.source.iter_from(step)), max(len(self) - step, 0))
+        return itertools.islice(iter(self.source), step, len(self))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
 def _wrap(ctx: RunContext, needs_emb: bool) -> nn.Module:
     """The module the steps call: DDP-wrapped under torchrun, compiled when asked."""
     run_model: nn.Module = ctx.model
@@ -191,6 +222,8 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
     if static:
         rt.static_step = StaticStep(rt, mode)
     source, mix_source = build.train_sources(cfg, ctx.data, si, d)
+    if cfg.runtime.max_steps is not None and cfg.runtime.max_steps < len(source):
+        source = StepCap(source, cfg.runtime.max_steps)
     return _Stage(si, stage, loss_fn, optimizer, scheduler, scaler, maxnorm, rt, source, mix_source)
 
 
@@ -249,7 +282,7 @@ def _train_epoch(ctx: RunContext, st: _Stage, epoch: int, start_step: int, parti
     except NonFiniteError as err:
         what = "gradient" if err.term == "gradient" else "loss"
         raise NonFiniteError(
-            f"non-finite {what} (term: {err.term}) at stage {stage.name} epoch {err.epoch} step {err.step} "
+            f"non-finite {what} (term: {err.term}) at stage {stage.name} epoch {err.epoch + 1} step {err.step + 1} "
             f"(runtime.nan_policy: stop). {ctx.ckpt.last_good()}",
             stage_index=st.index,
             epoch=err.epoch,
@@ -352,7 +385,7 @@ def run_stage(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> None:
         _end_epoch(ctx, st, epoch, lr, res)
         if all_reduce_flag(ctx.stop(), ctx.dist):  # a stop requested during the epoch's last step
             raise Interrupted(
-                f"interrupted by {ctx.stop.name} at stage {st.cfg.name} after epoch {epoch}; last.pt saved. "
-                f"Resume with: bce3s train --resume --out {ctx.ckpt.rd.root}"
+                f"interrupted by {ctx.stop.name} at stage {st.cfg.name} after epoch {epoch + 1}; last.pt saved. "
+                f"Resume with: {program_name()} train --resume --out {ctx.ckpt.rd.root}"
             )
     _end_stage(ctx, st)

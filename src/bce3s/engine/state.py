@@ -16,11 +16,12 @@ from torch import nn
 from bce3s.config import Config, config_to_dict
 from bce3s.engine.checkpoint import load_checkpoint, save_checkpoint
 from bce3s.engine.distributed import DistInfo, all_reduce_flag, barrier
-from bce3s.errors import CheckpointError, NonFiniteError
+from bce3s.errors import CheckpointError, NonFiniteError, program_name
 from bce3s.rundir import RunDir
 
 __all__ = [
     "RESUME_FREE",
+    "checkpoint_position",
     "Checkpointer",
     "between_stages",
     "config_diff",
@@ -94,9 +95,8 @@ class Checkpointer:
         """Write ``checkpoints/<name>.pt`` with the run's config; every rank agrees on the NaN guard first."""
         bad = nonfinite_key(state.get("model"))
         if all_reduce_flag(bad is not None, self.dist):
-            where = state.get("stage_name") or f"stage index {state.get('stage_index')}"
             raise NonFiniteError(
-                f"the model holds NaN/inf values ({bad or 'on another rank'}) at {where} epoch {state.get('epoch')}; "
+                f"the model holds NaN/inf values ({bad or 'on another rank'}) at {checkpoint_position(state)}; "
                 f"{name}.pt was not written. {self.last_good()}",
                 term="weights",
             )
@@ -104,12 +104,7 @@ class Checkpointer:
             save_checkpoint(self.rd.checkpoint(name), {"config": self._config, **state})
         barrier(self.dist)
         if name == "last":
-            where = state.get("stage_name")
-            self.last_saved = (
-                f"{where} epoch {state.get('epoch')} step {state.get('step')}"
-                if where
-                else f"start of stage index {state.get('stage_index')}"
-            )
+            self.last_saved = checkpoint_position(state)
 
     def last_good(self) -> str:
         """Where the last good checkpoint is, and how to go on from it (for error messages)."""
@@ -118,9 +113,30 @@ class Checkpointer:
             return f"No checkpoint was written by this process ({path} is as it was)."
         return (
             f"Last good checkpoint: {path} ({self.last_saved}), not overwritten; lower the learning rate and train "
-            f"again, or resume skipping such steps: bce3s train --resume --out {self.rd.root} "
+            f"again, or resume skipping such steps: {program_name()} train --resume --out {self.rd.root} "
             "--set runtime.nan_policy=skip"
         )
+
+
+def checkpoint_position(state: dict[str, Any]) -> str:
+    """Where a checkpoint state stands, with epochs counted from 1 as the training log counts them.
+
+    A resume state (``last.pt``: ``epoch`` and ``step`` of the next step to run) reads "stage1 epoch 3 step 5"
+    (5 steps of epoch 3 done), "stage1, end of epoch 2" (``step`` 0) or "start of stage1"; a model state (the
+    weights at the end of epoch index ``epoch``) reads "stage1, end of epoch 3".
+    """
+    where = state.get("stage_name") or f"stage index {state.get('stage_index')}"
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int):
+        return str(where)
+    if state.get("kind") == "model":  # the weights at the end of epoch index `epoch`
+        return f"{where}, end of epoch {epoch + 1}"
+    if not state.get("stage_name"):
+        return f"start of stage index {state.get('stage_index')}"
+    step = int(state.get("step") or 0)
+    if step:
+        return f"{where} epoch {epoch + 1} step {step}"
+    return f"{where}, end of epoch {epoch}" if epoch else f"start of {where}"
 
 
 def between_stages(

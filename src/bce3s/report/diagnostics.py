@@ -42,8 +42,9 @@ def section_calibration(runs: Sequence[RunData], colors: Mapping[str, str], bloc
         fig = make_figure(
             "reliability",
             "Reliability diagram: accuracy against mean confidence (max softmax probability) in 15 equal-width "
-            "bins; the dashed diagonal is perfect calibration, points below it are over-confident. The lower "
-            "panel shows the share of samples per bin. Sources: " + "; ".join(sources) + ".",
+            "bins (a point's size is its bin's share of the samples, so sparse bins look light); the dashed diagonal "
+            "is perfect calibration, points below it are over-confident. The lower panel shows the share of "
+            "samples per bin. Sources: " + "; ".join(sources) + ".",
             lambda: plots.reliability_diagram(rel, ece=ece, colors=colors),
             notes,
         )

@@ -44,10 +44,12 @@ class Heading:
 
 @dataclass
 class Para:
-    """A paragraph; ``note`` paragraphs are highlighted (missing inputs, skipped figures)."""
+    """A paragraph; ``note`` paragraphs are highlighted (missing inputs, skipped figures), a ``lead`` paragraph is
+    the answer the report opens with (boxed, larger)."""
 
     text: str
     note: bool = False
+    lead: bool = False
 
 
 @dataclass
@@ -137,6 +139,8 @@ tr.diff td:first-child { font-weight: 600; color: #8a4b00; }
 figure { margin: 1.2em 0 1.8em; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid #eceef1; border-radius: 4px; }
 figcaption { color: #4a505a; font-size: 0.92rem; margin-top: 0.4em; max-width: 95ch; }
+.lead { background: #eef5ff; border-left: 4px solid #0b5cad; padding: 0.6em 1em; border-radius: 0 4px 4px 0;
+  font-size: 1.08rem; max-width: 95ch; margin: 0.5em 0; }
 .note { background: #fff8e1; border-left: 4px solid #e0a800; padding: 0.5em 0.9em; border-radius: 0 4px 4px 0; }
 details { margin: 0.5em 0; }
 summary { cursor: pointer; font-weight: 600; }
@@ -173,7 +177,8 @@ def render_html(title: str, subtitle: str, blocks: Sequence[Block]) -> str:
         if isinstance(b, Heading):
             out.append(f'<h{b.level} id="{slug(b.text)}">{esc(b.text)}</h{b.level}>')
         elif isinstance(b, Para):
-            out.append(f'<p class="note">{esc(b.text)}</p>' if b.note else f"<p>{esc(b.text)}</p>")
+            cls = ' class="note"' if b.note else ' class="lead"' if b.lead else ""
+            out.append(f"<p{cls}>{esc(b.text)}</p>")
         elif isinstance(b, Bullets):
             out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
@@ -219,7 +224,7 @@ def render_md(title: str, subtitle: str, blocks: Sequence[Block]) -> str:
         if isinstance(b, Heading):
             out += ["#" * b.level + " " + b.text, ""]
         elif isinstance(b, Para):
-            out += [("> **Note:** " if b.note else "") + b.text, ""]
+            out += [("> **Note:** " if b.note else "") + (f"**{b.text}**" if b.lead else b.text), ""]
         elif isinstance(b, Bullets):
             out += [f"- {i}" for i in b.items] + [""]
         elif isinstance(b, Table):

@@ -1,7 +1,9 @@
 """The run report: ``report.html`` (self-contained, works offline) and ``report.md`` from one or more run dirs.
 
 ``bce3s report RUN_DIR [RUN_DIR ...] --out DIR`` calls :func:`write_report`. Several run directories give a
-side-by-side comparison: every figure overlays the runs (one colour per run throughout, fixed by the run's
+side-by-side comparison that opens with a Summary (:mod:`bce3s.report.summary`: mean ± std per config over
+seeds, the paired difference to the first config and a verdict: who won, by how much, how sure); every figure
+overlays the runs (one colour per run throughout, fixed by the run's
 method, so a method has the same colour in every report) and the tables have
 one row or column per run. The report reads only files in the run directories (:mod:`bce3s.report.rundata`
 lists them); it never loads a model.
@@ -23,10 +25,11 @@ from pathlib import Path
 from bce3s.errors import RunDirError
 from bce3s.report import plots
 from bce3s.report.diagnostics import section_calibration, section_confusion, section_geometry, section_weight_norms
-from bce3s.report.document import Block, Figure, render_html, render_md
+from bce3s.report.document import Block, Figure, Para, render_html, render_md
 from bce3s.report.rundata import RunData, load_run, unique_labels
 from bce3s.report.sections import section_curves, section_per_class, section_results, section_runs, section_shots
 from bce3s.report.settings import section_config, section_data
+from bce3s.report.summary import section_summary
 from bce3s.rundir import atomic_write_bytes
 
 __all__ = ["SECTIONS", "build_blocks", "write_report"]
@@ -34,6 +37,7 @@ __all__ = ["SECTIONS", "build_blocks", "write_report"]
 log = logging.getLogger(__name__)
 
 SECTIONS = (
+    "Summary",
     "Runs",
     "Results",
     "Per-class accuracy",
@@ -46,13 +50,25 @@ SECTIONS = (
     "Configuration",
     "Data",
 )
-"""Section titles of the report, in order (each is an ``<h2>`` in HTML and a ``##`` heading in Markdown)."""
+"""Section titles of the report, in order (each is an ``<h2>`` in HTML and a ``##`` heading in Markdown); the
+Summary (who won, by how much, how sure) is there only when the report has more than one run."""
 
 
-def build_blocks(runs: Sequence[RunData]) -> list[Block]:
-    """Every section of the report for ``runs`` (labels already unique), in the order of :data:`SECTIONS`."""
+def build_blocks(runs: Sequence[RunData], seed_runs: Sequence[RunData] = ()) -> list[Block]:
+    """Every section of the report for ``runs`` (labels already unique), in the order of :data:`SECTIONS`.
+
+    ``seed_runs`` (more seeds of the same configs) enter the Summary only; the other sections show ``runs``.
+    """
     colors = plots.run_colors([r.label for r in runs], [r.method for r in runs])
     blocks: list[Block] = []
+    seen = {r.path.resolve() for r in runs}
+    summary_runs = list(runs) + [r for r in seed_runs if r.path.resolve() not in seen]
+    if len(summary_runs) > 1:
+        section_summary(summary_runs, blocks)
+        if seed_runs:
+            shown = ", ".join(r.label for r in runs)
+            blocks.append(Para(f"The sections below show one run per method ({shown}); the summary above covers "
+                               f"all {len(summary_runs)} runs."))
     section_runs(runs, blocks)
     section_results(runs, blocks)
     section_per_class(runs, colors, blocks)
@@ -75,14 +91,16 @@ def _write(path: Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path} ({err.strerror or err}); choose another --out") from None
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str | None = None
-                 ) -> tuple[Path, Path]:
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str | None = None,
+                 seed_runs: Sequence[str | Path] = ()) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` (with ``figures/*.png``) for one or more runs.
 
     Args:
         run_dirs: run directories written by ``bce3s train`` (a comparison when there are several).
         out_dir: output directory (created if missing).
         title: report title; default names the runs.
+        seed_runs: further runs (other seeds of the same configs) counted in the Summary's mean ± std and verdict
+            but not drawn in the other sections (``bce3s demo`` passes its seeds 1, 2, ... here).
 
     Returns:
         ``(html_path, md_path)``.
@@ -100,10 +118,11 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: 
     except OSError as err:
         raise RunDirError(f"cannot create report directory {out} ({err.strerror}); choose another --out") from None
 
-    blocks = build_blocks(runs)
+    blocks = build_blocks(runs, [load_run(p) for p in seed_runs])
     title = title or ("BCE3S report: " + " vs ".join(r.label for r in runs))
-    subtitle = (f"{len(runs)} run(s); generated {_dt.datetime.now().isoformat(timespec='seconds')} by bce3s report. "
-                "Accuracies are in percent.")
+    extra = f", {len(runs) + len(seed_runs)} in the summary" if seed_runs else ""
+    when = _dt.datetime.now().isoformat(timespec="seconds")
+    subtitle = f"{len(runs)} run(s){extra}; generated {when} by bce3s report. Accuracies are in percent."
     for b in blocks:
         if isinstance(b, Figure):
             _write(out / "figures" / f"{b.name}.png", b.png)

@@ -226,15 +226,18 @@ def reliability_diagram(
         name = label
         if ece and ece.get(label) is not None:
             name = f"{label} (ECE {ece[label]:.2f}%)"
-        ax.plot(conf[ok], acc[ok], marker="o", ms=4, color=cols[label], label=name)
         share = 100 * count / max(count.sum(), 1)
+        ax.plot(conf[ok], acc[ok], color=cols[label], lw=1.2, alpha=0.7, marker="o", ms=0, label=name)
+        # marker area follows the bin's share of the samples: a bin of 3 samples does not look like one of 300
+        ax.scatter(conf[ok], acc[ok], s=6 + 2.4 * share[ok], color=cols[label], zorder=3, clip_on=False)
         ax_n.stairs(share, edges, color=cols[label], lw=1.6)
     ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-2, 102)  # points at 0 or 100 % stay whole
     ax.set_ylabel("accuracy in the bin (%)")
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left")
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=1 if len(labels) > 2 else 2)  # never over a bin
     ax_n.set_ylabel("samples (%)")
     ax_n.set_xlabel("confidence = max softmax probability (%)")
     return fig
