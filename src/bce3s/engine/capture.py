@@ -34,6 +34,7 @@ reference.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,7 +247,9 @@ class StaticStep:
             )
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
+        # no autocast weight cache: cached casts made during a CUDA graph capture would be stale on replay
+        autocast = torch.autocast(self.device.type, dtype=rt.amp_dtype, cache_enabled=False)
+        with autocast if rt.amp_dtype is not None else nullcontext():
             out = rt.model(x)
         logits = out.logits.float()
         use_emb = out.embeddings is not None and rt.needs_embeddings

@@ -46,13 +46,18 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimCon
 
 
 def build_optimizer(
-    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig, *, static: bool = False
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    cfg: OptimConfig,
+    *,
+    static: bool = False,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over the trainable parameters.
 
     ``static=True`` builds the form a captured step needs (see :func:`make_static`): the fused implementation
     (one kernel for all parameters, and a ``found_inf`` flag read on the device) with the learning rate in a
-    device tensor. The updates are the same as the default's.
+    device tensor. The updates are the same as the default's. ``capturable`` (with ``static``) lets AdamW's step be
+    captured in a CUDA graph (SGD needs nothing more).
     """
     groups = param_groups(named_params, cfg)
     if not groups:
@@ -64,7 +69,7 @@ def build_optimizer(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov, **fused
         )
     else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, **fused)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, **fused, **({"capturable": True} if static and capturable else {}))
     if static:
         make_static(opt)
     return opt

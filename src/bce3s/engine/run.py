@@ -479,6 +479,7 @@ def _finish(ctx: RunContext, t0: float, config_path: str | None) -> dict[str, An
         "git_commit": provenance.git_commit(),
         "device": provenance.device_name(dist.device),
         "world_size": dist.world_size,
+        "step": build.step_mode(cfg, dist),  # runtime.step resolved: eager, static, graphed or compiled
         "wall_time_s": time.time() - t0,
     }
     if dist.is_main:

@@ -184,7 +184,7 @@ def _setup(ctx: RunContext, si: int, resume: dict[str, Any] | None) -> _Stage:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     mode = build.step_mode(cfg, d)
     static = mode != "eager"
-    optimizer = build_optimizer(named, stage.optim, static=static)
+    optimizer = build_optimizer(named, stage.optim, static=static, capturable=mode == "graphed")
     scheduler = build_scheduler(optimizer, stage.optim, stage.epochs)
     amp = build.amp_dtype(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp == torch.float16)
