@@ -16,6 +16,7 @@ from bce3s.cli import build_parser, main
 from bce3s.config import load_config
 from bce3s.data import AugmentSpec, SamplingSpec, build_data, make_batch_source
 from bce3s.engine.checkpoint import load_checkpoint
+from bce3s.errors import ConfigError
 from bce3s.eval.metrics import summarize
 from bce3s.models import build_model
 
@@ -144,6 +145,18 @@ def test_sweep_labels_are_stems_with_folders_only_on_clashes():
     assert _sweep_labels(["c10/ablation/full.yaml", "c100/ablation/full.yaml"]) == ["c10_ablation_full",
                                                                                    "c100_ablation_full"]
     assert _sweep_labels(["a/full.yaml", "b/full.yaml", "b/ce.yaml"]) == ["a_full", "b_full", "b_ce"]
+
+
+def test_sweep_expands_a_wildcard_inside_the_package(tmp_path, monkeypatch):
+    from bce3s.cli import PACKAGE_CONFIGS, _expand_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shell would pass the pattern on unexpanded
+    rows = _expand_configs(["configs/fashion_mnist_lt/ablation/*.yaml"])
+    assert rows == sorted(f"configs/fashion_mnist_lt/ablation/{p.name}"
+                          for p in (PACKAGE_CONFIGS / "fashion_mnist_lt" / "ablation").glob("*.yaml"))
+    assert len(rows) == 6 and rows[0].endswith("1_ce_joint.yaml")
+    with pytest.raises(ConfigError):
+        _expand_configs(["configs/nothing/*.yaml"])
 
 
 def test_sweep_checks_every_config_before_training(cfg_file, tmp_path, capsys):

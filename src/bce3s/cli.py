@@ -375,6 +375,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expand_configs(configs: list[str]) -> list[str]:
+    """Config arguments with any wildcard the shell left alone (``configs/x/ablation/*.yaml`` outside a checkout)
+    expanded, in the current directory or else inside the installed package, sorted."""
+    import glob
+
+    out = []
+    for arg in configs:
+        if not glob.has_magic(arg) or Path(arg).is_file():
+            out.append(arg)
+            continue
+        found = sorted(glob.glob(arg))
+        parts = Path(arg).parts
+        if not found and parts and parts[0] == "configs":
+            found = [f"configs/{Path(p).relative_to(PACKAGE_CONFIGS).as_posix()}"
+                     for p in sorted(glob.glob(str(PACKAGE_CONFIGS.joinpath(*parts[1:]))))]
+        if not found:
+            raise ConfigError(f"no config file matches {arg}")
+        out += found
+    return out
+
+
 def _sweep_labels(configs: list[str]) -> list[str]:
     """The folder name of each config in a sweep: its file stem, with parent folders in front while two clash."""
     paths = [Path(c) for c in configs]
@@ -454,6 +475,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--jobs: must be >= 1")
     if len(set(args.seeds)) < len(args.seeds):
         raise ConfigError("--seeds: a seed is given twice")
+    args.configs = _expand_configs(args.configs)
     if args.out:
         parent = Path(args.out)
     elif len(args.configs) == 1:
