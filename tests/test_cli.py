@@ -171,6 +171,33 @@ def test_sweep_checks_every_config_before_training(cfg_file, tmp_path, capsys):
     assert not out.exists()
 
 
+def _fake_finished_run(out: Path, cfg_file: Path, seed: int, top1: float) -> None:
+    """A finished run directory of ``cfg_file`` at ``seed`` (config.yaml, run.json, final.json), trained by nobody."""
+    from bce3s.config import dump_config
+
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(dump_config(load_config(cfg_file, [f"runtime.seed={seed}"])))
+    (out / "run.json").write_text(json.dumps({"status": "finished"}))
+    metrics = {"top1": top1, "many": top1 + 10, "medium": top1 - 10, "few": None, "ece": 5.0}
+    (out / "final.json").write_text(json.dumps({"test": {"last": metrics, "best_val": metrics}, "run": {"seed": seed}}))
+
+
+def test_sweep_skips_finished_runs_and_refuses_another_configs_run(cfg_file, tmp_path, capsys):
+    parent = tmp_path / "sweep"
+    for seed, top1 in ((0, 50.0), (1, 54.0)):
+        _fake_finished_run(parent / "tiny" / f"seed{seed}", cfg_file, seed, top1)
+    assert main(["sweep", str(cfg_file), "--seeds", "0", "1", "--out", str(parent), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished already (skipped)" in out and "[1/" not in out  # nothing trained
+    assert "| tiny | last | 2 | 52.00 ± 2.83 | 62.00 ± 2.83 | 42.00 ± 2.83 | – | 5.00 ± 0.00 |" in out
+    assert (parent / "compare.md").read_text().count("| tiny |") == 2
+    # the same sweep with another --set: its run directories hold another config, refused before any training
+    assert main(["sweep", str(cfg_file), "--seeds", "0", "1", "--set", "stages.0.optim.lr=0.2", "--out",
+                 str(parent)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert not (parent / "logs").exists()
+
+
 @pytest.mark.slow
 def test_sweep_two_configs_one_table_failed_run_reported_rerun_skips(cfg_file, tmp_path, capsys):
     """Two configs x two seeds, one config failing at run time: its failure is reported, the other config is still
