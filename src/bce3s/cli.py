@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one or more configs over several seeds, then write one mean ± std table",
         description="Train every CONFIG once per seed into OUT/<config name>/seed<S>, then print and write "
         "OUT/compare.md: mean ± std over seeds per config (All, Many, Medium, Few, ECE; last and best_val, flip-TTA "
-        "rows apart). Every (config, seed) is checked before any training starts. Run again, the same command "
+        "rows apart); each run's output goes to OUT/logs/<config name>/seed<S>.log. Every (config, seed) is checked "
+        "before any training starts. Run again, the same command "
         "skips the finished runs and resumes the interrupted ones (--overwrite trains them all again). A failed "
         "run is reported, the others are still tabulated, and the exit code is 1.",
     )
