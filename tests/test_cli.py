@@ -16,6 +16,7 @@ from bce3s.cli import build_parser, main
 from bce3s.config import load_config
 from bce3s.data import AugmentSpec, SamplingSpec, build_data, make_batch_source
 from bce3s.engine.checkpoint import load_checkpoint
+from bce3s.errors import ConfigError
 from bce3s.eval.metrics import summarize
 from bce3s.models import build_model
 
@@ -129,24 +130,132 @@ def test_config_bad_input_is_one_line_exit_2(cfg_file, overrides, capsys):
     assert len(err) == 1 and err[0].startswith("bce3s: error: ")
 
 
-@pytest.mark.slow
-def test_sweep_two_seeds_writes_compare_table(cfg_file, tmp_path, capsys):
+def _table_rows(md: str) -> list[list[str]]:
+    """Cells of the first Markdown table of ``md`` (header first, the separator line dropped)."""
+    lines = md.split("\n\n")
+    table = next(block for block in lines if block.startswith("|"))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    return [rows[0], *rows[2:]]
+
+
+def test_sweep_labels_are_stems_with_folders_only_on_clashes():
+    from bce3s.cli import _sweep_labels
+
+    assert _sweep_labels(["a/x/full.yaml", "a/x/ce.yaml"]) == ["full", "ce"]
+    assert _sweep_labels(["c10/ablation/full.yaml", "c100/ablation/full.yaml"]) == ["c10_ablation_full",
+                                                                                   "c100_ablation_full"]
+    assert _sweep_labels(["a/full.yaml", "b/full.yaml", "b/ce.yaml"]) == ["a_full", "b_full", "b_ce"]
+
+
+def test_sweep_expands_a_wildcard_inside_the_package(tmp_path, monkeypatch):
+    from bce3s.cli import PACKAGE_CONFIGS, _expand_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shell would pass the pattern on unexpanded
+    rows = _expand_configs(["configs/fashion_mnist_lt/ablation/*.yaml"])
+    assert rows == sorted(f"configs/fashion_mnist_lt/ablation/{p.name}"
+                          for p in (PACKAGE_CONFIGS / "fashion_mnist_lt" / "ablation").glob("*.yaml"))
+    assert len(rows) == 6 and rows[0].endswith("1_ce_joint.yaml")
+    with pytest.raises(ConfigError):
+        _expand_configs(["configs/nothing/*.yaml"])
+
+
+def test_sweep_checks_every_config_before_training(cfg_file, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "stages": [{**TINY["stages"][0], "epochs": 0}]}))
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(cfg_file), str(bad), "--seeds", "0", "1", "--out", str(out)]) == 2
+    assert "stages.0.epochs" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+    assert main(["sweep", str(cfg_file), str(cfg_file), "--out", str(out)]) == 2
+    assert main(["sweep", str(cfg_file), "--seeds", "0", "0", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def _fake_finished_run(out: Path, cfg_file: Path, seed: int, top1: float) -> None:
+    """A finished run directory of ``cfg_file`` at ``seed`` (config.yaml, run.json, final.json), trained by nobody."""
+    from bce3s.config import dump_config
+
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(dump_config(load_config(cfg_file, [f"runtime.seed={seed}"])))
+    (out / "run.json").write_text(json.dumps({"status": "finished"}))
+    metrics = {"top1": top1, "many": top1 + 10, "medium": top1 - 10, "few": None, "ece": 5.0}
+    (out / "final.json").write_text(json.dumps({"test": {"last": metrics, "best_val": metrics}, "run": {"seed": seed}}))
+
+
+def test_sweep_skips_finished_runs_and_refuses_another_configs_run(cfg_file, tmp_path, capsys):
     parent = tmp_path / "sweep"
+    for seed, top1 in ((0, 50.0), (1, 54.0)):
+        _fake_finished_run(parent / "tiny" / f"seed{seed}", cfg_file, seed, top1)
     assert main(["sweep", str(cfg_file), "--seeds", "0", "1", "--out", str(parent), "--quiet"]) == 0
-    finals = [json.loads((parent / f"seed{s}" / "final.json").read_text()) for s in (0, 1)]
-    assert [f["run"]["seed"] for f in finals] == [0, 1]
-    cells = [
-        [c.strip() for c in line.strip().strip("|").split("|")]
-        for line in (parent / "compare.md").read_text().splitlines()
-        if line.startswith("|")
+    out = capsys.readouterr().out
+    assert "2 finished already (skipped)" in out and "[1/" not in out  # nothing trained
+    assert "| tiny | last | 2 | 52.00 ± 2.83 | 62.00 ± 2.83 | 42.00 ± 2.83 | – | 5.00 ± 0.00 |" in out
+    assert (parent / "compare.md").read_text().count("| tiny |") == 2
+    # the same sweep with another --set: its run directories hold another config, refused before any training
+    assert main(["sweep", str(cfg_file), "--seeds", "0", "1", "--set", "stages.0.optim.lr=0.2", "--out",
+                 str(parent)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert not (parent / "logs").exists()
+
+
+@pytest.mark.slow
+def test_sweep_two_configs_one_table_failed_run_reported_rerun_skips(cfg_file, tmp_path, capsys):
+    """Two configs x two seeds, one config failing at run time: its failure is reported, the other config is still
+    tabulated (mean ± sample std of its runs' final.json), the exit code is 1; the same sweep again skips the
+    finished runs."""
+    other = tmp_path / "other.yaml"  # trains, but on another lr: its own row
+    other.write_text(yaml.safe_dump({**TINY, "stages": [{**TINY["stages"][0], "optim": {"lr": 0.02}},
+                                                        TINY["stages"][1]]}))
+    broken = tmp_path / "broken.yaml"  # passes every check, then finds no data
+    broken.write_text(yaml.safe_dump({**TINY, "data": {"dataset": "fashion_mnist_lt", "root": str(tmp_path / "no"),
+                                                       "download": False}}))
+    parent = tmp_path / "sweep"
+    argv = ["sweep", str(cfg_file), str(other), str(broken), "--seeds", "0", "1", "--out", str(parent), "--quiet"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "2 of 6 runs failed" in captured.err
+    md = (parent / "compare.md").read_text()
+    assert md.split("\n\n", 1)[1] in captured.out  # the table is printed too
+    header, *rows = _table_rows(md)
+    col = {name: header.index(name) for name in ("Config", "Checkpoint", "n", "All", "Many", "Few")}
+    assert [(r[col["Config"]], r[col["Checkpoint"]]) for r in rows] == [
+        ("tiny", "last"), ("tiny", "best_val"), ("other", "last"), ("other", "best_val"),
+        ("broken", "last"), ("broken", "best_val"),
     ]
-    header, rows = cells[0], cells[2:]
-    col = {name: header.index(name) for name in ("Checkpoint", "n", "All")}
-    assert [r[col["Checkpoint"]] for r in rows] == ["last", "best_val"]
-    for row in rows:  # one config, two seeds: mean ± sample std of the two runs' test top-1
-        top1 = [f["test"][row[col["Checkpoint"]]]["top1"] for f in finals]
+    for row in rows:
+        label, ckpt = row[col["Config"]], row[col["Checkpoint"]]
+        if label == "broken":
+            assert row[col["n"]] == "0" and row[col["All"]] == "–"
+            continue
+        finals = [json.loads((parent / label / f"seed{s}" / "final.json").read_text()) for s in (0, 1)]
+        assert [f["run"]["seed"] for f in finals] == [0, 1]
         assert row[col["n"]] == "2"
-        assert row[col["All"]] == f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f}"
+        for name, key in (("All", "top1"), ("Many", "many"), ("Few", "few")):
+            vals = [f["test"][ckpt][key] for f in finals]
+            assert row[col[name]] == f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+    assert "broken seed 0" in md and "broken seed 1" in md  # the failed runs are named under the table
+    assert (parent / "logs" / "broken" / "seed0.log").read_text().strip()
+    mtimes = [(parent / "tiny" / f"seed{s}" / "final.json").stat().st_mtime_ns for s in (0, 1)]
+    assert main(["sweep", str(cfg_file), str(other), "--seeds", "0", "1", "--out", str(parent), "--quiet"]) == 0
+    assert "4 finished already (skipped)" in capsys.readouterr().out
+    assert [(parent / "tiny" / f"seed{s}" / "final.json").stat().st_mtime_ns for s in (0, 1)] == mtimes
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_where_it_stopped(cfg_file, tmp_path, capsys, monkeypatch):
+    parent = tmp_path / "sweep"
+    argv = ["sweep", str(cfg_file), "--seeds", "3", "--out", str(parent), "--quiet"]
+    monkeypatch.setenv("BCE3S_FAULT_INJECT", "exit@step:0.1.2")  # the run dies in epoch 2 of stage 1
+    assert main(argv) == 1
+    run = parent / "tiny" / "seed3"
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / "final.json").exists()
+    monkeypatch.delenv("BCE3S_FAULT_INJECT")
+    assert main(argv) == 0
+    assert "1 to resume" in capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and len(info["resumed_from"]) == 1
+    final = json.loads((run / "final.json").read_text())
+    assert final["run"]["seed"] == 3
 
 
 @pytest.mark.slow

@@ -92,7 +92,8 @@ def _header(rel: str) -> str:
 
 
 def _commands(text: str) -> list[tuple[str, list[str]]]:
-    """``(config under configs/, [--set overrides])`` of every ``bce3s train|sweep configs/...`` command in text."""
+    """``(config under configs/, [--set overrides])`` of every ``bce3s train|sweep configs/...`` command in text;
+    a wildcard (``configs/x/ablation/*.yaml``) stands for every config it matches (at least one)."""
     text = re.sub(r"\n#\s*", " ", text)  # commands wrapped over comment lines in YAML headers
     out = []
     for m in _CMD.finditer(text):
@@ -100,7 +101,9 @@ def _commands(text: str) -> list[tuple[str, list[str]]]:
             continue
         args = shlex.split(m.group(2))
         overrides = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--set"]
-        out.append((m.group(1).removeprefix("configs/"), overrides))
+        rel = m.group(1).removeprefix("configs/")
+        matched = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.glob(rel)) if "*" in rel else [rel]
+        out += [(r, overrides) for r in matched or [rel]]
     return out
 
 
@@ -114,6 +117,9 @@ def test_config_loads_and_validates(rel):
     cfg = _load(rel)
     validate_config(cfg)
     assert cfg.runtime.device == "auto"
+    if "/ablation/" in rel and len(cfg.stages) == 1:  # ablation rows of stage 1 alone (the paper's table)
+        assert not cfg.stages[0].freeze_backbone
+        return
     assert len(cfg.stages) == 2, "every recipe is two-stage (representation, then classifier re-training)"
     s1, s2 = cfg.stages
     assert not s1.freeze_backbone and s2.freeze_backbone
@@ -257,3 +263,69 @@ def test_cifar10_backbones_differ_only_in_the_model_and_say_which_is_which():
         "cifar10_lt/bce3s_r34.yaml"
     )
     assert "ResNet-34" in _header("cifar10_lt/bce3s_r32.yaml")
+
+
+# The ablation rows: (file, the keys of the resolved config in which it differs from the full BCE3S stage-1 row).
+ABLATION_DATASETS = ["cifar100_lt", "cifar10_lt", "fashion_mnist_lt"]
+ABLATION_BASES = {
+    "cifar100_lt": "cifar100_lt/bce3s_r32.yaml",
+    "cifar10_lt": "cifar10_lt/bce3s_r32.yaml",
+    "fashion_mnist_lt": "fashion_mnist_lt/bce3s.yaml",
+}
+ABLATION_ROWS = ["1_ce_joint", "2_bce_joint", "3_bce_joint_contrastive", "4_bce_joint_uniform", "5_full",
+                 "6_full_stage2"]
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    """A resolved config dict as ``{dotted.key: leaf value}`` (list items by index, empty mappings as {})."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, (list, tuple)) and value:
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _diff(a: Config, b: Config) -> dict[str, tuple[object, object]]:
+    from bce3s.config import config_to_dict
+
+    fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
+    pairs = {k: (fa.get(k, "<absent>"), fb.get(k, "<absent>")) for k in sorted(set(fa) | set(fb))}
+    return {k: (x, y) for k, (x, y) in pairs.items() if x != y}
+
+
+@pytest.mark.parametrize("ds", ABLATION_DATASETS)
+def test_ablation_rows_differ_from_full_bce3s_only_where_intended(ds):
+    rows = sorted(p.stem for p in (CONFIGS / ds / "ablation").glob("*.yaml"))
+    assert rows == ABLATION_ROWS
+    cfg = {row: _load(f"{ds}/ablation/{row}.yaml") for row in rows}
+    recipe = _load(ABLATION_BASES[ds])
+    full = cfg["5_full"]
+    # row 6 is the shipped two-stage recipe, row 5 its stage 1 alone
+    assert cfg["6_full_stage2"] == recipe
+    assert full == dataclasses.replace(recipe, stages=recipe.stages[:1])
+    assert full.stages[0].loss.name == "bce3s" and full.stages[0].mixing.enabled
+    params = full.stages[0].loss.params
+    assert params["contrastive_weight"] > 0 and params["uniform_weight"] > 0
+    p = "stages.0.loss.params."
+    off = {"2_bce_joint": ["contrastive_weight", "uniform_weight"], "3_bce_joint_contrastive": ["uniform_weight"],
+           "4_bce_joint_uniform": ["contrastive_weight"]}
+    for row, keys in off.items():
+        assert _diff(full, cfg[row]) == {p + k: (params[k], 0.0) for k in keys}, row
+    ce = _diff(full, cfg["1_ce_joint"])  # the loss, and nothing else: same mixing, head, data and optimizer
+    assert ce.pop("stages.0.loss.name") == ("bce3s", "ce")
+    assert ce == {p + k: (v, "<absent>") for k, v in params.items()} | {"stages.0.loss.params": ("<absent>", {})}
+    stage2 = _diff(full, cfg["6_full_stage2"])
+    assert stage2 and all(k.startswith("stages.1.") and a == "<absent>" for k, (a, _) in stage2.items())
+
+
+def test_ablation_headers_give_the_papers_numbers():
+    """CIFAR-100-LT rows quote the paper: ablation (stage 1) CE-joint 51.48, BCE-joint 52.88, ..., full 55.99."""
+    for row, number in (("1_ce_joint", "All 51.48"), ("2_bce_joint", "All 52.88"), ("3_bce_joint_contrastive",
+                        "All 54.95"), ("4_bce_joint_uniform", "All 53.90"), ("5_full", "All 55.99"),
+                        ("6_full_stage2", "59.50")):
+        assert number in _header(f"cifar100_lt/ablation/{row}.yaml"), row
+    assert "90.08" in _header("cifar10_lt/ablation/6_full_stage2.yaml")
+    for rel in ALL:
+        head = (CONFIGS / rel).read_text()
+        if "/ablation/" in rel:
+            assert "SPEC" not in head and "shared" not in head, rel

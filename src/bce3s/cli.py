@@ -144,10 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "sweep",
-        help="run one config over several seeds, then write the compare table",
-        description="Train CONFIG once per seed into OUT/seed<N>, then write OUT/compare.md.",
+        help="run one or more configs over several seeds, then write one mean ± std table",
+        description="Train every CONFIG once per seed into OUT/<config name>/seed<S>, then print and write "
+        "OUT/compare.md: mean ± std over seeds per config (All, Many, Medium, Few, ECE; last and best_val, flip-TTA "
+        "rows apart); each run's output goes to OUT/logs/<config name>/seed<S>.log. Every (config, seed) is checked "
+        "before any training starts. Run again, the same command "
+        "skips the finished runs and resumes the interrupted ones (--overwrite trains them all again). A failed "
+        "run is reported, the others are still tabulated, and the exit code is 1.",
     )
-    s.add_argument("config", help="YAML config file")
+    s.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML config files (one table row group each)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     s.add_argument(
         "--set",
@@ -155,12 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
+        help="override a config value in every config (repeatable)",
     )
-    s.add_argument("--out", help="parent directory (default runs/<config folder>_<config name>_sweep)")
-    s.add_argument("--jobs", type=int, default=1, help="seeds run in parallel as separate processes (default 1)")
+    s.add_argument(
+        "--out",
+        help="parent directory (default runs/<config folder>_<config name>_sweep for one config, runs/sweep for "
+        "several); config name = the file name without .yaml, with its folder in front when two share a name",
+    )
+    s.add_argument(
+        "--jobs",
+        "--parallel",
+        dest="jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once, each its own process; on a GPU they share the device (default 1)",
+    )
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--overwrite", action="store_true", help="replace runs already there")
+    s.add_argument("--overwrite", action="store_true", help="train every run again, finished ones included")
     _add_common(s)
 
     d = sub.add_parser(
@@ -443,47 +460,183 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+def _expand_configs(configs: list[str]) -> list[str]:
+    """Config arguments with any wildcard the shell left alone (``configs/x/ablation/*.yaml`` outside a checkout)
+    expanded, in the current directory or else inside the installed package, sorted."""
+    import glob
+
+    out = []
+    for arg in configs:
+        if not glob.has_magic(arg) or Path(arg).is_file():
+            out.append(arg)
+            continue
+        found = sorted(glob.glob(arg))
+        parts = Path(arg).parts
+        if not found and parts and parts[0] == "configs":
+            found = [f"configs/{Path(p).relative_to(PACKAGE_CONFIGS).as_posix()}"
+                     for p in sorted(glob.glob(str(PACKAGE_CONFIGS.joinpath(*parts[1:]))))]
+        if not found:
+            raise ConfigError(f"no config file matches {arg}")
+        out += found
+    return out
+
+
+def _sweep_labels(configs: list[str]) -> list[str]:
+    """The folder name of each config in a sweep: its file stem, with parent folders in front while two clash."""
+    paths = [Path(c) for c in configs]
+    resolved = [str(Path(_config_path(c)).resolve()) for c in configs]
+    if len(set(resolved)) < len(resolved):
+        dup = next(c for c, r in zip(configs, resolved) if resolved.count(r) > 1)
+        raise ConfigError(f"sweep: config {dup} is given twice")
+    depth = 1
+    while True:
+        labels = ["_".join(p.with_suffix("").parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+        if depth > max(len(p.parts) for p in paths):
+            raise ConfigError("sweep: two configs have the same name and folders; give distinct files")
+        depth += 1
+
+
+def _sweep_plan(args: argparse.Namespace, parent: Path) -> list[dict[str, Any]]:
+    """Every (config, seed) of a sweep, checked: its resolved config, run directory and what to do with it.
+
+    ``action`` is ``train`` (new or ``--overwrite``), ``resume`` (an unfinished run of this config) or ``skip``
+    (a finished run of this config). A run directory that holds another config's run stops the sweep before
+    any training, unless ``--overwrite``.
+    """
     from bce3s.config import load_config
     from bce3s.engine.validate import validate_config
-    from bce3s.report.compare import compare_runs, format_markdown
+    from bce3s.rundir import RunDir
 
-    path = _config_path(args.config)
     base = [*args.overrides] + ([f"runtime.device={args.device}"] if args.device else [])
-    for seed in args.seeds:  # validate every seed's config before any training starts
-        validate_config(load_config(path, [*base, f"runtime.seed={seed}"]))
-    parent = Path(args.out) if args.out else Path(f"{_default_out(args.config)}_sweep")
+    plan = []
+    for config, label in zip(args.configs, _sweep_labels(args.configs)):
+        path = _config_path(config)
+        for seed in args.seeds:
+            cfg = load_config(path, [*base, f"runtime.seed={seed}"])
+            validate_config(cfg)
+            out = parent / label / f"seed{seed}"
+            rd = RunDir(out)
+            action = "train"
+            if not args.overwrite and out.exists():
+                if rd.is_run() and not _same_run_config(out, cfg):
+                    raise ConfigError(
+                        f"{out} holds a run of another config or settings; pass --overwrite to replace it, or "
+                        "choose another --out"
+                    )
+                if rd.is_run():
+                    action = "skip" if (out / "final.json").is_file() else "resume"
+            plan.append({"config": config, "path": path, "label": label, "seed": seed, "out": out,
+                         "action": action})
+    return plan
+
+
+def _sweep_command(item: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, "-m", "bce3s", "train", item["path"], "--out", str(item["out"]),
+           "--seed", str(item["seed"]), "--quiet"]
+    cmd += [x for o in args.overrides for x in ("--set", o)]
+    if args.device:
+        cmd += ["--device", args.device]
+    cmd.append("--overwrite" if args.overwrite else "--auto-resume")
+    return cmd
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from bce3s.report.compare import aggregate_groups, format_groups_markdown
+
     if args.jobs < 1:
         raise ConfigError("--jobs: must be >= 1")
-    runs = [parent / f"seed{seed}" for seed in args.seeds]
-    cmds = []
-    for seed, out in zip(args.seeds, runs):
-        cmd = [sys.executable, "-m", "bce3s", "train", path, "--out", str(out), "--seed", str(seed), "--quiet"]
-        cmd += [x for o in args.overrides for x in ("--set", o)]
-        if args.device:
-            cmd += ["--device", args.device]
-        if args.overwrite:
-            cmd.append("--overwrite")
-        cmds.append(cmd)
-    failed = []
-    pending = list(zip(args.seeds, cmds))
-    active: list[tuple[int, subprocess.Popen]] = []
-    while pending or active:
-        while pending and len(active) < args.jobs:
-            seed, cmd = pending.pop(0)
-            log.info("seed %d: %s", seed, " ".join(cmd))
-            active.append((seed, subprocess.Popen(cmd)))
-        seed, proc = active.pop(0)
-        if proc.wait() != 0:
-            failed.append(seed)
-    done = [r for r in runs if (r / "final.json").is_file()]
-    if done:
-        text = format_markdown(compare_runs(done))
-        (parent / "compare.md").write_text(text + "\n")
-        print(text)
-        print(f"table: {parent / 'compare.md'}")
+    if len(set(args.seeds)) < len(args.seeds):
+        raise ConfigError("--seeds: a seed is given twice")
+    args.configs = _expand_configs(args.configs)
+    if args.out:
+        parent = Path(args.out)
+    elif len(args.configs) == 1:
+        parent = Path(f"{_default_out(args.configs[0])}_sweep")
+    else:
+        parent = Path("runs") / "sweep"
+    plan = _sweep_plan(args, parent)  # every (config, seed) checked before any training starts
+    todo = [item for item in plan if item["action"] != "skip"]
+    skipped = len(plan) - len(todo)
+    print(
+        f"sweep: {len(args.configs)} config(s) x {len(args.seeds)} seed(s) = {len(plan)} runs in {parent}; "
+        f"{skipped} finished already (skipped), {sum(i['action'] == 'resume' for i in todo)} to resume",
+        flush=True,
+    )
+    logs = parent / "logs"
+    failed: list[dict[str, Any]] = []
+    pending = list(todo)
+    active: list[tuple[dict[str, Any], subprocess.Popen, Any, float]] = []
+    done = 0
+    try:
+        while pending or active:
+            while pending and len(active) < args.jobs:
+                item = pending.pop(0)
+                log_path = logs / item["label"] / f"seed{item['seed']}.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                item["log"] = log_path
+                handle = log_path.open("w")
+                cmd = _sweep_command(item, args)
+                log.info("%s seed %d: %s", item["label"], item["seed"], " ".join(cmd))
+                proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+                active.append((item, proc, handle, time.monotonic()))
+            finished = next((a for a in active if a[1].poll() is not None), None)
+            if finished is None:
+                time.sleep(0.2)
+                continue
+            active.remove(finished)
+            item, proc, handle, start = finished
+            handle.close()
+            done += 1
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            took = time.monotonic() - start
+            line = f"[{done}/{len(todo)}] {item['label']} seed {item['seed']}: {status} in {took:.0f} s"
+            if proc.returncode != 0:
+                failed.append(item)
+                line += f": {_last_line(item['log'])} (log: {item['log']})"
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        for _, proc, handle, _ in active:  # the runs got the same SIGINT and save their checkpoints
+            proc.wait()
+            handle.close()
+        raise
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in plan:
+        runs = groups.setdefault(item["label"], [])
+        try:
+            final = json.loads((item["out"] / "final.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(final, dict) and isinstance(final.get("test"), dict):
+            runs.append(final["test"])
+    text = format_groups_markdown(aggregate_groups(groups))
+    seeds = " ".join(map(str, args.seeds))
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    header = f"Sweep of {len(args.configs)} config(s) over seeds {seeds}{sets}; runs in {parent}/<config>/seed<S>.\n\n"
     if failed:
-        print(f"bce3s: error: seeds {failed} failed; see their run directories under {parent}", file=sys.stderr)
+        text += "\nFailed runs (left out of the means): " + ", ".join(
+            f"{i['label']} seed {i['seed']}" for i in failed) + "\n"
+    parent.mkdir(parents=True, exist_ok=True)
+    (parent / "compare.md").write_text(header + text)
+    print(text, end="")
+    print(f"table: {parent / 'compare.md'}")
+    if failed:
+        print(
+            f"bce3s: error: {len(failed)} of {len(plan)} runs failed; their logs are under {logs}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -671,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
         out = getattr(args, "out", None)
         if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").is_file():
             hint = f"; resume with: {program_name()} train --resume --out {out}"
+        elif args.command == "sweep":
+            hint = "; run the same command again to resume (finished runs are skipped)"
         print(f"bce3s: interrupted{hint}", file=sys.stderr)
         return 130
 

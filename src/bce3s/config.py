@@ -61,6 +61,10 @@ class DataConfig:
         root: dataset root (layout per dataset, see docs/datasets.md).
         download: let torchvision download CIFAR / (Fashion-)MNIST into ``root`` when missing.
         imbalance_factor: n_max / n_min of the training counts (1 = balanced).
+        max_per_class: head-class count n_max of the long-tailed profile (class i keeps
+            ``int(n_max * IF ** (-i / (K - 1)))``); ``None`` = the dataset's (CIFAR-10 5000, CIFAR-100 500,
+            (Fashion-)MNIST 6000). A smaller value gives a smaller subset with the same imbalance factor (quick
+            CPU runs); only for datasets that bce3s makes long-tailed, and at most the dataset's own n_max.
         profile: ``exp`` (LDAM/CIFAR-LT) or ``step``.
         order: which images a class keeps: ``file`` (first n_i in file order) or ``random`` (seeded).
         subset_seed: seed of ``order: random`` and of the val carve-out where it is random.
@@ -83,6 +87,7 @@ class DataConfig:
     root: str = "data"
     download: bool = False
     imbalance_factor: float = 100.0
+    max_per_class: int | None = None
     profile: str = "exp"
     order: str = "file"
     subset_seed: int = 0
@@ -101,6 +106,8 @@ class DataConfig:
     def check(self, path: str = "data") -> None:
         if not self.imbalance_factor >= 1:
             raise ConfigError(f"{path}.imbalance_factor: must be >= 1 (got {self.imbalance_factor})")
+        if self.max_per_class is not None:
+            _positive(f"{path}.max_per_class", self.max_per_class)
         _choice(f"{path}.profile", self.profile, ("exp", "step"), "profile")
         _choice(f"{path}.order", self.order, ("file", "random"), "order")
         if self.val_per_class is not None:

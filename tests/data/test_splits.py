@@ -59,3 +59,19 @@ def test_errors():
         build_data(DataConfig(dataset="digits_lt", imbalance_factor=500))
     with pytest.raises(DataError, match=r"class 8 has 144 training images; carving 144 .*leave none"):
         build_data(DataConfig(dataset="digits_lt", val_per_class=144))
+
+
+def test_max_per_class_scales_the_profile_down():
+    """data.max_per_class = n_max: counts int(n_max * IF ** (-i / (K - 1))), first n_i per class in file order."""
+    full = build_data(DataConfig(dataset="digits_lt", imbalance_factor=10, val_per_class=0))
+    small = build_data(DataConfig(dataset="digits_lt", imbalance_factor=10, val_per_class=0, max_per_class=40))
+    want = [int(40 * 10 ** (-i / 9)) for i in range(10)]  # 40, 31, 23, 18, 14, 10, 8, 6, 5, 4
+    assert small.train_counts == want and small.record["n_max"] == 40
+    assert full.record["n_max"] == 144 and sum(full.train_counts) > 3 * sum(want)  # digits: n_max 144 at val 0
+    for c in range(10):  # the same images as the full subset's first n_i of each class
+        a = full.train.source_index[full.train.labels == c][: want[c]]
+        assert torch.equal(small.train.source_index[small.train.labels == c], a)
+    with pytest.raises(DataError, match="max_per_class"):
+        build_data(DataConfig(dataset="digits_lt", imbalance_factor=10, max_per_class=145))
+    with pytest.raises(ConfigError, match="max_per_class"):
+        DataConfig(max_per_class=0).check()

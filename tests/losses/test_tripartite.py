@@ -315,3 +315,33 @@ def test_embedding_size_mismatch_raises():
         Bce3sLoss(5, embedding_dim=3)(
             torch.zeros(2, 5), torch.tensor([0, 1]), embeddings=torch.zeros(2, 4), weight=torch.ones(5, 2)
         )
+
+
+@pytest.mark.parametrize(("cw", "uw"), [(0.0, 1.0), (0.1, 0.0), (0.0, 0.0)])
+def test_zero_weight_switches_a_term_off(cw, uw):
+    """A weight of 0 leaves the term out: the loss is the loop reference without it, even where the term would be
+    NaN (0 * NaN would poison it), and the switched-off input gets no gradient."""
+    batch = make_batch(seed=3)
+    k = batch["w"].shape[0]
+    loss = Bce3sLoss(k, embedding_dim=3, neg_class_ratio=1.0, contrastive_weight=cw, uniform_weight=uw,
+                     contrastive_start_epoch=0)
+    loss.update(batch["emb"][batch["view"] == 0], batch["y"])
+    emb = batch["emb"].clone()
+    if cw == 0:
+        emb[0] = float("nan")  # what the contrastive term would turn into a NaN loss
+    emb.requires_grad_(True)
+    w = batch["w"].clone().requires_grad_(True)
+    z = batch["h"] @ F.normalize(w, dim=1, eps=1e-5).T + batch["bias"]
+    out = loss(z, batch["q"], view=batch["view"], embeddings=emb, weight=w)
+    memory, seen = loss.class_memory.memory.double(), loss.class_memory.seen  # the memory is stored in float32
+    _, joint, contrastive, uniform = naive_bce3s(
+        z.detach(), batch["q"], batch["view"], batch["emb"], memory, seen, batch["w"], range(k), 1.0, cw, uw, 1.0,
+        cw != 0,
+    )
+    want = joint + cw * contrastive + uw * uniform
+    assert out.loss.item() == pytest.approx(want, rel=1e-6)
+    assert out.terms["contrastive"].item() == (0.0 if cw == 0 else pytest.approx(contrastive, rel=1e-6))
+    assert out.terms["uniform"].item() == (0.0 if uw == 0 else pytest.approx(uniform, rel=1e-10))
+    out.loss.backward()
+    if cw == 0:
+        assert emb.grad is None

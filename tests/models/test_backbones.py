@@ -15,7 +15,8 @@ def _count(m: nn.Module) -> int:
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"resnet32", "resnet34_cifar", "resnet50", "resnext50_32x4d", "resnet152", "small_cnn"}
+    assert set(MODELS) == {"resnet32", "resnet34_cifar", "resnet50", "resnext50_32x4d", "resnet152", "small_cnn",
+                           "tiny_cnn"}
 
 
 def test_unknown_model_lists_valid_names() -> None:
@@ -102,6 +103,13 @@ def test_small_cnn_shapes(in_channels: int, size: int) -> None:
     net = small_cnn(in_channels)
     out = net(torch.randn(4, in_channels, size, size))
     assert out.shape == (4, 128) and net.out_features == 128
+
+
+def test_tiny_cnn_is_small_cnn_at_half_width() -> None:
+    tiny, small = build_backbone("tiny_cnn", in_channels=1), small_cnn(1)
+    assert tiny.out_features == 64 and tiny(torch.randn(2, 1, 28, 28)).shape == (2, 64)
+    widths = [m.out_channels for m in tiny.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [c // 2 for c in (m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d))]
 
 
 @pytest.mark.parametrize("name", ["resnet32", "resnet34_cifar", "small_cnn"])

@@ -19,7 +19,15 @@ import yaml
 
 import bce3s
 from bce3s.errors import RunDirError
-from bce3s.report.compare import COMPARE_METRICS, compare_runs, config_hash, format_csv, format_markdown
+from bce3s.report.compare import (
+    COMPARE_METRICS,
+    aggregate_groups,
+    compare_runs,
+    config_hash,
+    format_csv,
+    format_groups_markdown,
+    format_markdown,
+)
 
 METRICS = [key for key, _ in COMPARE_METRICS]
 
@@ -172,3 +180,52 @@ def test_markdown_shows_each_configs_set_overrides(tmp_path: Path, write_run: Ca
     assert "--set runtime.device=cpu" in md and "--set stages.0.optim.lr=0.1" in md
     plain = format_markdown(compare_runs([write_run(tmp_path / "c0")]))
     assert "--set" not in plain
+
+
+def test_aggregate_groups_against_numpy() -> None:
+    """Hand-made test results of 2 configs x 3 seeds (one run without best_val, one NaN ECE, TTA on one config)."""
+    rng = np.random.default_rng(0)
+    vals = {g: rng.uniform(10, 90, size=(3, 2, len(METRICS))) for g in ("a", "b")}  # seed x checkpoint x metric
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for g, arr in vals.items():
+        groups[g] = [{ck: dict(zip(METRICS, arr[s, c])) for c, ck in enumerate(("last", "best_val"))}
+                     for s in range(3)]
+    del groups["b"][2]["best_val"]
+    groups["b"][0]["last"]["ece"] = float("nan")
+    for s in range(3):
+        groups["a"][s]["last_tta_flip"] = {"top1": 50.0 + s}
+    rows = aggregate_groups(groups)
+    assert [(r["group"], r["checkpoint"], r["tta"]) for r in rows] == [
+        ("a", "last", False), ("a", "best_val", False), ("a", "last", True),
+        ("b", "last", False), ("b", "best_val", False),
+    ]
+    by = {(r["group"], r["checkpoint"], r["tta"]): r for r in rows}
+    for g in ("a", "b"):
+        for c, ck in enumerate(("last", "best_val")):
+            row = by[(g, ck, False)]
+            seeds = [0, 1] if (g, ck) == ("b", "best_val") else [0, 1, 2]
+            assert row["n"] == len(seeds)
+            for m, key in enumerate(METRICS):
+                x = vals[g][seeds, c, m]
+                if (g, ck, key) == ("b", "last", "ece"):
+                    x = x[1:]
+                assert row[f"{key}_n"] == len(x)
+                assert row[f"{key}_mean"] == pytest.approx(x.mean(), abs=1e-12)
+                assert row[f"{key}_std"] == pytest.approx(x.std(ddof=1), abs=1e-12)
+    tta = by[("a", "last", True)]
+    assert (tta["n"], tta["top1_mean"], tta["top1_std"], tta["many_mean"]) == (3, 51.0, 1.0, None)
+    single = aggregate_groups({"c": [{"last": {"top1": 42.0}}], "failed": []})
+    assert [(r["group"], r["checkpoint"], r["n"], r["top1_mean"], r["top1_std"]) for r in single] == [
+        ("c", "last", 1, 42.0, None), ("c", "best_val", 0, None, None),
+        ("failed", "last", 0, None, None), ("failed", "best_val", 0, None, None),
+    ]
+
+
+def test_groups_markdown_puts_tta_apart() -> None:
+    rows = aggregate_groups({"full": [{"last": {"top1": 60.0}, "best_val": {"top1": 61.0},
+                                       "last_tta_flip": {"top1": 62.5}},
+                                      {"last": {"top1": 64.0}, "best_val": {"top1": 61.0}}]})
+    md = format_groups_markdown(rows)
+    plain, _, flip = md.partition("Flip TTA")
+    assert "| full | last | 2 | 62.00 ± 2.83 |" in plain and "| full | best_val | 2 | 61.00 ± 0.00 |" in plain
+    assert "| full | last | 1 | 62.50 ± – |" in flip and "62.50" not in plain

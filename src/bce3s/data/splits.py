@@ -73,7 +73,15 @@ def _lt_train_val(
     pool = src.train
     k = src.num_classes
     assert src.n_max is not None
-    target = class_counts(src.n_max, k, cfg.imbalance_factor, cfg.profile)
+    n_max = src.n_max
+    if cfg.max_per_class is not None:
+        if cfg.max_per_class > src.n_max:
+            raise DataError(
+                f"data.max_per_class: {cfg.max_per_class} is more than {src.name}'s head class can give "
+                f"({src.n_max}); use at most {src.n_max}, or null for the standard profile"
+            )
+        n_max = cfg.max_per_class
+    target = class_counts(n_max, k, cfg.imbalance_factor, cfg.profile)
     have = pool.counts(k)
     reserve = val_per_class if src.val_mode == "unused" else 0
     counts = []
@@ -104,7 +112,7 @@ def _lt_train_val(
     if src.val_mode == "unused" and val_per_class > 0:
         val_pos = carve_val(pool.labels, train_pos, val_per_class, order=cfg.order, seed=cfg.subset_seed)
         val = pool.subset(val_pos)
-    info = {"n_max": src.n_max, "target_counts": target, "reduced_classes": reduced}
+    info = {"n_max": n_max, "target_counts": target, "reduced_classes": reduced}
     return pool.subset(train_pos), val, info
 
 
@@ -192,6 +200,11 @@ def build_data(cfg: DataConfig) -> DataSplits:
     if src.n_max is not None:
         train, val, subset_info = _lt_train_val(src, cfg, val_per_class)
     else:
+        if cfg.max_per_class is not None:
+            raise DataError(
+                f"data.max_per_class: {src.name} ships its own long-tailed split, which bce3s does not subsample; "
+                "remove the key"
+            )
         train = src.train
         val = None
     if src.val_mode == "given":

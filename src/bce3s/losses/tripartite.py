@@ -58,8 +58,8 @@ class Bce3sLoss(Loss):
         embedding_dim: P, size of the projector output (128 in the paper).
         neg_class_ratio: r, fraction of classes in the clean view's partial class set (0.4; use 1.0 for K = 10).
         temperature: tau of the contrastive logits (1.0 in the released run).
-        contrastive_weight: lambda_ss (0.1).
-        uniform_weight: lambda_cc (1.0).
+        contrastive_weight: lambda_ss (0.1); 0 switches the contrastive term off (not computed, reported as 0).
+        uniform_weight: lambda_cc (1.0); 0 switches the uniform term off (not computed, reported as 0).
         uniform_scale: the code's cc_s (1.0).
         neg_weight: l, weight of negative terms in the two sample-level BCEs (1.0).
         logit_clip: the code's clamp; None = no clamp (default), 64 = official.
@@ -142,13 +142,14 @@ class Bce3sLoss(Loss):
             self._warn_if_contrastive_stuck()
         classes = self.sampler if self.sampler.ratio < 1.0 else None
         joint = self.joint(logits, target, view, classes)
-        if self.static:  # computed every epoch and switched by the device flag: the same kernels every step
+        # a term whose weight is 0 is not computed at all (ablations): it adds exactly 0 and no gradient
+        if self.static and self.contrastive_weight != 0:  # every epoch, switched by the device flag (same kernels)
             contrastive = self.contrastive(embeddings, target, view, self.class_memory) * self._active
-        elif self.contrastive_active:
+        elif self.contrastive_active and self.contrastive_weight != 0:
             contrastive = self.contrastive(embeddings, target, view, self.class_memory)
         else:
             contrastive = logits.new_zeros(())
-        uniform = self.uniform(weight)
+        uniform = self.uniform(weight) if self.uniform_weight != 0 else logits.new_zeros(())
         loss = joint + self.contrastive_weight * contrastive + self.uniform_weight * uniform
         terms = {"joint": joint.detach(), "contrastive": contrastive.detach(), "uniform": uniform.detach()}
         return LossOutput(loss, terms)

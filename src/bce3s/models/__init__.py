@@ -11,7 +11,7 @@ from bce3s.models.factory import MODELS, build_backbone, build_model
 from bce3s.models.heads import HEADS, Linear, NormalizedLinear, Projector, build_head
 from bce3s.models.maxnorm import apply_max_norm, max_norm_threshold
 from bce3s.models.resnet_cifar import CifarResNet, resnet32
-from bce3s.models.small_cnn import SmallCNN, small_cnn
+from bce3s.models.small_cnn import SmallCNN, small_cnn, tiny_cnn
 from bce3s.models.torchvision_resnets import ResNetFeatures, resnet34_cifar, resnet50, resnet152, resnext50_32x4d
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "resnet152",
     "resnext50_32x4d",
     "small_cnn",
+    "tiny_cnn",
 ]

@@ -9,7 +9,7 @@ from torch import nn
 from bce3s.models.classifier import Classifier
 from bce3s.models.heads import HEADS, Projector, build_head
 from bce3s.models.resnet_cifar import resnet32
-from bce3s.models.small_cnn import small_cnn
+from bce3s.models.small_cnn import small_cnn, tiny_cnn
 from bce3s.models.torchvision_resnets import resnet34_cifar, resnet50, resnet152, resnext50_32x4d
 
 __all__ = ["MODELS", "build_backbone", "build_model"]
@@ -22,6 +22,7 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "resnext50_32x4d": resnext50_32x4d,  # 2048-d
     "resnet152": resnet152,  # 2048-d
     "small_cnn": small_cnn,  # 128-d, tiny images on CPU
+    "tiny_cnn": tiny_cnn,  # 64-d, small_cnn at half width (quick CPU runs)
 }
 
 

@@ -9,6 +9,10 @@ Every number comes from the test split in ``final.json`` without TTA, for the ch
 ``best_val`` (one table row per group and checkpoint). Accuracies and ECE are in percent. The std is the sample
 standard deviation over seeds (``ddof = 1``); a group with a single run has no std (shown as ``–``).
 
+:func:`aggregate_groups` is the pure core for callers that already know which runs belong together (``bce3s sweep``
+groups its runs by the config file it was given): it takes the ``final.json["test"]`` mappings of each group and
+returns mean ± std rows, the flip-TTA rows apart; :func:`format_groups_markdown` prints them.
+
 This module reads only JSON/YAML files and does not import matplotlib (``bce3s compare`` stays light).
 """
 
@@ -28,7 +32,16 @@ from typing import Any
 from bce3s.errors import RunDirError
 from bce3s.report.rundata import CHECKPOINTS, RunData, load_run
 
-__all__ = ["COMPARE_METRICS", "compare_runs", "config_hash", "format_csv", "format_markdown", "run_overrides"]
+__all__ = [
+    "COMPARE_METRICS",
+    "aggregate_groups",
+    "compare_runs",
+    "config_hash",
+    "format_csv",
+    "format_groups_markdown",
+    "format_markdown",
+    "run_overrides",
+]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +212,73 @@ def format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
                 out.append(str(v))
         writer.writerow(out)
     return buf.getvalue()
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def aggregate_groups(
+    groups: Mapping[str, Sequence[Mapping[str, Any]]],
+    metrics: Sequence[str] = tuple(key for key, _ in COMPARE_METRICS),
+) -> list[dict[str, Any]]:
+    """Mean ± sample std over the runs of each group, per checkpoint (pure: no files).
+
+    Args:
+        groups: group label -> one ``final.json["test"]`` mapping per run (``{"last": METRICS, "best_val":
+            METRICS, "last_tta_flip": METRICS, ...}``; a checkpoint or a metric may be missing, ``None`` or NaN).
+        metrics: the metric keys to aggregate (default: those of :data:`COMPARE_METRICS`).
+
+    Returns:
+        One row per (group, checkpoint), groups in the given order; per group ``last`` and ``best_val`` first,
+        then ``last_tta_flip`` and ``best_val_tta_flip`` when at least one run of the group has them. Each row:
+        ``group``, ``checkpoint`` (``last`` | ``best_val``), ``tta`` (bool), ``n`` (runs with this checkpoint),
+        and per metric ``m``: ``m_mean``, ``m_std`` (sample std, ``ddof = 1``; ``None`` for fewer than 2 values)
+        and ``m_n`` (finite values used). A group with no result for a checkpoint still gets its row (``n = 0``,
+        means ``None``), so that a failed config stays visible.
+    """
+    rows: list[dict[str, Any]] = []
+    for label, tests in groups.items():
+        for tta in (False, True):
+            for ckpt in CHECKPOINTS:
+                key = f"{ckpt}_tta_flip" if tta else ckpt
+                results = [t.get(key) for t in tests if isinstance(t, Mapping)]
+                results = [r for r in results if isinstance(r, Mapping)]
+                if tta and not results:
+                    continue
+                row: dict[str, Any] = {"group": label, "checkpoint": ckpt, "tta": tta, "n": len(results)}
+                for m in metrics:
+                    vals = [float(r[m]) for r in results if _finite(r.get(m))]
+                    row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(vals)
+                    row[f"{m}_n"] = len(vals)
+                rows.append(row)
+    return rows
+
+
+def format_groups_markdown(rows: Sequence[Mapping[str, Any]], *, title: str = "Config") -> str:
+    """Markdown tables of :func:`aggregate_groups` rows: the plain test rows, then the flip-TTA rows apart."""
+    names = [name for _, name in COMPARE_METRICS]
+    keys = [key for key, _ in COMPARE_METRICS]
+
+    def table(part: Sequence[Mapping[str, Any]]) -> list[str]:
+        lines = [
+            "| " + " | ".join([title, "Checkpoint", "n", *names]) + " |",
+            "| " + " | ".join(["---", "---", "---:"] + ["---:"] * len(names)) + " |",
+        ]
+        for row in part:
+            cells = [str(row["group"]), str(row["checkpoint"]), str(row["n"])] + [_cell(row, k) for k in keys]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return lines
+
+    plain = [r for r in rows if not r.get("tta")]
+    flip = [r for r in rows if r.get("tta")]
+    lines = table(plain)
+    if flip:
+        lines += ["", "Flip TTA (reported apart, never used for selection):", "", *table(flip)]
+    lines += [
+        "",
+        "Test split; accuracies and ECE (15 bins) in percent; mean ± sample std (ddof = 1) over seeds; n = number of "
+        "seeds with a result; – = not available (no std with one seed). best_val = the checkpoint chosen on the "
+        "validation split.",
+    ]
+    return "\n".join(lines) + "\n"
