@@ -240,10 +240,12 @@ def test_readme_reports_only_runs_its_commands_made() -> None:
 def _budget(args: list[str]) -> list[str]:
     """``args`` of a train/sweep with every stage cut to 1 epoch of 2 steps (no budget for a resume)."""
     ns = build_parser().parse_args(args)
-    if ns.command not in ("train", "sweep") or getattr(ns, "resume", False) or not ns.config:
+    configs = getattr(ns, "configs", None) or ([ns.config] if getattr(ns, "config", None) else [])
+    if ns.command not in ("train", "sweep") or getattr(ns, "resume", False) or not configs:
         return args
-    cfg = load_config(_config_path(ns.config), list(ns.overrides))
-    cut = ["runtime.max_steps=2"] + [f"stages.{i}.epochs=1" for i in range(len(cfg.stages))]
+    # a sweep's --set applies to every config: cut only the stages all of them have (max_steps caps the rest)
+    stages = min(len(load_config(_config_path(c), list(ns.overrides)).stages) for c in configs)
+    cut = ["runtime.max_steps=2"] + [f"stages.{i}.epochs=1" for i in range(stages)]
     return args + [x for o in cut for x in ("--set", o)]
 
 
