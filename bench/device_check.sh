@@ -12,6 +12,7 @@
 # Usage (from the repository root; PYTHONPATH=src is set here, no install needed):
 #   bash bench/device_check.sh                       # on the GPU machine; the whole script within 570 s
 #   bash bench/device_check.sh --deadline-s 540      # another deadline (the recipe gets what is left)
+#   bash bench/device_check.sh --recipe-only         # skip 2 and 3: the whole deadline for the full schedule
 #   bash bench/device_check.sh --smoke               # CPU smoke test (< 2 min on 2 cores), data found by itself
 # Data: --data-root DIR (an ImageFolder tree with train/ and test/), else --data FILE.tar.gz, else the first of
 # .carry/cifar10-jpeg.tar.gz and ../shared/data/cifar10-jpeg.tar.gz (unpacked under /tmp/bce3s-data).
@@ -20,6 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 SMOKE=0
+RECIPE_ONLY=0
 DATA_TGZ=""
 DATA_ROOT=""
 DEADLINE=570
@@ -27,6 +29,7 @@ START=$(date +%s)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
+    --recipe-only) RECIPE_ONLY=1 ;;
     --data) DATA_TGZ="$2"; shift ;;
     --data-root) DATA_ROOT="$2"; shift ;;
     --deadline-s) DEADLINE="$2"; shift ;;
@@ -92,6 +95,9 @@ if [ "$SMOKE" = 1 ]; then
   "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out "$RESULTS/recipe" --smoke --device cpu \
     --seeds 0 1 --parallel 2 || status=1
 else
+  if [ "$RECIPE_ONLY" = 1 ]; then
+  step "2-3. numerics and step benchmark skipped (--recipe-only)"
+  else
   step "2. CUDA numerics (gpu-marked tests against CPU references)"
   BCE3S_TEST_DEVICE=cuda timeout 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -15
   rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "numerics: pytest exit $rc"; status=1; }
@@ -110,6 +116,7 @@ if r34:
     print(f"CIFAR-100-LT ResNet-34 recipe (synthetic 100-class data, {best['variant']} step {best['bce3s_ms']:.1f} ms):"
           f" projected {(stage1 + stage2) / 60:.1f} min of training steps for 320 + 10 epochs (evaluation excluded)")
 EOF
+  fi  # --recipe-only
   BUDGET=$(( DEADLINE - ($(date +%s) - START) - 30 ))
   step "4. recipe: BCE3S and CE, CIFAR-10-LT IF 100, ResNet-32, seeds 0 1 2, all at once (budget ${BUDGET} s)"
   "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out /tmp/bce3s-runs --device cuda --seeds 0 1 2 \
