@@ -550,32 +550,10 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    import json
+def _run_sweep_jobs(todo: list[dict[str, Any]], args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
+    """Train the sweep's runs, ``args.jobs`` processes at a time, each logging to ``logs``; the failed items."""
     import time
 
-    from bce3s.report.compare import aggregate_groups, format_groups_markdown
-
-    if args.jobs < 1:
-        raise ConfigError("--jobs: must be >= 1")
-    if len(set(args.seeds)) < len(args.seeds):
-        raise ConfigError("--seeds: a seed is given twice")
-    args.configs = _expand_configs(args.configs)
-    if args.out:
-        parent = Path(args.out)
-    elif len(args.configs) == 1:
-        parent = Path(f"{_default_out(args.configs[0])}_sweep")
-    else:
-        parent = Path("runs") / "sweep"
-    plan = _sweep_plan(args, parent)  # every (config, seed) checked before any training starts
-    todo = [item for item in plan if item["action"] != "skip"]
-    skipped = len(plan) - len(todo)
-    print(
-        f"sweep: {len(args.configs)} config(s) x {len(args.seeds)} seed(s) = {len(plan)} runs in {parent}; "
-        f"{skipped} finished already (skipped), {sum(i['action'] == 'resume' for i in todo)} to resume",
-        flush=True,
-    )
-    logs = parent / "logs"
     failed: list[dict[str, Any]] = []
     pending = list(todo)
     active: list[tuple[dict[str, Any], subprocess.Popen, Any, float]] = []
@@ -612,6 +590,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             proc.wait()
             handle.close()
         raise
+    return failed
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from bce3s.report.compare import aggregate_groups, format_groups_markdown
+
+    if args.jobs < 1:
+        raise ConfigError("--jobs: must be >= 1")
+    if len(set(args.seeds)) < len(args.seeds):
+        raise ConfigError("--seeds: a seed is given twice")
+    args.configs = _expand_configs(args.configs)
+    if args.out:
+        parent = Path(args.out)
+    elif len(args.configs) == 1:
+        parent = Path(f"{_default_out(args.configs[0])}_sweep")
+    else:
+        parent = Path("runs") / "sweep"
+    plan = _sweep_plan(args, parent)  # every (config, seed) checked before any training starts
+    todo = [item for item in plan if item["action"] != "skip"]
+    skipped = len(plan) - len(todo)
+    print(
+        f"sweep: {len(args.configs)} config(s) x {len(args.seeds)} seed(s) = {len(plan)} runs in {parent}; "
+        f"{skipped} finished already (skipped), {sum(i['action'] == 'resume' for i in todo)} to resume",
+        flush=True,
+    )
+    logs = parent / "logs"
+    failed = _run_sweep_jobs(todo, args, logs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for item in plan:
         runs = groups.setdefault(item["label"], [])
