@@ -34,7 +34,6 @@ reference.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +41,7 @@ import torch
 from torch import Tensor
 
 from bce3s.data.mixing import draw_mix, glmc_mix_at, mix_params
-from bce3s.engine.distributed import all_gather_cat
-from bce3s.engine.step import StepResult, StepRuntime, TrainBatch, global_order
-from bce3s.errors import NonFiniteError
+from bce3s.engine.step import StepResult, StepRuntime, TrainBatch, forward_loss, non_finite_error, update_memory
 from bce3s.seeding import make_generator
 
 __all__ = ["CHECK_EVERY", "STATIC_MODES", "WARMUP_STEPS", "StaticStep"]
@@ -217,16 +214,8 @@ class StaticStep:
         if step < 0:
             return
         names = [*self._term_names, "total", "gradient"]
-        term = names[int(self.bad_term)]
         self.bad_step.fill_(-1)
-        raise NonFiniteError(
-            f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage {rt.stage_index} epoch {epoch} "
-            f"step {step} (term: {term})",
-            stage_index=rt.stage_index,
-            epoch=epoch,
-            step=step,
-            term=term,
-        )
+        raise non_finite_error(rt, epoch, step, names[int(self.bad_term)])
 
     # -- device side: no host synchronisation below ----------------------------------------------------------
 
@@ -245,17 +234,8 @@ class StaticStep:
                 lam=inputs.lam,
                 box=inputs.box,
             )
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         # no autocast weight cache: cached casts made during a CUDA graph capture would be stale on replay
-        autocast = torch.autocast(self.device.type, dtype=rt.amp_dtype, cache_enabled=False)
-        with autocast if rt.amp_dtype is not None else nullcontext():
-            out = rt.model(x)
-        logits = out.logits.float()
-        use_emb = out.embeddings is not None and rt.needs_embeddings
-        embeddings = out.embeddings.float() if use_emb else None
-        weight = rt.raw_model.head.weight if rt.needs_weight else None
-        loss_out = rt.loss_fn(logits, target, view=view, embeddings=embeddings, weight=weight)
+        _, loss_out, embeddings = forward_loss(rt, x, target, view, autocast_cache=False)
         clean = embeddings[: inputs.images.shape[0]].detach() if embeddings is not None else None  # views: clean first
         return loss_out.loss, loss_out.terms, clean, inputs.labels
 
@@ -286,8 +266,7 @@ class StaticStep:
             for buf, old in zip(rt.buffers, saved):
                 buf.copy_(torch.where(bad, old, buf))
             if memory is not None and clean is not None:
-                emb = global_order(all_gather_cat(clean, rt.dist), rt.dist)
-                rt.loss_fn.update(emb, global_order(all_gather_cat(labels, rt.dist), rt.dist))
+                update_memory(rt, clean, None, labels)
                 memory.memory.copy_(torch.where(bad, old_memory, memory.memory))
                 memory.seen.copy_(torch.where(bad, old_seen, memory.seen))
             first = bad & (self.bad_step < 0)

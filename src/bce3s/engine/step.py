@@ -25,7 +25,16 @@ from bce3s.errors import NonFiniteError
 from bce3s.seeding import make_generator
 from bce3s.views import CLEAN
 
-__all__ = ["StepResult", "StepRuntime", "TrainBatch", "global_order", "train_step"]
+__all__ = [
+    "StepResult",
+    "StepRuntime",
+    "TrainBatch",
+    "forward_loss",
+    "global_order",
+    "non_finite_error",
+    "train_step",
+    "update_memory",
+]
 
 
 @dataclass
@@ -83,10 +92,11 @@ class StepRuntime:
     def needs_weight(self) -> bool:
         return "weight" in getattr(self.loss_fn, "needs", frozenset())
 
-    def autocast(self) -> Any:
+    def autocast(self, *, cache: bool = True) -> Any:
+        """The step's autocast context (``cache=False`` inside a CUDA graph capture: cached casts go stale)."""
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,37 @@ def _backward(rt: StepRuntime, loss: Tensor) -> bool:
     return fp16 or bool(torch.isfinite(grad_norm))
 
 
+def forward_loss(
+    rt: StepRuntime, x: Tensor, target: Tensor, view: Tensor | None, *, autocast_cache: bool = True
+) -> tuple[Any, Any, Tensor | None]:
+    """Forward the views ``x`` (N, C, H, W) and compute the loss.
+
+    Returns:
+        The model output, the :class:`~bce3s.losses.LossOutput`, and the float (N, P) embeddings the loss took
+        (None when the loss takes none).
+    """
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with rt.autocast(cache=autocast_cache):
+        out = rt.model(x)
+    embeddings = out.embeddings.float() if out.embeddings is not None and rt.needs_embeddings else None
+    weight = rt.raw_model.head.weight if rt.needs_weight else None
+    loss_out = rt.loss_fn(out.logits.float(), target, view=view, embeddings=embeddings, weight=weight)
+    return out, loss_out, embeddings
+
+
+def non_finite_error(rt: StepRuntime, epoch: int, step: int, term: str) -> NonFiniteError:
+    """The error of a non-finite ``term`` (a loss term, ``total`` or ``gradient``) at ``(epoch, step)``."""
+    return NonFiniteError(
+        f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage {rt.stage_index} epoch {epoch} "
+        f"step {step} (term: {term})",
+        stage_index=rt.stage_index,
+        epoch=epoch,
+        step=step,
+        term=term,
+    )
+
+
 def _first_bad_term(loss: Tensor, terms: dict[str, Tensor]) -> str:
     for name, value in terms.items():
         if not torch.isfinite(value).all():
@@ -187,21 +228,14 @@ def _reject(rt: StepRuntime, batch: TrainBatch, loss: Tensor, terms: dict[str, T
     """A non-finite step: raise under ``stop``; under ``skip`` drop the gradients and restore the buffers."""
     term = _first_bad_term(loss, terms)
     if rt.nan_policy == "stop":
-        raise NonFiniteError(
-            f"non-finite {'loss' if term != 'gradient' else 'gradient'} at stage {rt.stage_index} epoch "
-            f"{batch.epoch} step {batch.step} (term: {term})",
-            stage_index=rt.stage_index,
-            epoch=batch.epoch,
-            step=batch.step,
-            term=term,
-        )
+        raise non_finite_error(rt, batch.epoch, batch.step, term)
     rt.optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         for buf, old in zip(rt.buffers, saved):
             buf.copy_(old)
 
 
-def _update_memory(rt: StepRuntime, embeddings: Tensor, view: Tensor | None, labels: Tensor) -> None:
+def update_memory(rt: StepRuntime, embeddings: Tensor, view: Tensor | None, labels: Tensor) -> None:
     """Feed the clean view's embeddings (P-dim rows, gathered from every rank, global order) to the loss."""
     emb = embeddings if view is None else embeddings[view == CLEAN]
     emb = global_order(all_gather_cat(emb.detach().float(), rt.dist), rt.dist)
@@ -215,16 +249,8 @@ def train_step(rt: StepRuntime, batch: TrainBatch) -> StepResult:
         NonFiniteError: a non-finite loss or gradient under ``nan_policy: stop`` (nothing was applied).
     """
     x, target, view = _inputs(rt, batch)
-    if rt.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     saved = [b.detach().clone() for b in rt.buffers]
-    with rt.autocast():
-        out = rt.model(x)
-    logits = out.logits.float()
-    use_emb = out.embeddings is not None and rt.needs_embeddings
-    embeddings = out.embeddings.float() if use_emb else None
-    weight = rt.raw_model.head.weight if rt.needs_weight else None
-    loss_out = rt.loss_fn(logits, target, view=view, embeddings=embeddings, weight=weight)
+    out, loss_out, embeddings = forward_loss(rt, x, target, view)
     loss = loss_out.loss
     ok = bool(torch.isfinite(loss.detach()).all())
     if ok:
@@ -235,7 +261,7 @@ def train_step(rt: StepRuntime, batch: TrainBatch) -> StepResult:
         return StepResult(loss=zero, terms={}, skipped=True, images=int(x.shape[0]))
     rt.scaler.step(rt.optimizer)
     rt.scaler.update()
-    if use_emb:
-        _update_memory(rt, out.embeddings, view, batch.labels)
+    if embeddings is not None:
+        update_memory(rt, out.embeddings, view, batch.labels)
     terms = {name: value.detach().double() for name, value in loss_out.terms.items()}
     return StepResult(loss=loss.detach().double(), terms=terms, skipped=False, images=int(x.shape[0]))
