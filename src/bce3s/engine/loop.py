@@ -42,14 +42,11 @@ class EpochResult:
 
     def add(self, result: StepResult, world_size: int) -> None:
         """Count one step (its loss and terms only when it was applied)."""
-        if isinstance(result.skipped, Tensor):  # a static step: zeros for a skipped step, nothing read here
+        if isinstance(result.skipped, Tensor):  # a static step: its loss and terms are 0 when skipped
             self.skipped = result.skipped.long() + self.skipped
-            self.loss_sum = self.loss_sum + result.loss
-            for name, value in result.terms.items():
-                self.term_sums[name] = self.term_sums.get(name, 0.0) + value
         elif result.skipped:
             self.skipped += 1
-        else:
+        if isinstance(result.skipped, Tensor) or not result.skipped:
             self.loss_sum = self.loss_sum + result.loss
             for name, value in result.terms.items():
                 self.term_sums[name] = self.term_sums.get(name, 0.0) + value

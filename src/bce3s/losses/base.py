@@ -87,6 +87,7 @@ class Loss(nn.Module):
         self.num_classes = check_param("num_classes", num_classes)
         self.check_inputs = False
         self.static = False
+        self._samplers: list[nn.Module] = []  # the partial-class samplers a static loss refills (make_static)
 
     def forward(
         self,
@@ -138,17 +139,14 @@ class Loss(nn.Module):
         from bce3s.losses.partial import PartialClassSampler
 
         self.static = True
-        for module in self.modules():
-            if isinstance(module, PartialClassSampler):
-                module.use_static_keys(self.num_classes, device)
+        self._samplers = [m for m in self.modules() if isinstance(m, PartialClassSampler)]
+        for sampler in self._samplers:
+            sampler.use_static_keys(self.num_classes, device)
 
     def prepare_step(self) -> None:
         """Host-side work due before each step of a static loss (refill the draw buffers); no-op otherwise."""
-        from bce3s.losses.partial import PartialClassSampler
-
-        for module in self.modules():
-            if isinstance(module, PartialClassSampler):
-                module.prepare()
+        for sampler in self._samplers:
+            sampler.prepare()
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, target: Tensor) -> None:
