@@ -10,15 +10,19 @@ epochs with a schedule step between them, and the same handling of a non-finite 
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
 import torch
+import yaml
+from test_trainer import TINY
 
-from bce3s.config import MixingConfig, OptimConfig
+from bce3s.config import MixingConfig, OptimConfig, load_config
+from bce3s.engine import train
 from bce3s.engine.capture import StaticStep
 from bce3s.engine.distributed import DistInfo
-from bce3s.engine.optim import build_optimizer, build_scheduler
+from bce3s.engine.optim import build_optimizer, build_scheduler, make_plain, make_static
 from bce3s.engine.step import StepRuntime, TrainBatch, train_step
 from bce3s.errors import NonFiniteError
 from bce3s.losses import build_loss
@@ -192,7 +196,6 @@ def test_graphed_step_equals_static_on_cuda():
 
 def test_checkpoints_cross_between_static_and_eager_optimizers():
     """A static optimizer's state (tensor lr) resumes an eager one and the other way round, continuing alike."""
-    from bce3s.engine.optim import make_plain, make_static
 
     cfg = OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-3)
 
@@ -231,36 +234,9 @@ def test_checkpoints_cross_between_static_and_eager_optimizers():
 
 
 def _train_losses(tmp_path, step: str, device: str) -> list[float]:
-    import json
-
-    import yaml
-
-    from bce3s.config import load_config
-    from bce3s.engine import train
-
-    cfg = {
-        "data": {"dataset": "digits_lt", "imbalance_factor": 10},
-        "model": {"name": "small_cnn", "projector_dim": 16},
-        "stages": [
-            {
-                "name": "stage1",
-                "epochs": 2,
-                "batch_size": 32,
-                "loss": {"name": "bce3s", "params": {"neg_class_ratio": 0.5, "contrastive_start_epoch": 1}},
-                "optim": {"lr": 0.05},
-                "mixing": {"enabled": True},
-            },
-            {
-                "name": "stage2",
-                "epochs": 1,
-                "batch_size": 32,
-                "freeze_backbone": True,
-                "loss": {"name": "cb_bce", "params": {"beta": 0.999, "neg_class_ratio": 1.0}},
-                "optim": {"lr": 0.01, "weight_decay": 0.0},
-            },
-        ],
-        "runtime": {"device": device, "seed": 3, "step": step, "threads": 1},
-    }
+    cfg = copy.deepcopy(TINY)
+    cfg["stages"][0]["loss"]["params"]["neg_class_ratio"] = 0.5  # partial class sets: the static draw buffer
+    cfg["runtime"] = {"device": device, "seed": 3, "step": step, "threads": 1}
     path = tmp_path / f"{step}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = tmp_path / step
