@@ -100,6 +100,32 @@ MAX_NAMED_CLASSES = 20
 """Largest number of classes whose names label the per-class accuracy axis (ranks above it)."""
 
 
+def _runs_over_counts(
+    per_run: Mapping[str, Sequence[float]],
+    train_counts: Sequence[int],
+    groups: Mapping[str, Sequence[int]] | None,
+    colors: Mapping[str, str] | None,
+    *,
+    height: float,
+) -> tuple[Figure, Any, np.ndarray, dict[str, np.ndarray]]:
+    """One axes of per-class values (each run (K,)) over the grey training-count bars, classes head -> tail.
+
+    Returns:
+        The figure, its axes, the head-to-tail class order (K,) and the runs' values as float arrays.
+    """
+    k = len(train_counts)
+    order = head_to_tail_order(train_counts)
+    values = {label: as_float(v) for label, v in per_run.items()}
+    for label, v in values.items():
+        check_length(label, v, k)
+    fig = Figure(figsize=(WIDTH, height), layout="constrained")
+    ax = fig.add_subplot()
+    _count_axis(ax, np.asarray(train_counts, dtype=np.float64)[order])
+    _mark_shot_groups(ax, order, groups)
+    _per_class_lines(ax, values, order, colors_for(list(values), colors))
+    return fig, ax, order, values
+
+
 @styled
 def per_class_accuracy(
     per_class: Mapping[str, Sequence[float]],
@@ -128,16 +154,7 @@ def per_class_accuracy(
         axis. With more than 60 classes each run shows faint per-class points and a rolling mean.
     """
     k = len(train_counts)
-    order = head_to_tail_order(train_counts)
-    values = {label: as_float(v) for label, v in per_class.items()}
-    for label, v in values.items():
-        check_length(label, v, k)
-    cols = colors_for(list(values), colors)
-    fig = Figure(figsize=(WIDTH, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    _count_axis(ax, np.asarray(train_counts, dtype=np.float64)[order])
-    _mark_shot_groups(ax, order, groups)
-    _per_class_lines(ax, values, order, cols)
+    fig, ax, order, values = _runs_over_counts(per_class, train_counts, groups, colors, height=4.6)
     ax.set_ylim(0, 108)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel(ylabel)
@@ -172,17 +189,7 @@ def weight_norms(
         colors: run label -> colour.
         title: optional axes title.
     """
-    k = len(train_counts)
-    order = head_to_tail_order(train_counts)
-    values = {label: as_float(v) for label, v in norms.items()}
-    for label, v in values.items():
-        check_length(label, v, k)
-    cols = colors_for(list(values), colors)
-    fig = Figure(figsize=(WIDTH, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    _count_axis(ax, np.asarray(train_counts, dtype=np.float64)[order])
-    _mark_shot_groups(ax, order, groups)
-    _per_class_lines(ax, values, order, cols)
+    fig, ax, _, values = _runs_over_counts(norms, train_counts, groups, colors, height=4.2)
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.zeros(0)])
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())
