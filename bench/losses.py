@@ -350,6 +350,23 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def _provenance(argv: list[str] | None, device: torch.device, repeats: int) -> dict:
+    """The command, device, torch version, threads and repeats of a result."""
+    return {
+        "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
+
+
+def _write(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="K in {10, 100}, B = 64 only, 3 repeats")
@@ -389,11 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     ref = next(r for r in rows if r["K"] == 100 and r["B"] == 64)
     fraction = ref["bce3s_ms"] / backbone_ms
     result = {
-        "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
+        **_provenance(argv, device, repeats),
         "statistic": "median ms of forward+backward",
         "rows": rows,
         "backbone": {"model": "resnet32 (+projector)", "images": "3 x 64 x 3 x 32 x 32", "fwd_bwd_ms": backbone_ms},
@@ -408,10 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     print(format_table(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    _write(result, Path(args.out))
     return result
 
 
@@ -419,11 +429,7 @@ def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] |
     """``--floor``: run the floor comparisons, print the table and write the JSON."""
     repeats = args.repeats or 7
     result = {
-        "command": " ".join(["python bench/losses.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
+        **_provenance(argv, device, repeats),
         "statistic": "median ms; ratio = median of per-repeat ratios (the two sides timed alternately)",
         "clock": "thread CPU time" if args.cpu_time else "wall time",
         "floor": run_floor(
@@ -435,10 +441,7 @@ def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] |
         ),
     }
     print(format_floor(result["floor"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    _write(result, Path(args.out))
     return result
 
 
