@@ -4,14 +4,23 @@ Used by ``bench/device_check.sh``. Every run uses the CIFAR-10 JPEG copy (an Ima
 IF 100, ResNet-32, the GPU-resident pipeline and the run's default step (``runtime.step: auto``: a CUDA graph on
 one GPU). The runs (2 methods x the seeds) go ``--parallel`` at a time as separate processes sharing the device.
 
-With ``--budget-s`` a short concurrent probe (2 + 1 epochs of every run) measures the epoch time under that load
-first, and stage 1 is shortened (never lengthened) only if the paper's 320 + 10 epochs would not fit; the table
-then says by how much, and gives the projected wall time of the full schedule. The table gives mean ± std over the
-seeds of test accuracy for ``last`` and ``best_val`` (no TTA; TTA rows apart), the wall time per run and the runs
-per device-minute. Usage::
+With ``--budget-s`` short probes (2 + 1 epochs) measure the epoch time first: of every run at once, and, when
+those do not all fit, of the BCE3S seed-0 run alone; the epoch time of k concurrent runs is interpolated between
+the two. What gives way when the paper's 320 + 10 epochs do not fit for every run is ``--fit``:
+
+- ``runs`` (default): keep the paper's schedule and drop runs from the end of the order BCE3S seed 0, CE seed 0,
+  BCE3S seed 1, CE seed 1, ... (pairs, so both methods keep the same seeds; BCE3S seed 0 alone as the last
+  resort). A full-schedule number is worth more than several shortened ones. If not even one run fits, it falls
+  back to ``epochs``;
+- ``epochs``: keep every run and shorten stage 1 (never lengthen it) to the longest that fits.
+
+The table then says what was dropped or by how much the schedule was short, and gives the projected wall time of
+the full schedule. It gives mean ± std over the seeds of test accuracy for ``last`` and ``best_val`` (no TTA; TTA
+rows apart), the wall time per run and the runs per device-minute. Usage::
 
     python bench/recipe_run.py --data-root /tmp/data/cifar10-jpeg --out runs/device           # paper epochs
     python bench/recipe_run.py --data-root ROOT --out OUT --budget-s 480                       # fit a budget
+    python bench/recipe_run.py --data-root ROOT --out OUT --budget-s 480 --fit epochs          # all seeds, cut
     python bench/recipe_run.py --data-root ROOT --out OUT --smoke                              # CPU smoke test
 """
 
@@ -25,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 METHODS = (
     ("BCE3S + CB-BCE stage 2", "bce3s", "configs/cifar10_lt/bce3s_r32.yaml"),
@@ -75,9 +85,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple[float, float, float]:
-    """(stage-1 epoch s, stage-2 epoch s, fixed s per run) measured with every run going at once."""
-    probe = out / "probe"
+def _probe(base: list[str], runs: list[tuple[str, str, int]], out: Path) -> Probe:
+    """Train 2 + 1 epochs of ``runs`` ((name, config, seed) each) all at once: the epoch times under that load."""
+    probe = out / f"probe{len(runs)}"
     probe.mkdir(parents=True, exist_ok=True)
     jobs = [
         (
@@ -88,10 +98,9 @@ def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple
                 [*base, f"runtime.seed={seed}", "stages.0.epochs=2", "stages.1.epochs=1"],
             ),
         )
-        for _, name, config in METHODS
-        for seed in seeds
+        for name, config, seed in runs
     ]
-    ends = _run_all(jobs, probe, parallel)
+    ends = _run_all(jobs, probe, len(jobs))
     t1, t2, fixed = [], [], []
     for name, (_, wall) in ends.items():
         hist = _history(probe / name)
@@ -102,7 +111,67 @@ def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple
         fixed.append(max(wall - sum(h["time_s"] for h in hist), 0.0))
     if not t1:
         raise SystemExit(f"probe failed; see the logs under {probe}")
-    return max(t1), max(t2), max(fixed)
+    return Probe(max(t1), max(t2), max(fixed))
+
+
+class Probe(NamedTuple):
+    """Seconds per stage-1 epoch, per stage-2 epoch, and fixed per run (start, data, evaluation), under a load."""
+
+    epoch1: float
+    epoch2: float
+    fixed: float
+
+    def run_s(self, e1: int, e2: int) -> float:
+        """Wall seconds of one run of ``e1`` + ``e2`` epochs."""
+        return self.fixed + e1 * self.epoch1 + e2 * self.epoch2
+
+
+def interpolate(alone: Probe, together: Probe, runs: int, k: int) -> Probe:
+    """The probe of ``k`` concurrent runs, linear between one run alone and ``runs`` runs together."""
+    if runs <= 1:
+        return together
+    w = (k - 1) / (runs - 1)
+    return Probe(*(a + w * (b - a) for a, b in zip(alone, together)))
+
+
+def run_counts(runs: int) -> list[int]:
+    """The run counts ``--fit runs`` may keep, most first: every run, then pairs fewer, then one."""
+    counts = list(range(runs, 1, -2)) if runs % 2 == 0 else [runs, *range(runs - 1, 1, -2)]
+    return [*counts, 1] if runs > 1 else counts
+
+
+def plan(
+    remaining_s: float, runs: int, together: Probe, alone: Probe | None, e1: int, e2: int, fit: str
+) -> tuple[int, int, str]:
+    """How many runs (from the front of the order) and how many stage-1 epochs fit ``remaining_s`` seconds.
+
+    Returns:
+        (runs kept, stage-1 epochs, a sentence saying what was given up, empty when nothing was).
+    """
+    if together.run_s(e1, e2) <= remaining_s:
+        return runs, e1, ""
+    if fit == "runs" and alone is not None:
+        for k in run_counts(runs)[1:]:
+            need = interpolate(alone, together, runs, k).run_s(e1, e2)
+            if need <= remaining_s:
+                return (
+                    k,
+                    e1,
+                    (
+                        f"the full schedule fits {k} of {runs} runs at once ({need:.0f} s of {remaining_s:.0f} s left); "
+                        f"the other {runs - k} are not run"
+                    ),
+                )
+    need = together.run_s(e1, e2)
+    cut = max(1, int((remaining_s - together.fixed - e2 * together.epoch2) / together.epoch1))
+    return (
+        runs,
+        min(cut, e1),
+        (
+            f"the full schedule does not fit: short by {need - remaining_s:.0f} s ({need / remaining_s:.2f}x); "
+            f"stage 1 cut to {min(cut, e1)} of {e1} epochs"
+        ),
+    )
 
 
 def main() -> int:
@@ -112,6 +181,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=None, help="runs at once on the device (default: all)")
     ap.add_argument("--budget-s", type=float, default=None, help="wall-time budget for all runs (probe first)")
+    ap.add_argument(
+        "--fit",
+        choices=("runs", "epochs"),
+        default="runs",
+        help="--budget-s: keep the paper's epochs and drop runs (runs), or keep every run and cut stage 1 (epochs)",
+    )
     ap.add_argument("--epochs1", type=int, default=None, help="stage-1 epochs (default: the config's, 320)")
     ap.add_argument("--epochs2", type=int, default=None, help="stage-2 epochs (default: the config's, 10)")
     ap.add_argument("--device", default="auto")
@@ -145,36 +220,43 @@ def main() -> int:
     e1 = args.epochs1 or PAPER_EPOCHS[0]
     e2 = args.epochs2 or PAPER_EPOCHS[1]
     t_start = time.time()
+    order = [(name, config, seed) for seed in args.seeds for _, name, config in METHODS]  # pairs, seed by seed
     if args.budget_s and not args.smoke:
-        t1, t2, fixed = _probe(base, args.seeds, out, parallel)
-        waves = -(-runs // parallel)
+        if args.parallel is not None:
+            raise SystemExit("recipe_run.py: --budget-s runs the chosen runs all at once; drop --parallel")
+        together = _probe(base, order, out)
         remaining = args.budget_s - (time.time() - t_start)
-        need = waves * (fixed + e1 * t1 + e2 * t2)
-        fit = int((remaining / waves - fixed - e2 * t2) / t1)
         print(
-            f"probe ({parallel} runs at once): stage-1 epoch {t1:.2f} s, stage-2 epoch {t2:.2f} s, fixed {fixed:.0f} s"
-            f" per run; {e1} + {e2} epochs need {need:.0f} s, {remaining:.0f} s left",
+            f"probe ({runs} runs at once): stage-1 epoch {together.epoch1:.2f} s, stage-2 epoch "
+            f"{together.epoch2:.2f} s, fixed {together.fixed:.0f} s per run; {e1} + {e2} epochs need "
+            f"{together.run_s(e1, e2):.0f} s, {remaining:.0f} s left",
             flush=True,
         )
-        if fit < e1:
+        alone = None
+        if together.run_s(e1, e2) > remaining and args.fit == "runs" and runs > 1:
+            alone = _probe(base, order[:1], out)
+            remaining = args.budget_s - (time.time() - t_start)
             print(
-                f"the full schedule does not fit: short by {need - remaining:.0f} s ({need / remaining:.2f}x); "
-                f"stage 1 cut to {max(fit, 1)} of {e1} epochs",
+                f"probe (1 run): stage-1 epoch {alone.epoch1:.2f} s, stage-2 epoch {alone.epoch2:.2f} s, fixed "
+                f"{alone.fixed:.0f} s; {remaining:.0f} s left",
                 flush=True,
             )
-            e1 = max(1, fit)
+        kept, e1, given_up = plan(remaining, runs, together, alone, e1, e2, args.fit)
+        if given_up:
+            print(given_up, flush=True)
+        order, runs, parallel = order[:kept], kept, kept
     sets = [*base, f"stages.0.epochs={e1}", f"stages.1.epochs={e2}"]
     jobs = [
         (f"{name}_seed{seed}", _cmd(config, out / f"{name}_seed{seed}", [*sets, f"runtime.seed={seed}"]))
-        for _, name, config in METHODS
-        for seed in args.seeds
+        for name, config, seed in order
     ]
     t0 = time.time()
     ends = _run_all(jobs, out, parallel)
     total = time.time() - t0
+    seeds_of = {name: [seed for n, _, seed in order if n == name] for _, name, _ in METHODS}
     print()
     print(
-        f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, seeds {' '.join(map(str, args.seeds))}, stage-1 epochs {e1} "
+        f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, {runs} runs, stage-1 epochs {e1} "
         f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; {parallel} runs at once on one device; test accuracy "
         "(%), mean ± std over seeds"
     )
@@ -183,6 +265,7 @@ def main() -> int:
         "epochs": [e1, e2],
         "paper_epochs": list(PAPER_EPOCHS),
         "seeds": args.seeds,
+        "runs": [f"{name}_seed{seed}" for name, _, seed in order],
         "parallel": parallel,
         "total_wall_s": total,
         "runs_per_device_minute": runs / (total / 60),
@@ -192,7 +275,9 @@ def main() -> int:
     ok = True
     for label, name, _ in METHODS:
         finals, walls = [], []
-        for seed in args.seeds:
+        if not seeds_of[name]:
+            continue
+        for seed in seeds_of[name]:
             rc, wall = ends[f"{name}_seed{seed}"]
             path = out / f"{name}_seed{seed}" / "final.json"
             if rc != 0 or not path.is_file():
@@ -216,10 +301,19 @@ def main() -> int:
                 + f"{wall:>16}"
             )
         s1 = [
-            h["time_s"] for seed in args.seeds for h in _history(out / f"{name}_seed{seed}") if h["stage"] == "stage1"
+            h["time_s"]
+            for seed in seeds_of[name]
+            for h in _history(out / f"{name}_seed{seed}")
+            if h["stage"] == "stage1"
         ]
         per_epoch = statistics.mean(s1) if s1 else None
-        summary["methods"][name] = {"label": label, "test": rows, "wall_s": walls, "stage1_epoch_s": per_epoch}
+        summary["methods"][name] = {
+            "label": label,
+            "seeds": seeds_of[name],
+            "test": rows,
+            "wall_s": walls,
+            "stage1_epoch_s": per_epoch,
+        }
         if per_epoch is not None and e1 < PAPER_EPOCHS[0] and walls:
             proj = statistics.mean(walls) + (PAPER_EPOCHS[0] - e1) * per_epoch
             summary["methods"][name]["projected_paper_wall_s"] = proj
