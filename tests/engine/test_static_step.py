@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from test_trainer import TINY
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bce3s.config import MixingConfig, OptimConfig, load_config
 from bce3s.engine import train
@@ -25,7 +26,8 @@ from bce3s.engine.distributed import DistInfo
 from bce3s.engine.optim import build_optimizer, build_scheduler, make_plain, make_static
 from bce3s.engine.step import StepRuntime, TrainBatch, train_step
 from bce3s.errors import NonFiniteError
-from bce3s.losses import build_loss
+from bce3s.losses import _inputs, build_loss
+from bce3s.losses import base as loss_base
 from bce3s.models import build_model
 
 K, B, SIZE = 10, 8, 16
@@ -176,6 +178,57 @@ def test_ce_without_mixing_matches_the_reference():
     torch.testing.assert_close(torch.tensor(st_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
     for pa, pb in zip(ref.raw_model.parameters(), st.raw_model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+#: Ops that make the host wait for the device (or that a CUDA graph capture rejects): a value read back
+#: (``.item()``, ``bool(t)``, ``int(t)``), data-dependent output shapes, a host-side range check.
+_HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2"}
+_HOST_SYNC_OPS |= {"unique_consecutive", "unique_dim", "bincount", "repeat_interleave", "equal", "is_nonzero"}
+
+
+class _SyncRecorder(TorchDispatchMode):
+    """Records every dispatched op that would synchronise with the device inside a captured step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        bool_index = name.startswith("index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for a in args
+            if isinstance(a, (list, tuple))
+            for i in a
+        )
+        if name in _HOST_SYNC_OPS or bool_index:
+            self.syncs.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("nan_policy", ["stop", "skip"])
+def test_the_static_step_body_never_waits_for_the_device(monkeypatch, nan_policy):
+    """What ``graphed`` captures (the step body) dispatches no op that reads a value back to the host.
+
+    On an accelerator the losses skip their value checks (a sync); the CPU checks them, so the test runs the body
+    with the accelerator's rule. A capture that meets a sync fails, and an eager step with one waits every step.
+    """
+    monkeypatch.setattr(_inputs, "values_checked", lambda t, force: force)
+    monkeypatch.setattr(loss_base, "values_checked", lambda t, force: force)
+    st, _ = _runtime(static=True, nan_policy=nan_policy, grad_clip=1.0)
+    step = StaticStep(st, "static")
+    batches = _batches(3)
+    st.loss_fn.set_epoch(1)  # the contrastive term on, the memory written by the warm-up steps
+    for i, (x, y, x2, y2) in enumerate(batches[:2]):
+        step(TrainBatch(x, y, x2, y2, epoch=1, step=i))
+    x, y, x2, y2 = batches[2]
+    inputs = step._inputs(TrainBatch(x, y, x2, y2, epoch=1, step=2))  # host side, before a replay
+    st.loss_fn.prepare_step()
+    st.optimizer.zero_grad(set_to_none=True)
+    with _SyncRecorder() as rec:
+        out = step._body(inputs)
+    assert rec.syncs == []
+    assert float(out.loss) > 0  # the body ran the whole step
 
 
 @pytest.mark.gpu
