@@ -16,7 +16,9 @@ on the same 3 x 64 images of 32 x 32 (CIFAR scale); the target is < 5 %.
 (normalized head ``h @ normalize(W).T + b``) + projector (``h @ Wp.T``) + the full BCE3S loss, forward and
 backward, on 3B rows of features h (3B, D); ``floor`` is the bare matmuls of that step, ``h @ W.T``, ``h @ Wp.T``
 and the Gram ``W @ W.T``, forward and backward (autograd, nothing else). For the uniform term alone at large K,
-``uniform`` (bce_uniform forward + backward) is compared with two plain K x D x K matmuls. The two sides of each
+``uniform`` (bce_uniform forward + backward) is compared with two plain K x D x K matmuls. With ``--compile``, each
+step case also gets the compiled head and loss, and the floor's own matmuls compiled (nothing else): what
+``torch.compile``'s per-call machinery costs before any loss work. The two sides of each
 ratio are timed alternately in one run; the ratio is the median of the per-repeat ratios.
 
 Usage::
@@ -278,6 +280,35 @@ def bench_floor(
     return res
 
 
+def bench_compiled_floor(
+    num_classes: int, batch: int, dim: int, device: torch.device, repeats: int
+) -> dict[str, float]:
+    """The floor's own matmuls through ``torch.compile`` against the same matmuls eager: what compiling costs
+    before any loss work (guards, the compiled-autograd wrappers, the extra reductions a scalar output needs)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3 * batch, dim, generator=g).to(device).requires_grad_()
+    w = (0.05 * torch.randn(num_classes, dim, generator=g)).to(device).requires_grad_()
+    wp = (0.05 * torch.randn(EMBEDDING_DIM, dim, generator=g)).to(device).requires_grad_()
+    grads = [torch.ones(3 * batch, num_classes, device=device), torch.ones(3 * batch, EMBEDDING_DIM, device=device)]
+    grads.append(torch.ones(num_classes, num_classes, device=device))
+
+    def matmuls(h: torch.Tensor, w: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+        return (h @ w.T).sum() + (h @ wp.T).sum() + (w @ w.T).sum()
+
+    compiled = torch.compile(matmuls, dynamic=False)
+
+    def step() -> None:
+        compiled(h, w, wp).backward()
+
+    def floor() -> None:
+        torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
+
+    res = paired_ratio(step, floor, device, repeats)
+    for t in (h, w, wp):
+        t.grad = None
+    return res
+
+
 def bench_uniform_floor(num_classes: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:
     """bce_uniform forward + backward against two plain K x D x K matmuls (a Gram and its backward)."""
     g = torch.Generator().manual_seed(0)
@@ -315,6 +346,10 @@ def run_floor(
                 row = {"K": k, "B": b, "D": d, "compiled": comp, **bench_floor(k, b, d, device, repeats, comp)}
                 out["step"].append(row)
                 print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
+            if compiled:
+                row = {"K": k, "B": b, "D": d, "compiled": "matmuls", **bench_compiled_floor(k, b, d, device, repeats)}
+                out["step"].append(row)
+                print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
     for k, d in uniform_cases:
         if classes is None or k in classes:
             out["uniform"].append({"K": k, "D": d, **bench_uniform_floor(k, d, device, max(3, repeats // 2))})
@@ -326,8 +361,13 @@ def format_floor(floor: dict) -> str:
     """Markdown table of the floor comparisons."""
     lines = ["| what | K | B | D | ms | floor ms | ratio | ratio of minima |", "|" + "---|" * 8]
     for r in floor["step"]:
+        what = {
+            False: "classifier + projector + BCE3S",
+            True: "classifier + projector + BCE3S (compiled)",
+            "matmuls": "the bare matmuls alone (compiled)",
+        }[r.get("compiled", False)]
         lines.append(
-            f"| classifier + projector + BCE3S{' (compiled)' if r.get('compiled') else ''} vs bare matmuls | "
+            f"| {what} vs bare matmuls | "
             f"{r['K']} | {r['B']} | {r['D']} | {r['ms']:.2f} | "
             f"{r['floor_ms']:.2f} | {r['ratio']:.2f}x | {r['ratio_of_min']:.2f}x |"
         )
