@@ -60,7 +60,7 @@ def test_load_image_file_and_errors(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     with pytest.raises(DataError, match=r"cannot decode image .*bad\.jpg"):
         load_image_file(tmp_path / "bad.jpg")
-    with pytest.raises(DataError, match=r"image file not found: .*missing\.png"):
+    with pytest.raises(DataError, match=r"1 of 1 image cannot be decoded .*missing\.png \(not found\)"):
         ImageSet(None, [str(tmp_path / "missing.png")], torch.tensor([0])).load_image(0)
 
 

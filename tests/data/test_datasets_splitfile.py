@@ -151,7 +151,55 @@ def test_paths_with_spaces_and_missing_files(tmp_path):
     root = tmp_path / "noimg"
     write_list(root, "tr.txt", ["a/x.jpg 0"], images=False)
     cfg = DataConfig(dataset="imagenet_lt", root=str(root), train_list="tr.txt", val_list="tr.txt", test_list="tr.txt")
-    with pytest.raises(DataError, match=r"tr\.txt:1: image .*a/x\.jpg not found; data\.root must be"):
+    with pytest.raises(DataError, match=r"1 of 1 listed image not found \(data\.root must be .*tr\.txt:1 .*a/x\.jpg$"):
         build_data(cfg)
     with pytest.raises(DataError, match=r"iNaturalist 2018: train list .*iNaturalist18_train\.txt not found"):
         build_data(DataConfig(dataset="inat2018", root=str(root)))
+
+
+def test_every_missing_listed_image_is_named_in_one_error(tmp_path):
+    """Missing images of all lists are found before training: one error counts them and names the first ones."""
+    from bce3s.data.imageset import SHOWN_BAD_FILES
+
+    train = [f"c{i % 2}/{i}.jpg {i % 2}" for i in range(12)]
+    test = ["c0/t0.jpg 0", "c1/t1.jpg 1", "gone/t2.jpg 1"]  # a folder that does not exist
+    cfg = make_tiny(tmp_path, train, test)
+    gone = [1, 4, 5, 8, 9, 10]  # line numbers - 1 of the train list
+    for i in gone:
+        (tmp_path / f"c{i % 2}" / f"{i}.jpg").unlink()
+    (tmp_path / "gone" / "t2.jpg").unlink()
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(DataError) as info:
+        build_data(cfg)
+    msg = str(info.value)
+    missing = [f"{tmp_path / 'tr.txt'}:{i + 1} {tmp_path / train[i].split()[0]}" for i in gone]
+    missing.append(f"{tmp_path / 'te.txt'}:3 {tmp_path / 'gone' / 't2.jpg'}")  # te.txt is val and test: once
+    assert "\n" not in msg and msg.startswith(f"{len(missing)} of 15 listed images not found")
+    assert [m for m in missing if m in msg] == missing[:SHOWN_BAD_FILES]
+    assert msg.endswith(f"; and {len(missing) - SHOWN_BAD_FILES} more")
+
+
+@pytest.mark.parametrize("budget", [60.0, 0.0])
+def test_undecodable_listed_images_are_all_named_when_the_first_is_read(tmp_path, monkeypatch, budget):
+    """The first bad image read stops the run with one error that counts the set's bad images (when time allows)."""
+    from bce3s.data import imageset
+
+    monkeypatch.setattr(imageset, "SCAN_BUDGET_S", budget)
+    train = [f"c{i % 2}/{i}.jpg {i % 2}" for i in range(8)]
+    cfg = make_tiny(tmp_path, train)
+    bad = {2: b"", 5: b"not a jpeg", 7: b"\xff\xd8\xff\xe0 truncated"}
+    for i, data in bad.items():
+        (tmp_path / train[i].split()[0]).write_bytes(data)
+    data = build_data(cfg)  # the files exist: nothing is decoded before training
+    assert data.train.load_image(0).shape == (3, 4, 4)
+    with pytest.raises(DataError) as info:
+        data.train.load_image(5)
+    msg = str(info.value)
+    paths = [str(tmp_path / train[i].split()[0]) for i in sorted(bad)]
+    assert "\n" not in msg
+    if budget:
+        assert msg.startswith("3 of 8 images cannot be decoded (re-create")
+        assert [p for p in paths if p in msg] == paths
+    else:  # no time to read the others: the one found, and how many were read
+        assert msg.startswith("1 of 8 image cannot be decoded (stopped after reading 1 of them")
+        assert [p for p in paths if p in msg] == [paths[1]]

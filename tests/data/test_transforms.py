@@ -90,6 +90,18 @@ def test_preset_stats_and_errors() -> None:
         build_transform("mnist", train=True, image_size=28)
 
 
+def test_per_image_and_batched_transforms_check_their_options_alike() -> None:
+    from bce3s.data.gpu.augment import BatchAugment
+
+    for make in (build_transform, BatchAugment):  # one definition of the keywords: same checks for both
+        with pytest.raises(ValueError, match="cutout"):
+            make("cifar", train=True, image_size=32, cutout=-1)
+        with pytest.raises(ValueError, match="autoaugment_fill"):
+            make("cifar", train=True, image_size=32, autoaugment_fill=256)
+        with pytest.raises(TypeError, match="cutuot"):
+            make("cifar", train=True, image_size=32, cutuot=8)
+
+
 @pytest.mark.parametrize(
     ("cy", "cx", "size", "expected"),
     [

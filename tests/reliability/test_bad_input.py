@@ -472,8 +472,8 @@ def split_file_image_missing(env: Env) -> Case:
     root = env.inet_root(lines={"train": train})
     return Case(
         env.train(cfg=env.inet_cfg(root)),
-        f"{root}/ImageNet_LT_train.txt:1",
-        (f"{root}/train/n00000000/99.JPEG", "not found", "data.root"),
+        None,
+        (f"{root}/ImageNet_LT_train.txt:1", f"{root}/train/n00000000/99.JPEG", "not found", "data.root"),
     )
 
 
@@ -485,7 +485,7 @@ def image_fails_to_decode(env: Env) -> Case:
     return Case(
         env.train(cfg=env.inet_cfg(root)),
         None,
-        ("cannot decode", str(bad)),
+        ("cannot be decoded", str(bad)),
         creates_out=True,  # found when the image is first read, during training
     )
 
@@ -498,7 +498,7 @@ def image_fails_to_decode_in_a_loader_worker(env: Env) -> Case:
     return Case(
         env.train(cfg=env.inet_cfg(root, **{"runtime.num_workers": 1})),
         None,
-        ("cannot decode", str(bad)),
+        ("cannot be decoded", str(bad)),
         creates_out=True,
     )
 

@@ -164,6 +164,21 @@ def test_missing_inputs_reported_not_fatal(tmp_path: Path, write_run: Callable[.
     assert "run.json is missing" in md
 
 
+@pytest.mark.parametrize("argv0", ["/env/lib/python3/site-packages/bce3s/__main__.py", "venv/bin/bce3s"])
+def test_eval_hints_name_the_command_as_run(tmp_path: Path, write_run: Callable[..., Path],
+                                            monkeypatch: pytest.MonkeyPatch, argv0: str) -> None:
+    # `python -m bce3s` users (and a console script not on PATH) must be told a command that works for them
+    monkeypatch.setattr("sys.argv", [argv0, "report"])
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    expected = "python -m bce3s" if argv0.endswith("__main__.py") else argv0
+    run = write_run(tmp_path / "r", with_eval=False, with_history=False, with_tta=False)
+    _, md_path = write_report([run], tmp_path / "out")
+    md = md_path.read_text()
+    hints = re.findall(r"run '([^']*) eval ", md)
+    assert len(hints) >= 4  # load_run's note and the calibration, weight-norm, geometry and confusion notes
+    assert set(hints) == {expected}
+
+
 def test_confusion_drawn_up_to_100_classes_and_skipped_above(tmp_path: Path, write_run: Callable[..., Path]) -> None:
     k100 = write_run(tmp_path / "k100", num_classes=100, per_class_test=2, with_history=False, with_tta=False)
     k120 = write_run(tmp_path / "k120", num_classes=120, per_class_test=2, with_history=False, with_tta=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from bce3s.errors import DataError
 
-__all__ = ["SHOWN_BAD_FILES", "ImageSet", "decode_files", "load_image_file"]
+__all__ = ["SCAN_BUDGET_S", "SHOWN_BAD_FILES", "ImageSet", "decode_files", "find_bad_files", "load_image_file"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,23 @@ SHOWN_BAD_FILES = 5
 """How many undecodable files :func:`decode_files` names in its one error (it counts all of them)."""
 
 
-def _bad_files_error(bad: Sequence[tuple[str, str]], n: int) -> DataError:
-    """One error naming the first :data:`SHOWN_BAD_FILES` undecodable files (path and reason) and the count."""
+SCAN_BUDGET_S = 60.0
+"""How long :meth:`ImageSet.load_image` spends, once a file of a set fails to decode, decoding the set's other
+files so that its one error names all the bad ones (it says how many were checked when time runs out)."""
+
+
+def _bad_files_error(bad: Sequence[tuple[str, str]], n: int, checked: int | None = None) -> DataError:
+    """One error naming the first :data:`SHOWN_BAD_FILES` undecodable files (path and reason) and the count.
+
+    ``checked`` < ``n``: only that many of the ``n`` files were read (the others may be bad too).
+    """
     shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:SHOWN_BAD_FILES])
     more = f"; and {len(bad) - SHOWN_BAD_FILES} more" if len(bad) > SHOWN_BAD_FILES else ""
     what = "image cannot" if len(bad) == 1 else "images cannot"
-    return DataError(f"{len(bad)} of {n} {what} be decoded (re-create or remove them): {shown}{more}")
+    partial = ""
+    if checked is not None and checked < n:
+        partial = f" (stopped after reading {checked} of them; the others may be bad too)"
+    return DataError(f"{len(bad)} of {n} {what} be decoded{partial} (re-create or remove them): {shown}{more}")
 
 
 def _reason(err: DataError, path: str) -> str:
@@ -145,6 +157,47 @@ def decode_files(
     return out
 
 
+def find_bad_files(
+    paths: Sequence[str],
+    *,
+    mode: str = "RGB",
+    workers: int | None = None,
+    budget_s: float | None = None,
+    known: Sequence[tuple[int, str]] = (),
+) -> tuple[list[tuple[int, str]], int]:
+    """Decode every file (with a thread pool) and list the ones that cannot be decoded, or are missing.
+
+    Args:
+        paths: image files.
+        mode: PIL mode (``RGB`` or ``L``).
+        workers: decoding threads (default: ``min(8, os.cpu_count())``).
+        budget_s: stop reading new files after this many seconds (``None``: read them all).
+        known: ``(index, reason)`` of files already found bad; they are not read again.
+
+    Returns:
+        ``(bad, checked)``: the bad files as ``(index, reason)`` in index order (``known`` included), and how many
+        files were read or known (``len(paths)`` unless the budget ran out).
+    """
+    done = {i for i, _ in known}
+    bad = list(known)
+    checked = [len(done)]
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def work(i: int) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        try:
+            load_image_file(paths[i], mode)
+        except DataError as err:
+            bad.append((i, _reason(err, str(paths[i]))))
+        checked.append(1)
+
+    todo = [i for i in range(len(paths)) if i not in done]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, todo, chunksize=64))
+    return sorted(bad), sum(checked)
+
+
 @dataclass
 class ImageSet:
     """One split: images in memory or as files, with labels.
@@ -196,10 +249,24 @@ class ImageSet:
         return self.source_index if self.source_index is not None else torch.arange(len(self))
 
     def load_image(self, i: int) -> Tensor:
-        """Image ``i`` as uint8 (C, H, W); decodes the file for file-based sets (DataError if it cannot)."""
+        """Image ``i`` as uint8 (C, H, W); decodes the file for file-based sets.
+
+        Raises:
+            DataError: the file cannot be decoded (or is missing). The set's other files are then decoded too
+                (for at most :data:`SCAN_BUDGET_S` seconds, the run stopping anyway), so that the one error
+                counts all the bad ones and names the first :data:`SHOWN_BAD_FILES`, as :func:`decode_files` does.
+        """
         if self.images is not None:
             return self.images[i]
-        return load_image_file(self.paths[i], self.mode)  # type: ignore[index]
+        paths: list[str] = self.paths  # type: ignore[assignment]
+        try:
+            return load_image_file(paths[i], self.mode)
+        except DataError as err:
+            first = (i, _reason(err, str(paths[i])))
+        log.warning("%s cannot be decoded; reading the other %d files of the set to find all bad ones",
+                    paths[i], len(paths) - 1)  # fmt: skip
+        bad, checked = find_bad_files(paths, mode=self.mode, budget_s=SCAN_BUDGET_S, known=[first])
+        raise _bad_files_error([(str(paths[j]), r) for j, r in bad], len(paths), checked)
 
     def counts(self, num_classes: int) -> list[int]:
         """Images per class, index = class id (length ``num_classes``)."""

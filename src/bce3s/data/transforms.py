@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from torchvision.transforms import v2
 from bce3s.data.gpu.autoaugment import GEOMETRIES, apply_op, official_magnitude
 
 __all__ = [
+    "AugmentOptions",
     "AugmentSpec",
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -52,6 +53,7 @@ __all__ = [
     "OfficialAutoAugment",
     "build_transform",
     "check_autoaugment_options",
+    "crop_padding",
     "cutout_box",
     "default_flip",
     "eval_resize_size",
@@ -111,58 +113,88 @@ def default_flip(preset: str) -> bool:
     return preset != "gray"
 
 
+def crop_padding(preset: str, image_size: int) -> int:
+    """Zero padding of the training ``RandomCrop`` of the ``cifar`` (4) and ``gray`` (``image_size // 8``) presets."""
+    return 4 if preset == "cifar" else image_size // 8
+
+
 def eval_resize_size(image_size: int) -> int:
     """Resize side of the ``imagenet`` eval preset: 256 for a 224 crop (the usual 0.875 crop ratio)."""
     return int(round(image_size / 0.875))
 
 
+@dataclass(frozen=True, kw_only=True)
+class AugmentOptions:
+    """The augmentation keywords of :func:`build_transform` and ``BatchAugment``, with their defaults (their one
+    definition; :class:`AugmentSpec` extends it).
+
+    Attributes:
+        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
+        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
+        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
+        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
+        autoaugment_fill: AutoAugment's fill of rotate, shear and translate, 0..255 (0 = torchvision's default,
+            128 = official).
+        autoaugment_geometry: ``torchvision`` (``v2.AutoAugment``) or ``official`` (:class:`OfficialAutoAugment`).
+
+    Raises:
+        ValueError: ``cutout`` < 0, or a bad ``autoaugment_fill`` / ``autoaugment_geometry``.
+    """
+
+    flip: bool | None = None
+    autoaugment: bool = True
+    cutout: int = 16
+    randaugment: bool = False
+    autoaugment_fill: int = 0
+    autoaugment_geometry: str = "torchvision"
+
+    def __post_init__(self) -> None:
+        check_autoaugment_options(self.autoaugment_fill, self.autoaugment_geometry)
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (got {self.cutout})")
+
+    def options(self) -> dict[str, Any]:
+        """The augmentation keywords of :func:`build_transform` and ``BatchAugment`` (these fields only)."""
+        return {f.name: getattr(self, f.name) for f in fields(AugmentOptions)}
+
+    def for_preset(self, preset: str) -> AugmentOptions:
+        """These options as ``preset`` applies them: ``flip`` resolved, ``autoaugment`` and ``cutout`` off outside
+        ``cifar``, ``randaugment`` off outside ``imagenet``."""
+        _check_preset(preset)
+        return AugmentOptions(
+            flip=default_flip(preset) if self.flip is None else self.flip,
+            autoaugment=self.autoaugment and preset == "cifar",
+            cutout=self.cutout if preset == "cifar" else 0,
+            randaugment=self.randaugment and preset == "imagenet",
+            autoaugment_fill=self.autoaugment_fill,
+            autoaugment_geometry=self.autoaugment_geometry,
+        )
+
+
 @dataclass(frozen=True)
-class AugmentSpec:
-    """What a batch source does to each image (the arguments of :func:`build_transform` and ``BatchAugment``).
+class AugmentSpec(AugmentOptions):
+    """What a batch source does to each image: a preset, a size and the :class:`AugmentOptions` (keywords).
 
     Training sources augment with it, evaluation sources apply the preset's deterministic eval transform.
 
     Attributes:
         preset: ``cifar``, ``imagenet`` or ``gray`` (see the module docstring).
         image_size: output side; ``None`` = the stored image side (in-memory splits) or 224 (file-based).
-        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
-        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
-        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
-        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
         train_transform: training sources augment; False = they apply the eval transform to their sampled
             batches (a stage with ``augment: false``).
-        autoaugment_fill: AutoAugment's fill value, 0..255 (0 = torchvision's default, 128 = official).
-        autoaugment_geometry: ``torchvision`` or ``official`` (AutoAugment's geometric ops).
+        flip, autoaugment, cutout, randaugment, autoaugment_fill, autoaugment_geometry: see
+            :class:`AugmentOptions` (keyword-only).
     """
 
     preset: str
     image_size: int | None = None
-    flip: bool | None = None
-    autoaugment: bool = True
-    cutout: int = 16
-    randaugment: bool = False
     train_transform: bool = True
-    autoaugment_fill: int = 0
-    autoaugment_geometry: str = "torchvision"
 
     def __post_init__(self) -> None:
         _check_preset(self.preset)
-        check_autoaugment_options(self.autoaugment_fill, self.autoaugment_geometry)
+        super().__post_init__()
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"image_size must be > 0 (got {self.image_size})")
-        if self.cutout < 0:
-            raise ValueError(f"cutout must be >= 0 (got {self.cutout})")
-
-    def options(self) -> dict[str, Any]:
-        """The augmentation keywords of :func:`build_transform` (all but ``preset``, ``train`` and sizes)."""
-        return {
-            "flip": self.flip,
-            "autoaugment": self.autoaugment,
-            "cutout": self.cutout,
-            "randaugment": self.randaugment,
-            "autoaugment_fill": self.autoaugment_fill,
-            "autoaugment_geometry": self.autoaugment_geometry,
-        }
 
 
 def check_autoaugment_options(fill: int, geometry: str) -> None:
@@ -264,58 +296,40 @@ class Cutout(nn.Module):
         return f"size={self.size}"
 
 
-def build_transform(
-    preset: str,
-    *,
-    train: bool,
-    image_size: int,
-    autoaugment: bool = True,
-    cutout: int = 16,
-    randaugment: bool = False,
-    flip: bool | None = None,
-    channels: int = 3,
-    autoaugment_fill: int = 0,
-    autoaugment_geometry: str = "torchvision",
-) -> v2.Compose:
+def build_transform(preset: str, *, train: bool, image_size: int, channels: int = 3, **options: Any) -> v2.Compose:
     """A per-image torchvision v2 pipeline: uint8 (C, H, W) -> float32 (C, image_size, image_size) normalized.
 
     Args:
         preset: ``cifar``, ``imagenet`` or ``gray`` (see the module docstring).
         train: training augmentation (True) or the deterministic eval transform (False).
         image_size: crop side (train) / output side (imagenet eval).
-        autoaugment: AutoAugment CIFAR-10 policy (``cifar`` only).
-        cutout: Cutout side in pixels, 0 = off (``cifar`` only).
-        randaugment: RandAugment instead of ColorJitter (``imagenet`` only).
-        flip: random horizontal flip in training; ``None`` = :func:`default_flip`.
         channels: image channels (selects the per-channel normalization statistics).
-        autoaugment_fill: AutoAugment's fill of rotate, shear and translate, 0..255 (official: 128).
-        autoaugment_geometry: ``torchvision`` (``v2.AutoAugment``) or ``official`` (:class:`OfficialAutoAugment`).
+        **options: the keywords of :class:`AugmentOptions` (``flip``, ``autoaugment``, ``cutout``,
+            ``randaugment``, ``autoaugment_fill``, ``autoaugment_geometry``), with its defaults.
     """
     _check_preset(preset)
-    check_autoaugment_options(autoaugment_fill, autoaugment_geometry)
+    opts = AugmentOptions(**options).for_preset(preset)
     if image_size <= 0:
         raise ValueError(f"image_size must be > 0 (got {image_size})")
-    flip = default_flip(preset) if flip is None else flip
     mean, std = preset_stats(preset, channels)
     ops: list[Callable[..., Tensor] | nn.Module] = []
     if train:
         if preset == "imagenet":
             ops.append(v2.RandomResizedCrop(image_size, antialias=True))
         else:
-            padding = 4 if preset == "cifar" else image_size // 8
-            ops.append(v2.RandomCrop(image_size, padding=padding))
-        if flip:
+            ops.append(v2.RandomCrop(image_size, padding=crop_padding(preset, image_size)))
+        if opts.flip:
             ops.append(v2.RandomHorizontalFlip())
-        if preset == "cifar" and autoaugment:
-            if autoaugment_geometry == "official":
-                ops.append(OfficialAutoAugment(autoaugment_fill))
+        if opts.autoaugment:
+            if opts.autoaugment_geometry == "official":
+                ops.append(OfficialAutoAugment(opts.autoaugment_fill))
             else:
-                ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=autoaugment_fill or None))
+                ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=opts.autoaugment_fill or None))
         if preset == "imagenet":
-            ops.append(v2.RandAugment() if randaugment else v2.ColorJitter(0.4, 0.4, 0.4))
+            ops.append(v2.RandAugment() if opts.randaugment else v2.ColorJitter(0.4, 0.4, 0.4))
         ops.append(v2.ToDtype(torch.float32, scale=True))
-        if preset == "cifar" and cutout > 0:
-            ops.append(Cutout(cutout))
+        if opts.cutout > 0:
+            ops.append(Cutout(opts.cutout))
     else:
         if preset == "imagenet":
             ops += [v2.Resize(eval_resize_size(image_size), antialias=True), v2.CenterCrop(image_size)]

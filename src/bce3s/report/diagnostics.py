@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bce3s.errors import program_name
 from bce3s.eval.geometry import GEOMETRY_MEANINGS
 from bce3s.report import plots
 from bce3s.report.document import DASH, Block, Heading, Para, Table, fmt, slug
@@ -71,7 +72,7 @@ def section_calibration(runs: Sequence[RunData], colors: Mapping[str, str], bloc
     if without:
         notes.append(Para(
             f"No reliability bins for: {', '.join(without)} (they come from eval_test_last.json; "
-            "run 'bce3s eval RUN_DIR').", note=True))
+            f"run '{program_name()} eval RUN_DIR').", note=True))
     blocks += notes
 
 
@@ -120,7 +121,7 @@ def section_weight_norms(runs: Sequence[RunData], colors: Mapping[str, str], blo
             blocks.append(fig)
             drawn = True
     if not drawn:
-        notes.append(Para("No geometry in any eval_*.json (run 'bce3s eval RUN_DIR').", note=True))
+        notes.append(Para(f"No geometry in any eval_*.json (run '{program_name()} eval RUN_DIR').", note=True))
     blocks += notes
 
 
@@ -187,7 +188,7 @@ def section_geometry(runs: Sequence[RunData], colors: Mapping[str, str], blocks:
             blocks.append(Table(header, rows, frozenset({2, 3, 4, 5}),
                                  caption="Geometry per shot group (mean ± std over classes)" + csuf))
     if not geo:
-        notes.append(Para("No geometry in any eval_*.json (run 'bce3s eval RUN_DIR').", note=True))
+        notes.append(Para(f"No geometry in any eval_*.json (run '{program_name()} eval RUN_DIR').", note=True))
     blocks += notes
 
 
@@ -205,7 +206,7 @@ def section_confusion(runs: Sequence[RunData], blocks: list[Block]) -> None:
         src = run.best_eval()
         if src is None or not isinstance(src[1].get("confusion"), list):
             notes.append(Para(f"{run.label}: no confusion matrix (it comes from eval_test_last.json; run "
-                               "'bce3s eval RUN_DIR').", note=True))
+                               f"'{program_name()} eval RUN_DIR').", note=True))
             continue
         name, ev = src
         names = run.final.get("class_names") if isinstance(run.final.get("class_names"), list) else None

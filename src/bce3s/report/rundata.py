@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bce3s.errors import RunDirError
+from bce3s.errors import RunDirError, program_name
 from bce3s.rundir import RunDir
 
 __all__ = ["CHECKPOINTS", "EVAL_PREFERENCE", "RunData", "load_run", "unique_labels"]
@@ -271,7 +271,7 @@ def load_run(run_dir: str | Path) -> RunData:
         best = run.best_eval()
         run.notes.append(
             "eval_test_last.json is missing: the reliability diagram, geometry and confusion matrix need it "
-            f"(run 'bce3s eval {rd.root}')" + (f"; using {best[0]} instead" if best is not None else "")
+            f"(run '{program_name()} eval {rd.root}')" + (f"; using {best[0]} instead" if best is not None else "")
         )
     for ckpt in CHECKPOINTS:
         if run.test_metrics(ckpt) is None:

@@ -18,6 +18,7 @@ for many images can be applied to any split of them (:func:`slice_params`) with 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
@@ -32,7 +33,7 @@ from bce3s.data.gpu.autoaugment import (
     sample_randaugment,
 )
 from bce3s.data.gpu.batched_ops import BatchedOps
-from bce3s.data.transforms import PRESETS, check_autoaugment_options, default_flip, eval_resize_size, preset_stats
+from bce3s.data.transforms import PRESETS, AugmentOptions, crop_padding, eval_resize_size, preset_stats
 
 __all__ = ["BatchAugment", "check_images", "slice_params"]
 
@@ -47,38 +48,26 @@ class BatchAugment:
         preset: ``cifar``, ``imagenet`` or ``gray``.
         train: augment (True) or the deterministic eval transform (False).
         image_size: output side.
-        autoaugment, cutout, randaugment, flip, autoaugment_fill, autoaugment_geometry: as in ``build_transform``.
+        **options: the keywords of :class:`bce3s.data.transforms.AugmentOptions`, as in ``build_transform``.
     """
 
-    def __init__(
-        self,
-        preset: str,
-        *,
-        train: bool,
-        image_size: int,
-        autoaugment: bool = True,
-        cutout: int = 16,
-        randaugment: bool = False,
-        flip: bool | None = None,
-        autoaugment_fill: int = 0,
-        autoaugment_geometry: str = "torchvision",
-    ) -> None:
+    def __init__(self, preset: str, *, train: bool, image_size: int, **options: Any) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(PRESETS)}")
-        if image_size <= 0 or cutout < 0:
-            raise ValueError(f"image_size must be > 0 and cutout >= 0 (got {image_size}, {cutout})")
-        check_autoaugment_options(autoaugment_fill, autoaugment_geometry)
+        if image_size <= 0:
+            raise ValueError(f"image_size must be > 0 (got {image_size})")
+        opts = AugmentOptions(**options).for_preset(preset)
         self.preset = preset
         self.train = train
         self.image_size = image_size
-        self.autoaugment = autoaugment and preset == "cifar"
-        self.cutout = cutout if preset == "cifar" else 0
-        self.randaugment = randaugment and preset == "imagenet"
-        self.flip = default_flip(preset) if flip is None else flip
-        self.padding = 4 if preset == "cifar" else image_size // 8
-        self.autoaugment_fill = autoaugment_fill
-        self.autoaugment_geometry = autoaugment_geometry
-        self._aa = autoaugment_table(image_size, image_size, autoaugment_geometry) if self.autoaugment else None
+        self.autoaugment = opts.autoaugment
+        self.cutout = opts.cutout
+        self.randaugment = opts.randaugment
+        self.flip = bool(opts.flip)
+        self.padding = crop_padding(preset, image_size)
+        self.autoaugment_fill = opts.autoaugment_fill
+        self.autoaugment_geometry = opts.autoaugment_geometry
+        self._aa = autoaugment_table(image_size, image_size, opts.autoaugment_geometry) if self.autoaugment else None
         self._ra = randaugment_table(image_size, image_size) if self.randaugment else None
         self._ops: dict[tuple[str, int, int, int, str], BatchedOps] = {}
         self._norm: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}

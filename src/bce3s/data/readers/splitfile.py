@@ -13,7 +13,8 @@ classes K is ``max(train label) + 1`` and every class must have a training image
 
 The list files are found at ``data.train_list`` / ``val_list`` / ``test_list`` (relative to ``data.root`` unless
 absolute), defaulting to the names above inside ``data.root``. Known lists are checked against their published
-sha256 (a mismatch is a warning). Images are kept as paths; nothing is decoded here.
+sha256 (a mismatch is a warning). Every listed image must exist (checked by listing each folder once; one error
+names the missing ones). Images are kept as paths; nothing is decoded here.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from bce3s.config import DataConfig
-from bce3s.data.imageset import ImageSet
+from bce3s.data.imageset import SHOWN_BAD_FILES, ImageSet
 from bce3s.data.readers.base import SourceData
 from bce3s.errors import DataError
 
@@ -165,14 +167,56 @@ def _to_imageset(root: Path, lst: SplitList, num_classes: int) -> ImageSet:
             f"{lst.file}:{int(lst.line_numbers[i])}: label {int(lst.labels[i])} outside [0, {num_classes}) "
             f"(the train list defines {num_classes} classes)"
         )
-    first = root / lst.rel_paths[0]
-    if not first.exists():
-        raise DataError(
-            f"{lst.file}:{int(lst.line_numbers[0])}: image {first} not found; data.root must be the folder the "
-            f"list's relative paths start from"
-        )
     prefix = str(root) + os.sep  # plain concatenation: Path joins cost seconds on iNat's 437k lines
     return ImageSet(None, [prefix + p for p in lst.rel_paths], lst.labels, lst.line_numbers - 1)
+
+
+def _listing(folder: str) -> frozenset[str] | bool:
+    """The entry names of ``folder``; ``False`` when it does not exist, ``True`` when it cannot be listed."""
+    try:
+        return frozenset(e.name for e in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+
+
+def _check_images_exist(lists: dict[str, SplitList], sets: dict[str, ImageSet]) -> None:
+    """Every listed image must exist: one error counting the missing ones and naming the first few (file:line).
+
+    Each folder the lists name is listed once (what reading an ImageFolder tree costs), so no image is opened;
+    a name missing from its folder's listing is looked up once more with ``os.path.exists`` (case-insensitive
+    filesystems, unlistable folders). Images that exist but cannot be decoded are found when they are read
+    (:meth:`bce3s.data.imageset.ImageSet.load_image`).
+    """
+    split_of, seen = [], set()
+    for s in lists:  # a list used for two splits (e.g. val and test) is checked once
+        if lists[s].file not in seen:
+            seen.add(lists[s].file)
+            split_of.append((lists[s], sets[s].paths or []))
+    folders = sorted({os.path.dirname(p) for _, paths in split_of for p in paths})
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        listed = dict(zip(folders, pool.map(_listing, folders), strict=True))
+    missing: list[str] = []
+    n = 0
+    for lst, paths in split_of:
+        n += len(paths)
+        for i, path in enumerate(paths):
+            folder, name = os.path.split(path)
+            names = listed[folder]  # False: no such folder; True: unlistable, look the file up
+            found = names is not False and (
+                (isinstance(names, frozenset) and name in names) or os.path.exists(path)
+            )
+            if not found:
+                missing.append(f"{lst.file}:{int(lst.line_numbers[i])} {path}")
+    if missing:
+        shown = "; ".join(missing[:SHOWN_BAD_FILES])
+        more = f"; and {len(missing) - SHOWN_BAD_FILES} more" if len(missing) > SHOWN_BAD_FILES else ""
+        what = "image" if len(missing) == 1 else "images"
+        raise DataError(
+            f"{len(missing)} of {n} listed {what} not found (data.root must be the folder the lists' relative "
+            f"paths start from): {shown}{more}"
+        )
 
 
 def _list_path(root: Path, given: str | None, default: str | None) -> Path | None:
@@ -217,6 +261,7 @@ def _read(cfg: DataConfig, spec: _Spec) -> SourceData:
     for c, i in enumerate(first_of_class.tolist()):
         names[c] = _class_name(train_list.rel_paths[i]) or str(c)
     sets = {split: _to_imageset(root, lst, k) for split, lst in lists.items()}
+    _check_images_exist(lists, sets)
     return SourceData(
         name=cfg.dataset,
         class_names=names,
