@@ -5,7 +5,9 @@ IF 100, ResNet-32, the GPU-resident pipeline and the run's default step (``runti
 one GPU). The runs (2 methods x the seeds) go ``--parallel`` at a time as separate processes sharing the device.
 
 With ``--budget-s`` a short concurrent probe (2 + 1 epochs of every run) measures the epoch time under that load
-first, and stage 1 is shortened (never lengthened) only if the paper's 320 + 10 epochs would not fit; the table
+first, and stage 1 is shortened (never lengthened) only if the paper's 320 + 10 epochs would not fit. If every probe
+run fails and no ``runtime.step`` was set, the probe is repeated with ``runtime.step=eager`` (the reference step)
+and the runs use it: a captured step that cannot run on this machine costs speed, not the numbers. The table
 then says by how much, and gives the projected wall time of the full schedule. The table gives mean ± std over the
 seeds of test accuracy for ``last`` and ``best_val`` (no TTA; TTA rows apart), the wall time per run and the runs
 per device-minute. Usage::
@@ -75,8 +77,13 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple[float, float, float]:
-    """(stage-1 epoch s, stage-2 epoch s, fixed s per run) measured with every run going at once."""
+def _log_tail(path: Path, lines: int = 6) -> str:
+    text = path.read_text(errors="replace").strip().splitlines() if path.is_file() else []
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple[float, float, float] | None:
+    """(stage-1 epoch s, stage-2 epoch s, fixed s per run) measured with every run going at once; None if all failed."""
     probe = out / "probe"
     probe.mkdir(parents=True, exist_ok=True)
     jobs = [
@@ -93,15 +100,19 @@ def _probe(base: list[str], seeds: list[int], out: Path, parallel: int) -> tuple
     ]
     ends = _run_all(jobs, probe, parallel)
     t1, t2, fixed = [], [], []
-    for name, (_, wall) in ends.items():
+    for name, (rc, wall) in ends.items():
         hist = _history(probe / name)
+        log = probe / f"{name}.log"
+        if log.is_file() and "CUDA graph failed" in log.read_text(errors="replace"):
+            print(f"probe {name}: the CUDA graph capture failed, the run stepped eagerly:\n{_log_tail(log, 3)}")
         if len(hist) < 3:
+            print(f"probe {name} failed (exit {rc}); end of {log}:\n{_log_tail(log)}", flush=True)
             continue
         t1.append(hist[1]["time_s"])  # the second epoch: no warm-up or capture
         t2.append(hist[2]["time_s"])
         fixed.append(max(wall - sum(h["time_s"] for h in hist), 0.0))
     if not t1:
-        raise SystemExit(f"probe failed; see the logs under {probe}")
+        return None
     return max(t1), max(t2), max(fixed)
 
 
@@ -146,7 +157,14 @@ def main() -> int:
     e2 = args.epochs2 or PAPER_EPOCHS[1]
     t_start = time.time()
     if args.budget_s and not args.smoke:
-        t1, t2, fixed = _probe(base, args.seeds, out, parallel)
+        probed = _probe(base, args.seeds, out, parallel)
+        if probed is None and not any(s.startswith("runtime.step=") for s in base):
+            print("every probe run failed with the default step; probing again with runtime.step=eager", flush=True)
+            base.append("runtime.step=eager")
+            probed = _probe(base, args.seeds, out / "eager", parallel)
+        if probed is None:
+            raise SystemExit(f"probe failed; see the logs under {out / 'probe'}")
+        t1, t2, fixed = probed
         waves = -(-runs // parallel)
         remaining = args.budget_s - (time.time() - t_start)
         need = waves * (fixed + e1 * t1 + e2 * t2)
@@ -163,6 +181,7 @@ def main() -> int:
                 flush=True,
             )
             e1 = max(1, fit)
+    step_mode = next((s.split("=", 1)[1] for s in reversed(base) if s.startswith("runtime.step=")), "auto")
     sets = [*base, f"stages.0.epochs={e1}", f"stages.1.epochs={e2}"]
     jobs = [
         (f"{name}_seed{seed}", _cmd(config, out / f"{name}_seed{seed}", [*sets, f"runtime.seed={seed}"]))
@@ -175,7 +194,8 @@ def main() -> int:
     print()
     print(
         f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, seeds {' '.join(map(str, args.seeds))}, stage-1 epochs {e1} "
-        f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; {parallel} runs at once on one device; test accuracy "
+        f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; runtime.step {step_mode}; {parallel} runs at once on one "
+        "device; test accuracy "
         "(%), mean ± std over seeds"
     )
     print(f"{'run':<26}{'checkpoint':<20}" + "".join(f"{g:>16}" for g, _ in GROUPS) + f"{'wall s/run':>16}")
@@ -184,6 +204,7 @@ def main() -> int:
         "paper_epochs": list(PAPER_EPOCHS),
         "seeds": args.seeds,
         "parallel": parallel,
+        "step": step_mode,
         "total_wall_s": total,
         "runs_per_device_minute": runs / (total / 60),
         "paper": PAPER,
