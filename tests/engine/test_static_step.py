@@ -190,9 +190,23 @@ def test_graphed_step_equals_static_on_cuda():
     ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
     graphed = StaticStep(gr, "graphed")
     gr_losses = _run(gr, gr_sched, graphed, batches)
+    assert graphed.capture_error is None, graphed.capture_error
     assert graphed._graph is not None
     torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
     _assert_same_state(ref, gr, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_graphed_step_captures_a_loss_that_checks_its_inputs():
+    """``check_inputs`` reads values on the host in an eager step; while a graph is captured it must not."""
+    if DEVICE.type != "cuda":
+        pytest.skip("set BCE3S_TEST_DEVICE=cuda")
+    st, sched = _runtime(static=True)
+    st.loss_fn.check_inputs = True
+    step = StaticStep(st, "graphed")
+    _run(st, sched, step, _batches(8))
+    assert step.capture_error is None, step.capture_error
+    assert step._graph is not None
 
 
 def test_checkpoints_cross_between_static_and_eager_optimizers():
