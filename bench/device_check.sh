@@ -104,10 +104,12 @@ else
   step "2-3. numerics and step benchmark skipped (--recipe-only)"
   else
   step "2a. captured step (gpu-marked tests of tests/engine/test_static_step.py: graphed against static and eager)"
-  BCE3S_TEST_DEVICE=cuda timeout 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_static_step.py \
+  BCE3S_TEST_DEVICE=cuda timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_static_step.py \
     2>&1 | tail -25
   rc=${PIPESTATUS[0]}
-  if [ "$rc" != 0 ]; then
+  if [ "$rc" = 124 ]; then  # too slow is no verdict: the recipe's probe still falls back if the step fails
+    echo "captured step: tests timed out; the recipe keeps the default step"; status=1
+  elif [ "$rc" != 0 ] && [ "$rc" != 5 ]; then
     echo "captured step: pytest exit $rc; the recipe below runs with runtime.step=eager (the reference step)"
     RECIPE_STEP="runtime.step=eager"; status=1
   fi
