@@ -42,7 +42,8 @@ while [ $# -gt 0 ]; do
 done
 RESULTS="${OUT:-bench/results/device}"
 mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd)
-exec > >(tee -a "$RESULTS/device_check.log") 2>&1  # the whole output also comes back as a file
+# the whole output also comes back as a file (stderr stays stderr)
+exec > >(tee -a "$RESULTS/device_check.log") 2> >(tee -a "$RESULTS/device_check.log" >&2)
 PY="${PYTHON:-python3}"
 if [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && [ "$SMOKE" = 1 ]; then PY=.venv/bin/python; fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
