@@ -316,7 +316,7 @@ class _FakeGraphs:
                     a.copy_(b)
 
         class Capture:
-            def __init__(self, graph, stream=None) -> None:
+            def __init__(self, graph, stream=None, capture_error_mode="global") -> None:
                 pass
 
             def __enter__(self) -> None:

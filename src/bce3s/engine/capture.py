@@ -244,7 +244,8 @@ class StaticStep:
         self.rt.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self._stream):
+            # thread_local: CUDA calls of other threads (a DataLoader's pin-memory thread) do not break the capture
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 out = self._body(static)
         except RuntimeError as err:
             lines = str(err).strip().splitlines()
