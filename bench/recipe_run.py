@@ -14,9 +14,11 @@ the two. What gives way when the paper's 320 + 10 epochs do not fit for every ru
   back to ``epochs``;
 - ``epochs``: keep every run and shorten stage 1 (never lengthen it) to the longest that fits.
 
-The table then says what was dropped or by how much the schedule was short, and gives the projected wall time of
-the full schedule. It gives mean ± std over the seeds of test accuracy for ``last`` and ``best_val`` (no TTA; TTA
-rows apart), the wall time per run and the runs per device-minute. Usage::
+If every run of the first probe fails and no ``runtime.step`` was set, the probe is repeated with
+``runtime.step=eager`` (the reference step) and the runs use it: a captured step that cannot run on this machine
+costs speed, not the numbers. The table then says what was dropped or by how much the schedule was short, and
+gives the projected wall time of the full schedule. It gives mean ± std over the seeds of test accuracy for
+``last`` and ``best_val`` (no TTA; TTA rows apart), the wall time per run and the runs per device-minute. Usage::
 
     python bench/recipe_run.py --data-root /tmp/data/cifar10-jpeg --out runs/device           # paper epochs
     python bench/recipe_run.py --data-root ROOT --out OUT --budget-s 480                       # fit a budget
@@ -85,9 +87,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _probe(base: list[str], runs: list[tuple[str, str, int]], out: Path) -> Probe:
-    """Train 2 + 1 epochs of ``runs`` ((name, config, seed) each) all at once: the epoch times under that load."""
-    probe = out / f"probe{len(runs)}"
+def _log_tail(path: Path, lines: int = 6) -> str:
+    text = path.read_text(errors="replace").strip().splitlines() if path.is_file() else []
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _probe(base: list[str], runs: list[tuple[str, str, int]], out: Path, name: str = "probe") -> Probe | None:
+    """Train 2 + 1 epochs of ``runs`` ((name, config, seed) each) all at once: the epoch times under that load.
+
+    Returns None when every probe run failed (their log tails are printed).
+    """
+    probe = out / name
     probe.mkdir(parents=True, exist_ok=True)
     jobs = [
         (
@@ -102,15 +112,19 @@ def _probe(base: list[str], runs: list[tuple[str, str, int]], out: Path) -> Prob
     ]
     ends = _run_all(jobs, probe, len(jobs))
     t1, t2, fixed = [], [], []
-    for name, (_, wall) in ends.items():
+    for name, (rc, wall) in ends.items():
         hist = _history(probe / name)
+        log = probe / f"{name}.log"
+        if log.is_file() and "CUDA graph failed" in log.read_text(errors="replace"):
+            print(f"probe {name}: the CUDA graph capture failed, the run stepped eagerly:\n{_log_tail(log, 3)}")
         if len(hist) < 3:
+            print(f"probe {name} failed (exit {rc}); end of {log}:\n{_log_tail(log)}", flush=True)
             continue
         t1.append(hist[1]["time_s"])  # the second epoch: no warm-up or capture
         t2.append(hist[2]["time_s"])
         fixed.append(max(wall - sum(h["time_s"] for h in hist), 0.0))
     if not t1:
-        raise SystemExit(f"probe failed; see the logs under {probe}")
+        return None
     return Probe(max(t1), max(t2), max(fixed))
 
 
@@ -154,14 +168,8 @@ def plan(
         for k in run_counts(runs)[1:]:
             need = interpolate(alone, together, runs, k).run_s(e1, e2)
             if need <= remaining_s:
-                return (
-                    k,
-                    e1,
-                    (
-                        f"the full schedule fits {k} of {runs} runs at once ({need:.0f} s of {remaining_s:.0f} s left); "
-                        f"the other {runs - k} are not run"
-                    ),
-                )
+                said = f"the full schedule fits {k} of {runs} runs at once ({need:.0f} s of {remaining_s:.0f} s left)"
+                return k, e1, f"{said}; the other {runs - k} are not run"
     need = together.run_s(e1, e2)
     cut = max(1, int((remaining_s - together.fixed - e2 * together.epoch2) / together.epoch1))
     return (
@@ -225,6 +233,12 @@ def main() -> int:
         if args.parallel is not None:
             raise SystemExit("recipe_run.py: --budget-s runs the chosen runs all at once; drop --parallel")
         together = _probe(base, order, out)
+        if together is None and not any(s.startswith("runtime.step=") for s in base):
+            print("every probe run failed with the default step; probing again with runtime.step=eager", flush=True)
+            base.append("runtime.step=eager")
+            together = _probe(base, order, out / "eager")
+        if together is None:
+            raise SystemExit(f"probe failed; see the logs under {out / 'probe'}")
         remaining = args.budget_s - (time.time() - t_start)
         print(
             f"probe ({runs} runs at once): stage-1 epoch {together.epoch1:.2f} s, stage-2 epoch "
@@ -234,8 +248,9 @@ def main() -> int:
         )
         alone = None
         if together.run_s(e1, e2) > remaining and args.fit == "runs" and runs > 1:
-            alone = _probe(base, order[:1], out)
+            alone = _probe(base, order[:1], out, "probe_alone")
             remaining = args.budget_s - (time.time() - t_start)
+        if alone is not None:
             print(
                 f"probe (1 run): stage-1 epoch {alone.epoch1:.2f} s, stage-2 epoch {alone.epoch2:.2f} s, fixed "
                 f"{alone.fixed:.0f} s; {remaining:.0f} s left",
@@ -245,6 +260,7 @@ def main() -> int:
         if given_up:
             print(given_up, flush=True)
         order, runs, parallel = order[:kept], kept, kept
+    step_mode = next((s.split("=", 1)[1] for s in reversed(base) if s.startswith("runtime.step=")), "auto")
     sets = [*base, f"stages.0.epochs={e1}", f"stages.1.epochs={e2}"]
     jobs = [
         (f"{name}_seed{seed}", _cmd(config, out / f"{name}_seed{seed}", [*sets, f"runtime.seed={seed}"]))
@@ -257,7 +273,8 @@ def main() -> int:
     print()
     print(
         f"CIFAR-10-LT (JPEG copy) IF 100, ResNet-32, {runs} runs, stage-1 epochs {e1} "
-        f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; {parallel} runs at once on one device; test accuracy "
+        f"(paper {PAPER_EPOCHS[0]}), stage-2 epochs {e2}; runtime.step {step_mode}; {parallel} runs at once on one "
+        "device; test accuracy "
         "(%), mean ± std over seeds"
     )
     print(f"{'run':<26}{'checkpoint':<20}" + "".join(f"{g:>16}" for g, _ in GROUPS) + f"{'wall s/run':>16}")
@@ -267,6 +284,7 @@ def main() -> int:
         "seeds": args.seeds,
         "runs": [f"{name}_seed{seed}" for name, _, seed in order],
         "parallel": parallel,
+        "step": step_mode,
         "total_wall_s": total,
         "runs_per_device_minute": runs / (total / 60),
         "paper": PAPER,

@@ -19,6 +19,12 @@ Step modes (``runtime.step``): ``eager`` (the reference step, one host sync per 
 with no host sync: device-side finiteness flag, fused optimizer, tensor lr), ``compiled`` (static, forward and
 loss through torch.compile), ``graphed`` (static captured as one CUDA graph; CUDA only). ``--variants base`` runs
 eager and static (and graphed on CUDA); ``all`` adds compiled and, on CUDA, bf16 / channels_last forms.
+
+Each (model, variant) runs on its own: one that fails is reported (``FAILED`` row, ``error`` in the JSON, exit
+status 1) and the others still run. The order is eager / static forms first, then graphed, then compiled (the
+slowest to start), so a failing capture or a compile cut short by a timeout costs only its own rows; every row is
+printed and written as soon as it is measured. A graphed row whose capture failed (it then ran eagerly) is marked
+``capture failed``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -56,8 +63,13 @@ def make_steps(
     channels_last: bool,
     amp: str,
     step: str = "eager",
+    runners: list | None = None,
 ):
-    """Two closures (CE, BCE3S), each running one training step of mode ``step`` (the code that trains)."""
+    """Two closures (CE, BCE3S), each running one training step of mode ``step`` (the code that trains).
+
+    ``runners``, when given, receives the two step objects (the :class:`StaticStep` objects of a static mode).
+    """
+    runners = [] if runners is None else runners
     counts = [max(int(500 * 0.01 ** (i / (num_classes - 1))), 1) for i in range(num_classes)]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
@@ -102,6 +114,7 @@ def make_steps(
         ce_run, b_run = (lambda batch: train_step(ce_rt, batch)), (lambda batch: train_step(b_rt, batch))
     else:
         ce_run, b_run = StaticStep(ce_rt, step), StaticStep(b_rt, step)
+    runners.extend([ce_run, b_run])
     step_i = [0]
 
     def ce_step() -> None:
@@ -132,13 +145,23 @@ def time_pair(ce_step, b_step, device: torch.device, steps: int, warmup: int) ->
     return ta, tb
 
 
+def _device_usable(device: torch.device) -> bool:
+    """False when the device fails a trivial operation (a sticky CUDA error poisons the whole process)."""
+    try:
+        torch.ones(1, device=device).add_(1).sum().item()
+        _sync(device)
+    except Exception:
+        return False
+    return True
+
+
 def _write(path: str, rows: list[dict], meta: dict | None = None) -> None:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta or {}, "rows": rows}, indent=2))
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=None, help="default: resnet32 resnet34_cifar (+ resnet50 on CUDA)")
     ap.add_argument("--batch", type=int, default=64, help="clean batch B (3B images go through the backbone)")
@@ -171,13 +194,21 @@ def main() -> None:
                 ("graphed+channels_last+bf16", True, "bf16", "graphed"),
                 ("eager+channels_last+bf16", True, "bf16", "eager"),
             ]
-    rows = []
-    for name in models:
+    jobs = [(name, v) for v in variants for name in models]
+    jobs.sort(key=lambda job: {"graphed": 1, "compiled": 2}.get(job[1][3], 0))  # stable: risky / slow ones last
+    hdr = (
+        f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}"
+        f"{'CE img/s':>10}{'BCE3S img/s':>12}"
+    )
+    print(hdr, flush=True)
+    rows, failed = [], 0
+    for name, (vname, cl, amp, mode) in jobs:
+        if mode == "compiled" and name != models[0]:
+            continue  # compile once (first model): compilation costs ~1 min per model
         size = 224 if name in ("resnet50", "resnext50_32x4d", "resnet152") else 32
         batch = min(args.batch, 64) if size == 224 else args.batch
-        for vname, cl, amp, mode in variants:
-            if mode == "compiled" and name != models[0]:
-                continue  # compile once (first model): compilation costs ~1 min per model
+        runners: list = []
+        try:
             if mode == "compiled":
                 torch._dynamo.reset()
             ce_step, b_step = make_steps(
@@ -189,34 +220,43 @@ def main() -> None:
                 channels_last=cl,
                 amp=amp,
                 step=mode,
+                runners=runners,
             )
             ta, tb = time_pair(ce_step, b_step, device, args.steps, args.warmup)
-            a, b = statistics.median(ta), statistics.median(tb)
-            rows.append(
-                {
-                    "model": name,
-                    "variant": vname,
-                    "device": str(device),
-                    "batch": batch,
-                    "image_size": size,
-                    "images_per_step": 3 * batch,
-                    "ce_ms": 1e3 * a,
-                    "bce3s_ms": 1e3 * b,
-                    "ratio": b / a,
-                    "ce_img_s": 3 * batch / a,
-                    "bce3s_img_s": 3 * batch / b,
-                }
-            )
+        except Exception as err:  # one failing variant must not cost the others their rows
+            failed += 1
+            msg = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+            rows.append({"model": name, "variant": vname, "device": str(device), "error": msg})
             _write(args.out, rows)
-    hdr = (
-        f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}"
-        f"{'CE img/s':>10}{'BCE3S img/s':>12}"
-    )
-    print(hdr)
-    for r in rows:
+            print(f"{name:<16}{vname:<28}FAILED ({msg})", flush=True)
+            if not _device_usable(device):
+                print("the device is unusable after this failure: the remaining variants are skipped", flush=True)
+                break
+            continue
+        a, b = statistics.median(ta), statistics.median(tb)
+        row = {
+            "model": name,
+            "variant": vname,
+            "device": str(device),
+            "batch": batch,
+            "image_size": size,
+            "images_per_step": 3 * batch,
+            "ce_ms": 1e3 * a,
+            "bce3s_ms": 1e3 * b,
+            "ratio": b / a,
+            "ce_img_s": 3 * batch / a,
+            "bce3s_img_s": 3 * batch / b,
+        }
+        errors = [e for e in (getattr(r, "capture_error", None) for r in runners) if e]
+        if errors:
+            row["capture_error"] = errors[0]
+        rows.append(row)
+        _write(args.out, rows)
+        note = f"  capture failed, ran eagerly: {errors[0]}" if errors else ""
         print(
-            f"{r['model']:<16}{r['variant']:<28}{r['images_per_step']:>10}{r['ce_ms']:>10.1f}{r['bce3s_ms']:>10.1f}"
-            f"{r['ratio']:>8.3f}{r['ce_img_s']:>10.0f}{r['bce3s_img_s']:>12.0f}"
+            f"{row['model']:<16}{row['variant']:<28}{row['images_per_step']:>10}{row['ce_ms']:>10.1f}"
+            f"{row['bce3s_ms']:>10.1f}{row['ratio']:>8.3f}{row['ce_img_s']:>10.0f}{row['bce3s_img_s']:>12.0f}{note}",
+            flush=True,
         )
     meta = {
         "torch": torch.__version__,
@@ -229,8 +269,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"written: {out}")
+    print(f"written: {out}" + (f" ({failed} variant(s) FAILED)" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

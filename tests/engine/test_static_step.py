@@ -9,6 +9,7 @@ epochs with a schedule step between them, and the same handling of a non-finite 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -242,9 +243,23 @@ def test_graphed_step_equals_static_on_cuda():
     ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
     graphed = StaticStep(gr, "graphed")
     gr_losses = _run(gr, gr_sched, graphed, batches)
+    assert graphed.capture_error is None, graphed.capture_error
     assert graphed._graph is not None
     torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
     _assert_same_state(ref, gr, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_graphed_step_captures_a_loss_that_checks_its_inputs():
+    """``check_inputs`` reads values on the host in an eager step; while a graph is captured it must not."""
+    if DEVICE.type != "cuda":
+        pytest.skip("set BCE3S_TEST_DEVICE=cuda")
+    st, sched = _runtime(static=True)
+    st.loss_fn.check_inputs = True
+    step = StaticStep(st, "graphed")
+    _run(st, sched, step, _batches(8))
+    assert step.capture_error is None, step.capture_error
+    assert step._graph is not None
 
 
 def test_checkpoints_cross_between_static_and_eager_optimizers():
@@ -325,3 +340,118 @@ def test_a_graphed_run_trains_like_an_eager_run_on_cuda(tmp_path):
     graphed = _train_losses(tmp_path, "graphed", "cuda")
     assert len(eager) == len(graphed) == 3
     torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-3, atol=1e-4)
+
+
+class _FakeGraphs:
+    """``torch.cuda`` graph and stream calls replaced so that the ``graphed`` control flow runs on the CPU.
+
+    Capturing runs the step's body but then restores every tensor it touched (a real capture only records work);
+    a replay zeroes the gradients (a replayed backward writes them afresh), runs the body on the graph's static
+    inputs and writes the results into the static outputs (a replay rewrites the captured output tensors).
+    ``fail`` makes every capture raise as CUDA does for an operation it cannot capture.
+    """
+
+    def __init__(self, step: StaticStep, *, fail: bool = False) -> None:
+        self.step, self.fail = step, fail
+        self.captures = self.replays = 0
+        fake = self
+
+        class Graph:
+            def replay(self) -> None:
+                fake.replays += 1
+                st = fake.step
+                st.rt.optimizer.zero_grad(set_to_none=True)
+                new = st._body(st._static_in)
+                old = st._static_out
+                for a, b in zip(
+                    [old.loss, old.skipped, *old.terms.values()], [new.loss, new.skipped, *new.terms.values()]
+                ):
+                    a.copy_(b)
+
+        class Capture:
+            def __init__(self, graph, stream=None, capture_error_mode="global") -> None:
+                pass
+
+            def __enter__(self) -> None:
+                fake.captures += 1
+                fake.saved = [(t, t.clone()) for t in fake._state()]
+
+            def __exit__(self, *exc) -> bool:
+                with torch.no_grad():
+                    for t, old in fake.saved:
+                        t.copy_(old)
+                if fake.fail and exc[0] is None:
+                    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+                return False
+
+        class Stream:
+            def wait_stream(self, other) -> None:
+                pass
+
+        self.patches = {
+            "CUDAGraph": Graph,
+            "graph": Capture,
+            "Stream": lambda *a, **k: Stream(),
+            "current_stream": lambda *a, **k: Stream(),
+            "stream": lambda s: contextlib.nullcontext(),
+        }
+        step.mode, step._stream = "graphed", Stream()
+
+    def _state(self) -> list[torch.Tensor]:
+        rt = self.step.rt
+        tensors = [*rt.raw_model.state_dict().values(), self.step.bad_step, self.step.bad_term]
+        tensors += [v for v in rt.loss_fn.state_dict().values() if isinstance(v, torch.Tensor)]
+        tensors += [v for s in rt.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        return tensors
+
+
+def _odd_batches(n_epochs: int, per_epoch: int) -> list[tuple[torch.Tensor, ...]]:
+    """``per_epoch`` full batches then one smaller last batch, per epoch."""
+    full = _batches(n_epochs * (per_epoch + 1))
+    out = []
+    for e in range(n_epochs):
+        chunk = full[e * (per_epoch + 1) : (e + 1) * (per_epoch + 1)]
+        out += chunk[:per_epoch] + [tuple(t[: B // 2] for t in chunk[per_epoch])]
+    return out
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_graphed_control_flow_trains_like_the_static_step(fail, monkeypatch):
+    """The graphed mode's host logic (warm-up per shape, capture, copy into the static inputs, replay, eager odd
+    batch, eager fallback after a failed capture) with a stand-in for the CUDA graph: same training as ``static``."""
+    if DEVICE.type != "cpu":
+        pytest.skip("the stand-in graph runs on the CPU")
+    batches = _odd_batches(2, 5)  # per epoch: 5 full batches and a last one of B / 2
+    ref, ref_sched = _runtime(static=True)
+    ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
+    gr, gr_sched = _runtime(static=True)
+    step = StaticStep(gr, "static")
+    fake = _FakeGraphs(step, fail=fail)
+    for name, value in fake.patches.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    gr_losses = _run(gr, gr_sched, step, batches)
+    torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-6)
+    _assert_same_state(ref, gr)
+    assert fake.captures == 1  # one capture per stage, never retried after a failure
+    if fail:
+        assert step._graph is None and "not permitted" in step.capture_error and fake.replays == 0
+    else:
+        # captured at the 4th full batch (3 warm-ups of that shape), replayed for it and every later full batch;
+        # the two smaller batches ran eagerly
+        assert step.capture_error is None and fake.replays == 10 - 3
+        # the static inputs were copied into, not rebound: they hold the last full batch's images
+        assert torch.equal(step._static_in.images, batches[-2][0])
+
+
+def test_a_rebound_learning_rate_reaches_the_tensor_the_step_reads():
+    """A schedule that rebinds ``group["lr"]`` (to a float or a new tensor) must still reach a captured graph."""
+    st, _ = _runtime(static=True)
+    step = StaticStep(st, "static")
+    lr = st.optimizer.param_groups[0]["lr"]
+    x, y, x2, y2 = _batches(1)[0]
+    st.optimizer.param_groups[0]["lr"] = 0.025
+    step(TrainBatch(x, y, x2, y2))
+    assert st.optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.025)
+    st.optimizer.param_groups[0]["lr"] = torch.tensor(0.0125)
+    step(TrainBatch(x, y, x2, y2, step=1))
+    assert st.optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.0125)

@@ -19,9 +19,11 @@ work:
 Modes (``runtime.step``):
 
 - ``static``: that sequence, executed eagerly (any device; it is what the other two run).
-- ``graphed``: after ``WARMUP_STEPS`` eager steps, the whole step (forward, loss, backward, clipping, optimizer,
-  memory update) is captured once as a CUDA graph and replayed for every later step of the stage (single-process
-  CUDA). A batch of another shape (the last, smaller batch of an epoch) runs eagerly.
+- ``graphed``: after ``WARMUP_STEPS`` eager steps of one batch shape (on the side stream the capture then uses),
+  the whole step (forward, loss, backward, clipping, optimizer, memory update) is captured once as a CUDA graph and
+  replayed for every later step of that shape in the stage (single-process CUDA). A batch of another shape (the
+  last, smaller batch of an epoch) runs eagerly. If the capture fails (an operation CUDA cannot capture), the step
+  it was capturing and all later ones run eagerly, with a warning and the reason in ``capture_error``.
 - ``compiled``: the forward and the loss go through ``torch.compile`` (``reduce-overhead`` on CUDA, which
   graphs the compiled forward and backward); the optimizer is the fused one.
 
@@ -34,6 +36,7 @@ reference.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +49,12 @@ from bce3s.seeding import make_generator
 
 __all__ = ["CHECK_EVERY", "STATIC_MODES", "WARMUP_STEPS", "StaticStep"]
 
+log = logging.getLogger("bce3s.engine")
+
 #: The modes :class:`StaticStep` runs (``runtime.step`` also has ``eager``, the reference, and ``auto``).
 STATIC_MODES = ("static", "graphed", "compiled")
-#: Eager steps before the CUDA graph is captured (lazy initialisation: cuDNN algorithms, autograd buffers).
+#: Eager steps of a batch shape before the CUDA graph is captured at that shape (lazy initialisation: cuDNN
+#: benchmarking, cuBLAS workspaces, autograd buffers must all happen outside the capture).
 WARMUP_STEPS = 3
 #: Steps between two reads of the non-finite record (one host synchronisation each).
 CHECK_EVERY = 50
@@ -75,6 +81,10 @@ class _Inputs:
             (a is None) == (theirs[k] is None) and (a is None or a.shape == theirs[k].shape) for k, a in mine.items()
         )
 
+    def signature(self) -> tuple:
+        """The shapes (and which inputs are present): steps of one signature can replay one graph."""
+        return tuple(None if t is None else tuple(t.shape) for t in vars(self).values())
+
     def copy_(self, other: _Inputs) -> None:
         for a, b in zip(self.tensors(), other.tensors()):
             a.copy_(b, non_blocking=True)
@@ -98,7 +108,7 @@ class StaticStep:
 
     Raises:
         ValueError: a mode this runtime cannot run (``graphed`` off CUDA or with several processes, fp16 with
-            its loss scaler, a non-fused optimizer).
+            its loss scaler, a non-fused optimizer or one whose learning rates are not tensors).
     """
 
     def __init__(self, rt: StepRuntime, mode: str, *, backend: str = "inductor") -> None:
@@ -111,7 +121,11 @@ class StaticStep:
             raise ValueError("fp16 with a loss scaler needs the eager step (use bf16, or runtime.step: eager)")
         if not all(g.get("fused") for g in rt.optimizer.param_groups):
             raise ValueError("a static step needs the fused optimizer (build_optimizer(..., static=True))")
+        if not all(isinstance(g["lr"], Tensor) for g in rt.optimizer.param_groups):
+            raise ValueError("a static step needs tensor learning rates (bce3s.engine.optim.make_static)")
         self.rt, self.mode, self.device = rt, mode, device
+        # The learning-rate tensors the step (and a captured graph) reads; a schedule must write into them.
+        self._lrs: list[Tensor] = [g["lr"] for g in rt.optimizer.param_groups]
         rt.loss_fn.make_static(device)
         # Parameters that get a gradient only from a term switched by a device flag (the projector, before the
         # contrastive term starts): the reference leaves them untouched while their gradient is None, so their
@@ -128,6 +142,12 @@ class StaticStep:
         self._graph: Any = None
         self._static_in: _Inputs | None = None
         self._static_out: _Outputs | None = None
+        self._warm: dict[tuple, int] = {}  # eager steps run per input signature (graphed)
+        #: Why capturing the CUDA graph failed (the step then runs eagerly), or None.
+        self.capture_error: str | None = None
+        # one side stream for the warm-up, the capture and the eager odd-shaped steps, so that per-stream lazy
+        # state (cuBLAS workspaces, handles) is created before the capture, not during it
+        self._stream: Any = torch.cuda.Stream(device) if mode == "graphed" else None
         self._forward = self._forward_loss
         if mode == "compiled":
             graphs = device.type == "cuda" and backend == "inductor"
@@ -164,6 +184,7 @@ class StaticStep:
     def __call__(self, batch: TrainBatch) -> StepResult:
         """Run one step; the result's loss, terms and ``skipped`` are device tensors."""
         inputs = self._inputs(batch)
+        self._keep_lr_tensors()
         self.rt.loss_fn.prepare_step()
         if self.mode == "graphed":
             out = self._graphed(inputs)
@@ -174,29 +195,70 @@ class StaticStep:
         views = 3 if inputs.lam is not None else 1
         return StepResult(loss=out.loss, terms=out.terms, skipped=out.skipped, images=views * inputs.images.shape[0])
 
+    def _keep_lr_tensors(self) -> None:
+        """Keep the learning rates in the tensors the step reads (a captured graph holds their addresses).
+
+        A schedule that fills tensor rates in place (``LRScheduler`` does) leaves nothing to do here; one that
+        rebinds ``group["lr"]`` (a float, or a new tensor) would be ignored by a replayed graph, so its value is
+        copied into the original tensor, which is put back.
+        """
+        for group, lr in zip(self.rt.optimizer.param_groups, self._lrs):
+            value = group["lr"]
+            if value is lr:
+                continue
+            with torch.no_grad():
+                if isinstance(value, Tensor):
+                    lr.copy_(value.detach().reshape(lr.shape))
+                else:
+                    lr.fill_(float(value))
+            group["lr"] = lr
+
     def _graphed(self, inputs: _Inputs) -> _Outputs:
         if self._graph is not None and self._static_in is not None and self._static_in.same_shapes(inputs):
             self._static_in.copy_(inputs)
             self._graph.replay()
             assert self._static_out is not None
             return self._static_out
-        if self._graph is None and self._calls >= WARMUP_STEPS:
-            return self._capture(inputs)
-        # warm-up (and odd-shaped batches): eager, on a side stream as the CUDA-graph recipe asks
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        signature = inputs.signature()
+        if self._graph is None and self.capture_error is None and self._warm.get(signature, 0) >= WARMUP_STEPS:
+            out = self._capture(inputs)
+            if out is not None:
+                return out
+        # warm-up, odd-shaped batches, and the eager fallback: on the side stream, as the CUDA-graph recipe asks
+        self._warm[signature] = self._warm.get(signature, 0) + 1
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
             self.rt.optimizer.zero_grad(set_to_none=True)
             out = self._body(inputs)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        current.wait_stream(self._stream)
         return out
 
-    def _capture(self, inputs: _Inputs) -> _Outputs:
+    def _capture(self, inputs: _Inputs) -> _Outputs | None:
+        """Capture the step at ``inputs``' shapes and replay it once; None (and ``capture_error``) if it failed.
+
+        A failed capture executed nothing (capturing only records work), so the caller runs the same step eagerly.
+        """
         static = _Inputs(**{k: (v.clone() if v is not None else None) for k, v in vars(inputs).items()})
+        # backward then allocates the gradients from the graph's pool, and every replay rewrites them
         self.rt.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._body(static)
+        try:
+            # thread_local: CUDA calls of other threads (a DataLoader's pin-memory thread) do not break the capture
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                out = self._body(static)
+        except RuntimeError as err:
+            lines = str(err).strip().splitlines()
+            self.capture_error = f"{type(err).__name__}: {lines[0] if lines else ''}"
+            log.warning(
+                "capturing the training step as a CUDA graph failed (%s); stage %d continues with the same step "
+                "run eagerly (runtime.step: static)",
+                self.capture_error,
+                self.rt.stage_index,
+            )
+            del graph
+            self.rt.optimizer.zero_grad(set_to_none=True)  # gradients of the aborted capture hold no values
+            return None
         self._graph, self._static_in, self._static_out = graph, static, out
         graph.replay()  # capturing records the work; this replay does the step
         return out
@@ -258,8 +320,10 @@ class StaticStep:
         opt = rt.optimizer
         gated = [(t, t.clone()) for p in self._gated for t in (p, *opt.state[p].values()) if isinstance(t, Tensor)]
         opt.grad_scale, opt.found_inf = None, bad.float().reshape(1)
-        opt.step()
-        opt.found_inf = None
+        try:
+            opt.step()
+        finally:
+            opt.found_inf = None
         with torch.no_grad():
             for t, old in gated:
                 t.copy_(torch.where(self._gate, t, old))

@@ -33,10 +33,15 @@ def require_2d(name: str, t: Tensor, where: str) -> None:
         raise ValueError(f"{where}: {name} must be 2-D, got shape {shape_str(t)}")
 
 
+def _capturing(t: Tensor) -> bool:
+    """Whether ``t`` is a CUDA tensor and a CUDA graph is being captured on the current stream (no value reads)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def check_finite(where: str, **tensors: Tensor | None) -> None:
-    """Raise ValueError naming the first tensor that holds NaN or inf (one sync per tensor)."""
+    """Raise ValueError naming the first tensor that holds NaN or inf (one sync per tensor; none while capturing)."""
     for name, t in tensors.items():
-        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t is not None and t.is_floating_point() and not _capturing(t) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{where}: {name} contains NaN or inf values")
 
 
@@ -46,10 +51,13 @@ def is_hard(target: Tensor) -> bool:
 
 
 def values_checked(t: Tensor, force: bool) -> bool:
-    """Whether value checks run for ``t``: always on the CPU (free), on accelerators only when forced."""
-    if torch.compiler.is_compiling():  # a traced (compiled) step must not branch on values
+    """Whether value checks run for ``t``: always on the CPU (free), on accelerators only when forced.
+
+    Never while a compiled step is traced or a CUDA graph captured: neither may read values on the host.
+    """
+    if torch.compiler.is_compiling():
         return False
-    return force or t.device.type == "cpu"
+    return (force or t.device.type == "cpu") and not _capturing(t)
 
 
 def check_labels(where: str, labels: Tensor, num_classes: int, *, force: bool = False) -> None:
