@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (see docs/benchmarks.md and docs/results.md for what it printed):
 #   1. environment (GPU, torch, CUDA),
-#   2. CUDA numerics: the gpu-marked tests, first those of the captured step (graphed against static and eager;
-#      if they fail, the recipe in 4 runs with runtime.step=eager), then the rest (losses, models, metrics/geometry,
-#      GPU-resident pipeline and mixing against CPU references),
-#   3. the training-step benchmark: CE and BCE3S steps, eager / static / compiled / graphed, resnet32 and
-#      resnet34_cifar at 3 x 64 images (a failing variant costs only its own row), and the projected wall time of
-#      the CIFAR-100-LT ResNet-34 recipe from the fastest working variant,
-#   4. the CIFAR-10-LT (IF 100) recipe, BCE3S and CE each with its own stage 2, seeds 0 1 2, all six runs at once
-#      on the GPU: the paper's 320 + 10 epochs when they fit the deadline (a concurrent probe decides; otherwise it
-#      says by how much they miss and runs the longest stage 1 that fits), mean ± std table, runs per GPU-minute.
+#   2. the captured step's gpu-marked tests (graphed against static and eager; if they fail, the recipe in 4
+#      runs with runtime.step=eager),
+#   3. the training-step benchmark: CE and BCE3S steps, eager / static / graphed, resnet32 and resnet34_cifar at
+#      3 x 64 images (a failing variant costs only its own row), and the projected wall time of the CIFAR-100-LT
+#      ResNet-34 recipe from the fastest working variant,
+#   4. the CIFAR-10-LT (IF 100) recipe, BCE3S and CE each with its own stage 2, seeds 0 1 2, with all the time
+#      left: probes measure the epoch time, and bench/recipe_run.py keeps the paper's 320 + 10 epochs for as many
+#      runs as fit (seed by seed, both methods; else BCE3S seed 0 alone), shortening stage 1 only when not even
+#      one run fits; mean ± std table, runs per GPU-minute,
+#   5-6. only if time is left: the other gpu-marked tests (losses, models, metrics, GPU pipeline and mixing
+#      against CPU references) and the step benchmark with compiled / bf16 / channels_last variants.
+#   One device call (15 minutes of device time in all, machine start included) fits one run of this script.
 #
 # Usage (from the repository root; PYTHONPATH=src is set here, no install needed):
 #   bash bench/device_check.sh                       # on the GPU machine; the whole script within 570 s
 #   bash bench/device_check.sh --deadline-s 540      # another deadline (the recipe gets what is left)
-#   bash bench/device_check.sh --recipe-only         # skip 2 and 3: the whole deadline for the full schedule
+#   bash bench/device_check.sh --recipe-only         # skip 2, 3, 5, 6: the whole deadline for the recipe
 #   bash bench/device_check.sh --smoke               # CPU smoke test (< 2 min on 2 cores), data found by itself
 # Data: --data-root DIR (an ImageFolder tree with train/ and test/), else --data FILE.tar.gz, else the first of
 # .carry/cifar10-jpeg.tar.gz and ../shared/data/cifar10-jpeg.tar.gz (unpacked under /tmp/bce3s-data).
 # Results go to $OUT (the device tool's output folder) or bench/results/device: device_check.log (this output),
-# train_step.json, recipe_summary.json and runs.tar.gz (each run's final.json, metrics.jsonl and log).
+# train_step.json, recipe_summary.json, runs.tar.gz (each run's final.json, metrics.jsonl and log) and, when 6 ran,
+# train_step_all.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,10 +105,11 @@ if [ "$SMOKE" = 1 ]; then
   "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out "$RESULTS/recipe" --smoke --device cpu \
     --seeds 0 1 --parallel 2 || status=1
 else
+  left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
   if [ "$RECIPE_ONLY" = 1 ]; then
   step "2-3. numerics and step benchmark skipped (--recipe-only)"
   else
-  step "2a. captured step (gpu-marked tests of tests/engine/test_static_step.py: graphed against static and eager)"
+  step "2. captured step (gpu-marked tests of tests/engine/test_static_step.py: graphed against static and eager)"
   BCE3S_TEST_DEVICE=cuda timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_static_step.py \
     2>&1 | tail -25
   rc=${PIPESTATUS[0]}
@@ -114,12 +119,8 @@ else
     echo "captured step: pytest exit $rc; the recipe below runs with runtime.step=eager (the reference step)"
     RECIPE_STEP="runtime.step=eager"; status=1
   fi
-  step "2b. CUDA numerics (the other gpu-marked tests, against CPU references)"
-  BCE3S_TEST_DEVICE=cuda timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests \
-    --ignore tests/engine/test_static_step.py 2>&1 | tail -15
-  rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "numerics: pytest exit $rc"; status=1; }
-  step "3. training-step benchmark"
-  timeout 120 "$PY" bench/train_step.py --device cuda --variants all --models resnet32 resnet34_cifar --steps 20 \
+  step "3. training-step benchmark: eager, static, graphed; resnet32 and resnet34_cifar"
+  timeout 90 "$PY" bench/train_step.py --device cuda --variants base --models resnet32 resnet34_cifar --steps 20 \
     --out "$RESULTS/train_step.json" || status=1
   "$PY" - "$RESULTS/train_step.json" <<'EOF' || true
 import json, math, sys
@@ -134,15 +135,29 @@ if r34:
           f" projected {(stage1 + stage2) / 60:.1f} min of training steps for 320 + 10 epochs (evaluation excluded)")
 EOF
   fi  # --recipe-only
-  BUDGET=$(( DEADLINE - ($(date +%s) - START) - 30 ))
-  step "4. recipe: BCE3S and CE, CIFAR-10-LT IF 100, ResNet-32, seeds 0 1 2, all at once (budget ${BUDGET} s)"
+  # the recipe gets all the time left: full-schedule runs first (recipe_run.py --fit runs), extras only after
+  BUDGET=$(( $(left) - 30 ))
+  step "4. recipe: BCE3S and CE, CIFAR-10-LT IF 100, ResNet-32, seeds 0 1 2 (budget ${BUDGET} s)"
   "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out /tmp/bce3s-runs --device cuda --seeds 0 1 2 \
     --budget-s "$BUDGET" ${RECIPE_STEP:+--set "$RECIPE_STEP"} || status=1
   cp /tmp/bce3s-runs/summary.json "$RESULTS/recipe_summary.json" 2>/dev/null
   # one archive for the per-run files and logs: the device tool returns at most 8 files from $OUT
   (cd /tmp/bce3s-runs && tar czf "$RESULTS/runs.tar.gz" --ignore-failed-read \
-    $(ls -d ./*_seed*/final.json ./*_seed*/metrics.jsonl ./*.log ./probe/*.log ./eager/probe/*.log 2>/dev/null)) \
+    $(ls -d ./*_seed*/final.json ./*_seed*/metrics.jsonl ./*.log ./probe*/*.log ./eager/probe/*.log 2>/dev/null)) \
     2>/dev/null
+  if [ "$RECIPE_ONLY" != 1 ]; then
+    if [ "$(left)" -gt 60 ]; then
+      step "5. time left ($(left) s): the other gpu-marked tests (against CPU references)"
+      BCE3S_TEST_DEVICE=cuda timeout $(( $(left) > 110 ? 90 : $(left) - 20 )) "$PY" -m pytest -q -p no:cacheprovider \
+        -m gpu tests --ignore tests/engine/test_static_step.py 2>&1 | tail -15
+      rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "numerics: pytest exit $rc"; status=1; }
+    fi
+    if [ "$(left)" -gt 60 ]; then
+      step "6. time left ($(left) s): the step benchmark with compiled, bf16 and channels_last variants"
+      timeout $(( $(left) - 10 )) "$PY" bench/train_step.py --device cuda --variants all \
+        --models resnet32 resnet34_cifar --steps 20 --out "$RESULTS/train_step_all.json" || status=1
+    fi
+  fi
 fi
 step "done (status $status)"
 exit $status
