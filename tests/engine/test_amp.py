@@ -119,7 +119,9 @@ def test_fp16_on_cpu_is_refused_for_training_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError):
         validate_config(Config(runtime=RuntimeConfig(device="auto", amp="fp16")))
-    validate_config(Config(runtime=RuntimeConfig(device="cpu", amp="fp16")), training=False)  # eval / predict
+    # eval / predict of a run trained on a GPU (fp16, graphed step), on the CPU
+    validate_config(Config(runtime=RuntimeConfig(device="cpu", amp="fp16", step="eager")), training=False)
+    validate_config(Config(runtime=RuntimeConfig(device="cpu", step="graphed")), training=False)
 
 
 def test_cli_train_fp16_on_cpu_exits_2_before_writing(tmp_path, capsys):
