@@ -347,7 +347,10 @@ class RuntimeConfig:
     Attributes:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: the run's seed; data order, augmentation, mixing, partial class sets and memory all derive from it.
-        amp: autocast dtype on CUDA: ``none``, ``bf16`` or ``fp16``.
+        amp: autocast of the model's forward in training and evaluation: ``none`` (fp32), ``bf16`` (on CUDA and on
+            the CPU; on the CPU fast only with native bf16, e.g. AMX or AVX512-BF16, else maybe slower than fp32)
+            or ``fp16`` (CUDA only, with a gradient scaler; refused for training off CUDA, and a run trained with
+            fp16 is evaluated in fp32 there). The losses always take float32 logits and embeddings.
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).
         pipeline: a name of ``bce3s.data.PIPELINES``: ``auto`` (GPU-resident for in-memory datasets), ``gpu`` or
             ``loader``.

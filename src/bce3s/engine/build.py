@@ -17,6 +17,7 @@ from bce3s.errors import BCE3SError, ConfigError
 from bce3s.seeding import derive_seed
 
 __all__ = [
+    "FP16_OFF_CUDA",
     "amp_dtype",
     "step_mode",
     "augment_spec",
@@ -106,11 +107,29 @@ def train_sources(cfg: Config, data: Any, stage_index: int, dist: DistInfo) -> t
     return main, mix
 
 
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run (CUDA only), or None for fp32."""
-    if cfg.runtime.amp == "none" or device.type != "cuda":
+#: The one-line error of ``runtime.amp: fp16`` on a device without fp16 autocast.
+FP16_OFF_CUDA = "runtime.amp: fp16 needs CUDA but this run's device is {device}; use amp bf16 (or none) off CUDA"
+
+
+def amp_dtype(cfg: Config, device: torch.device, *, train: bool = True) -> torch.dtype | None:
+    """The autocast dtype of a run on ``device``, or None for fp32.
+
+    ``runtime.amp: bf16`` autocasts on CUDA and on the CPU (``torch.autocast("cpu", dtype=torch.bfloat16)``, fast
+    on CPUs with AMX or AVX512-BF16); ``fp16`` is CUDA only. Evaluation and prediction (``train=False``) use the
+    same dtype as training, except that a run trained with fp16 and evaluated off CUDA is evaluated in fp32.
+
+    Raises:
+        ConfigError: ``fp16`` for training off CUDA.
+    """
+    if cfg.runtime.amp == "none":
         return None
-    return torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
+    if cfg.runtime.amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    if not train:
+        return None
+    raise ConfigError(FP16_OFF_CUDA.format(device=device.type))
 
 
 def step_mode(cfg: Config, dist: DistInfo) -> str:

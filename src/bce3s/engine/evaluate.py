@@ -46,7 +46,7 @@ def predict_split(
         model,
         eval_source(cfg, data, split, dist),
         dist,
-        amp_dtype=amp_dtype(cfg, dist.device),
+        amp_dtype=amp_dtype(cfg, dist.device, train=False),
         channels_last=cfg.model.channels_last,
         tta_flip=tta,
         with_features=with_features,
@@ -186,7 +186,7 @@ def _read_run_config(rd: Any, checkpoint: str, device: str | None) -> Config:
 
     try:
         cfg = config_from_dict(Config, yaml.safe_load(rd.config.read_text()) or {})
-        validate_config(cfg)
+        validate_config(cfg, training=False)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunDirError(f"cannot read {rd.config} ({first}); the run directory is damaged") from None
@@ -195,7 +195,7 @@ def _read_run_config(rd: Any, checkpoint: str, device: str | None) -> Config:
         raise ConfigError(f"--checkpoint: unknown checkpoint {checkpoint!r}; valid: {', '.join(valid)}")
     if device is not None:
         cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, device=device))
-        validate_config(cfg)
+        validate_config(cfg, training=False)
     return cfg
 
 

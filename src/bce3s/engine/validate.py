@@ -27,7 +27,7 @@ _DRY_NUM_CLASSES = 10
 _DRY_COUNTS = tuple(range(100, 0, -10))
 
 
-def validate_config(cfg: Config) -> None:
+def validate_config(cfg: Config, *, training: bool = True) -> None:
     """Check ``cfg`` completely: ranges (``cfg.check()``), then every name against its registry.
 
     Looked up: ``data.dataset`` in ``bce3s.data.DATASETS``, ``data.preset`` in ``bce3s.data.PRESETS``,
@@ -36,8 +36,14 @@ def validate_config(cfg: Config) -> None:
     ``bce3s.losses.LOSSES``. Each stage's loss is then built once with ``bce3s.losses.build_loss`` on dummy
     class counts, so that its parameters are checked by the loss itself.
 
+    With ``training`` (the default) the settings of the training step are also checked against the device:
+    ``runtime.step: graphed`` and ``runtime.amp: fp16`` need CUDA, refused when ``runtime.device`` is ``cpu`` (or
+    ``auto`` on a machine without CUDA, for fp16). ``training=False`` (``bce3s eval`` / ``predict`` of a finished
+    run, maybe on another device than its training) skips them: such a run is evaluated in fp32 off CUDA.
+
     Args:
         cfg: the config to check (not modified).
+        training: the config is about to train (see above).
 
     Raises:
         ConfigError: one line that starts with the key path, e.g.
@@ -65,8 +71,12 @@ def validate_config(cfg: Config) -> None:
         _check_pretrained(cfg.model.pretrained, cfg.model.name)
     _choice("model.head", cfg.model.head, bce3s.models.HEADS, "head")
     _choice("runtime.pipeline", cfg.runtime.pipeline, bce3s.data.PIPELINES, "pipeline")
-    if cfg.runtime.step == "graphed" and cfg.runtime.device == "cpu":
+    if training and cfg.runtime.step == "graphed" and cfg.runtime.device == "cpu":
         raise ConfigError("runtime.step: graphed needs CUDA but runtime.device is cpu; use static, eager or auto")
+    if training and cfg.runtime.amp == "fp16" and _off_cuda(cfg.runtime.device):
+        from bce3s.engine.build import FP16_OFF_CUDA
+
+        raise ConfigError(FP16_OFF_CUDA.format(device="cpu"))
     if cfg.runtime.step not in ("auto", "eager") and cfg.runtime.amp == "fp16":
         raise ConfigError(
             f"runtime.step: {cfg.runtime.step} cannot run fp16 (its loss scaler decides on the host); use amp bf16"
@@ -76,6 +86,13 @@ def validate_config(cfg: Config) -> None:
         _choice(f"stages.{i}.mixing.sampler", stage.mixing.sampler, bce3s.data.SAMPLER_KINDS, "sampler")
         _choice(f"stages.{i}.loss.name", stage.loss.name, bce3s.losses.LOSSES, "loss")
         _dry_build_loss(f"stages.{i}.loss", stage.loss)
+
+
+def _off_cuda(device: str) -> bool:
+    """``runtime.device`` resolves to the CPU: ``cpu``, or ``auto`` without CUDA."""
+    import torch
+
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def _check_pretrained(spec: str, arch: str) -> None:

@@ -151,7 +151,7 @@ def predict_files(
         raise ConfigError(f"--batch-size: must be >= 1 (got {batch_size})")
     k = min(top_k, rm.num_classes)
     transform = rm.transform()
-    dtype = amp_dtype(rm.cfg, rm.device)
+    dtype = amp_dtype(rm.cfg, rm.device, train=False)
     ctx = torch.autocast(rm.device.type, dtype=dtype) if dtype is not None else nullcontext()
     rows: list[Prediction] = []
     workers = workers or min(8, os.cpu_count() or 1)
