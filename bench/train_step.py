@@ -14,11 +14,13 @@ gives medians. Usage::
     python bench/train_step.py                       # resnet32 + resnet34_cifar at batch 64 on CPU
     python bench/train_step.py --models resnet32 --steps 20 --out bench/results/train_step.json
     python bench/train_step.py --device cuda --variants all   # every step mode, bf16 / channels_last, resnet50
+    python bench/train_step.py --models resnet32 --variants all   # the same on the CPU (bf16: AMX CPUs)
 
 Step modes (``runtime.step``): ``eager`` (the reference step, one host sync per step), ``static`` (the same step
 with no host sync: device-side finiteness flag, fused optimizer, tensor lr), ``compiled`` (static, forward and
 loss through torch.compile), ``graphed`` (static captured as one CUDA graph; CUDA only). ``--variants base`` runs
-eager and static (and graphed on CUDA); ``all`` adds compiled and, on CUDA, bf16 / channels_last forms.
+eager and static (and graphed on CUDA); ``all`` adds compiled and bf16 / channels_last forms (graphed ones on
+CUDA, eager ones on the CPU).
 
 Each (model, variant) runs on its own: one that fails is reported (``FAILED`` row, ``error`` in the JSON, exit
 status 1) and the others still run. The order is eager / static forms first, then graphed, then compiled (the
@@ -192,6 +194,12 @@ def main() -> int:
             variants += [
                 ("graphed+bf16", False, "bf16", "graphed"),
                 ("graphed+channels_last+bf16", True, "bf16", "graphed"),
+                ("eager+channels_last+bf16", True, "bf16", "eager"),
+            ]
+        else:  # CPU autocast is bf16 only (fast with AMX); channels_last also pays on the CPU
+            variants += [
+                ("eager+bf16", False, "bf16", "eager"),
+                ("eager+channels_last", True, "none", "eager"),
                 ("eager+channels_last+bf16", True, "bf16", "eager"),
             ]
     jobs = [(name, v) for v in variants for name in models]
