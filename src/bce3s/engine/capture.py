@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from bce3s.data.mixing import draw_mix, glmc_mix_at, mix_params
+from bce3s.engine.distributed import union_across_ranks
 from bce3s.engine.step import StepResult, StepRuntime, TrainBatch, forward_loss, non_finite_error, update_memory
 from bce3s.seeding import make_generator
 
@@ -315,7 +316,9 @@ class StaticStep:
         flags = [~torch.isfinite(t) for t in terms.values()]
         flags += [~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm)]
         self._term_names = list(terms)
-        bad_any = torch.stack(flags)
+        # under DDP every rank must skip or apply the step alike (the reference all-reduces its host-side verdict):
+        # a flag of one rank's own loss terms would otherwise leave the ranks' weights and memories apart
+        bad_any = union_across_ranks(torch.stack(flags), rt.dist)
         bad = bad_any.any()
         opt = rt.optimizer
         gated = [(t, t.clone()) for p in self._gated for t in (p, *opt.state[p].values()) if isinstance(t, Tensor)]

@@ -140,7 +140,7 @@ def all_reduce_flag(flag: bool, info: DistInfo) -> bool:
 
 
 def union_across_ranks(mask: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """(K,) bool: True where ``mask`` is True on any rank (an all-reduce MAX; no host sync). A collective.
+    """True where the bool tensor ``mask`` (e.g. (K,)) is True on any rank (all-reduce MAX; no host sync). A collective.
 
     For the mask of the classes present in each rank's rows, this is the mask of the classes of the global batch,
     the same as gathering every rank's labels and marking them.
