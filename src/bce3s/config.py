@@ -359,9 +359,10 @@ class RuntimeConfig:
         threads: CPU threads for PyTorch (0 = PyTorch's default).
         step: how each training step runs: ``eager`` (the reference: a host-side finiteness check before every
             optimizer step), ``static`` (the same step with no host synchronisation: device-side checks, fused
-            optimizer), ``graphed`` (``static`` captured once as a CUDA graph and replayed; one CUDA process),
-            ``compiled`` (``static`` with the forward and loss through ``torch.compile``), or ``auto``
-            (``graphed`` for one CUDA process without fp16, else ``eager``).
+            optimizer), ``graphed`` (``static`` captured once as a CUDA graph and replayed; one CUDA process,
+            not with ``model.compile``), ``compiled`` (``static`` with the forward and loss through
+            ``torch.compile``), or ``auto`` (``graphed`` for one CUDA process without fp16 or ``model.compile``,
+            else ``eager``).
         max_steps: cap on the optimizer steps of every epoch (null = the whole epoch), for smoke runs: each epoch
             of each stage stops after this many steps (the first ``max_steps`` batches of its order), then
             validates and saves as usual; the learning-rate schedule and the epochs are unchanged. Part of the

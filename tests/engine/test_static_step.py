@@ -20,13 +20,14 @@ import yaml
 from test_trainer import TINY
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bce3s.config import MixingConfig, OptimConfig, load_config
+from bce3s.config import Config, MixingConfig, ModelConfig, OptimConfig, RuntimeConfig, load_config
 from bce3s.engine import train
 from bce3s.engine.capture import StaticStep
 from bce3s.engine.distributed import DistInfo
 from bce3s.engine.optim import build_optimizer, build_scheduler, make_plain, make_static
 from bce3s.engine.step import StepRuntime, TrainBatch, train_step
-from bce3s.errors import NonFiniteError
+from bce3s.engine.validate import validate_config
+from bce3s.errors import ConfigError, NonFiniteError
 from bce3s.losses import _inputs, build_loss
 from bce3s.losses import base as loss_base
 from bce3s.models import build_model
@@ -455,3 +456,10 @@ def test_a_rebound_learning_rate_reaches_the_tensor_the_step_reads():
     st.optimizer.param_groups[0]["lr"] = torch.tensor(0.0125)
     step(TrainBatch(x, y, x2, y2, step=1))
     assert st.optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.0125)
+
+
+def test_graphed_refuses_a_compiled_model_before_training():
+    validate_config(Config(model=ModelConfig(compile=True), runtime=RuntimeConfig(device="cuda", step="compiled")))
+    validate_config(Config(model=ModelConfig(compile=False), runtime=RuntimeConfig(device="cuda", step="graphed")))
+    with pytest.raises(ConfigError):
+        validate_config(Config(model=ModelConfig(compile=True), runtime=RuntimeConfig(device="cuda", step="graphed")))

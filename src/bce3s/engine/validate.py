@@ -77,6 +77,11 @@ def validate_config(cfg: Config, *, training: bool = True) -> None:
         from bce3s.engine.build import FP16_OFF_CUDA
 
         raise ConfigError(FP16_OFF_CUDA.format(device="cpu"))
+    if cfg.runtime.step == "graphed" and cfg.model.compile:
+        raise ConfigError(
+            "runtime.step: graphed captures the whole step as a CUDA graph and does not take a torch.compile'd "
+            "model (model.compile: true); use runtime.step: compiled, or model.compile: false"
+        )
     if cfg.runtime.step not in ("auto", "eager") and cfg.runtime.amp == "fp16":
         raise ConfigError(
             f"runtime.step: {cfg.runtime.step} cannot run fp16 (its loss scaler decides on the host); use amp bf16"
