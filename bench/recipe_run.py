@@ -229,6 +229,7 @@ def main() -> int:
     e2 = args.epochs2 or PAPER_EPOCHS[1]
     t_start = time.time()
     order = [(name, config, seed) for seed in args.seeds for _, name, config in METHODS]  # pairs, seed by seed
+    probes: dict[str, dict] = {}  # what the probes measured: how runs sharing the device slow each other
     if args.budget_s and not args.smoke:
         if args.parallel is not None:
             raise SystemExit("recipe_run.py: --budget-s runs the chosen runs all at once; drop --parallel")
@@ -246,11 +247,13 @@ def main() -> int:
             f"{together.run_s(e1, e2):.0f} s, {remaining:.0f} s left",
             flush=True,
         )
+        probes[f"{runs}_at_once"] = together._asdict()
         alone = None
         if together.run_s(e1, e2) > remaining and args.fit == "runs" and runs > 1:
             alone = _probe(base, order[:1], out, "probe_alone")
             remaining = args.budget_s - (time.time() - t_start)
         if alone is not None:
+            probes["1_alone"] = alone._asdict()
             print(
                 f"probe (1 run): stage-1 epoch {alone.epoch1:.2f} s, stage-2 epoch {alone.epoch2:.2f} s, fixed "
                 f"{alone.fixed:.0f} s; {remaining:.0f} s left",
@@ -285,6 +288,7 @@ def main() -> int:
         "runs": [f"{name}_seed{seed}" for name, _, seed in order],
         "parallel": parallel,
         "step": step_mode,
+        "probes": probes,
         "total_wall_s": total,
         "runs_per_device_minute": runs / (total / 60),
         "paper": PAPER,
