@@ -10,20 +10,22 @@
 #      left: probes measure the epoch time, and bench/recipe_run.py keeps the paper's 320 + 10 epochs for as many
 #      runs as fit (seed by seed, both methods; else BCE3S seed 0 alone), shortening stage 1 only when not even
 #      one run fits; mean ± std table, runs per GPU-minute,
-#   5-6. only if time is left: the other gpu-marked tests (losses, models, metrics, GPU pipeline and mixing
-#      against CPU references) and the step benchmark with compiled / bf16 / channels_last variants.
+#   5-7. only if time is left: N ResNet-32s trained as one grouped model against N separate ones
+#      (bench/multi_model.py: does batching models beat running them side by side?), the other gpu-marked tests
+#      (losses, models, metrics, GPU pipeline and mixing against CPU references) and the step benchmark with
+#      compiled / bf16 / channels_last variants.
 #   One device call (15 minutes of device time in all, machine start included) fits one run of this script.
 #
 # Usage (from the repository root; PYTHONPATH=src is set here, no install needed):
 #   bash bench/device_check.sh                       # on the GPU machine; the whole script within 570 s
 #   bash bench/device_check.sh --deadline-s 540      # another deadline (the recipe gets what is left)
-#   bash bench/device_check.sh --recipe-only         # skip 2, 3, 5, 6: the whole deadline for the recipe
+#   bash bench/device_check.sh --recipe-only         # skip all but 1 and 4: the whole deadline for the recipe
 #   bash bench/device_check.sh --smoke               # CPU smoke test (< 2 min on 2 cores), data found by itself
 # Data: --data-root DIR (an ImageFolder tree with train/ and test/), else --data FILE.tar.gz, else the first of
 # .carry/cifar10-jpeg.tar.gz and ../shared/data/cifar10-jpeg.tar.gz (unpacked under /tmp/bce3s-data).
 # Results go to $OUT (the device tool's output folder) or bench/results/device: device_check.log (this output),
-# train_step.json, recipe_summary.json, runs.tar.gz (each run's final.json, metrics.jsonl and log) and, when 6 ran,
-# train_step_all.json.
+# train_step.json, recipe_summary.json, runs.tar.gz (each run's final.json, metrics.jsonl and log) and, when they
+# ran, multi_model.json and train_step_all.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,6 +103,7 @@ if [ "$SMOKE" = 1 ]; then
   step "2. numerics: skipped in --smoke (the gpu-marked tests need CUDA)"
   step "3. training-step benchmark (quick, cpu)"
   "$PY" bench/train_step.py --quick --device cpu --out "$RESULTS/train_step.json" || status=1
+  "$PY" bench/multi_model.py --quick --device cpu --out "$RESULTS/multi_model.json" || status=1
   step "4. recipe (smoke: 2 seeds, 1 + 1 epochs, 2 runs at once)"
   "$PY" bench/recipe_run.py --data-root "$DATA_ROOT" --out "$RESULTS/recipe" --smoke --device cpu \
     --seeds 0 1 --parallel 2 || status=1
@@ -146,14 +149,19 @@ EOF
     $(ls -d ./*_seed*/final.json ./*_seed*/metrics.jsonl ./*.log ./probe*/*.log ./eager/probe/*.log 2>/dev/null)) \
     2>/dev/null
   if [ "$RECIPE_ONLY" != 1 ]; then
+    if [ "$(left)" -gt 40 ]; then
+      step "5. time left ($(left) s): N ResNet-32s as one grouped model against N separate ones (several runs per GPU)"
+      timeout $(( $(left) > 80 ? 60 : $(left) - 20 )) "$PY" bench/multi_model.py --device cuda --models-n 1 3 6 \
+        --out "$RESULTS/multi_model.json" || status=1
+    fi
     if [ "$(left)" -gt 60 ]; then
-      step "5. time left ($(left) s): the other gpu-marked tests (against CPU references)"
+      step "6. time left ($(left) s): the other gpu-marked tests (against CPU references)"
       BCE3S_TEST_DEVICE=cuda timeout $(( $(left) > 110 ? 90 : $(left) - 20 )) "$PY" -m pytest -q -p no:cacheprovider \
         -m gpu tests --ignore tests/engine/test_static_step.py 2>&1 | tail -15
       rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "numerics: pytest exit $rc"; status=1; }
     fi
     if [ "$(left)" -gt 60 ]; then
-      step "6. time left ($(left) s): the step benchmark with compiled, bf16 and channels_last variants"
+      step "7. time left ($(left) s): the step benchmark with compiled, bf16 and channels_last variants"
       timeout $(( $(left) - 10 )) "$PY" bench/train_step.py --device cuda --variants all \
         --models resnet32 resnet34_cifar --steps 20 --out "$RESULTS/train_step_all.json" || status=1
     fi

@@ -52,6 +52,7 @@ def _check(proc: subprocess.CompletedProcess, out: Path) -> None:
         assert set(test) >= {"last", "best_val", "last_tta_flip", "best_val_tta_flip"}
         assert len(test["last"]["All"]) == 2  # one value per seed, aggregated to mean ± std in the table
         assert len(summary["methods"][name]["wall_s"]) == 2
+    assert [r["n"] for r in json.loads((out / "multi_model.json").read_text())["rows"]] == [1, 2]
     rows = json.loads((out / "train_step.json").read_text())["rows"]
     assert {r["variant"] for r in rows} == {"eager", "static"} and all(r["ratio"] > 0 for r in rows)
 
