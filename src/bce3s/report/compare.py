@@ -69,7 +69,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of ``values``: ``(None, None)`` when empty, std ``None`` for one value."""
     if not values:
         return None, None
     mean = sum(values) / len(values)
@@ -150,7 +151,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                     v = r.test_metrics(ckpt).get(key)  # type: ignore[union-attr]
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                         vals.append(float(v))
-                row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(vals)
+                row[f"{key}_mean"], row[f"{key}_std"] = mean_std(vals)
                 row[f"{key}_n"] = len(vals)
             rows.append(row)
     return rows
@@ -249,7 +250,7 @@ def aggregate_groups(
                 row: dict[str, Any] = {"group": label, "checkpoint": ckpt, "tta": tta, "n": len(results)}
                 for m in metrics:
                     vals = [float(r[m]) for r in results if _finite(r.get(m))]
-                    row[f"{m}_mean"], row[f"{m}_std"] = _mean_std(vals)
+                    row[f"{m}_mean"], row[f"{m}_std"] = mean_std(vals)
                     row[f"{m}_n"] = len(vals)
                 rows.append(row)
     return rows

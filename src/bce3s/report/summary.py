@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bce3s.eval.metrics import shot_groups
+from bce3s.report.compare import mean_std
 from bce3s.report.document import DASH, Block, Heading, Para, Table
 from bce3s.report.rundata import CHECKPOINTS, RunData
 
@@ -55,15 +56,6 @@ def t_975(df: int) -> float:
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
     return _T_975[df - 1] if df <= len(_T_975) else 1.96
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 @dataclass(frozen=True)
@@ -128,7 +120,7 @@ def paired_verdict(
     """Compare two methods on the seeds both have (``{seed: value}`` each); the rule is the module docstring's."""
     seeds = [s for s in baseline if s in other]
     diffs = [float(other[s]) - float(baseline[s]) for s in seeds]
-    diff, std = _mean_std(diffs)
+    diff, std = mean_std(diffs)
     half = None if std is None else t_975(len(diffs) - 1) * std / math.sqrt(len(diffs))
     winner = None
     if diff is not None and half is not None and abs(diff) > half:
@@ -151,7 +143,7 @@ class MethodSummary:
 
     def mean_std(self, checkpoint: str, key: str) -> tuple[float | None, float | None]:
         """Mean and sample std over seeds of one metric (``None`` where unavailable / one seed)."""
-        return _mean_std(list(self.values.get(checkpoint, {}).get(key, {}).values()))
+        return mean_std(list(self.values.get(checkpoint, {}).get(key, {}).values()))
 
     def cell(self, checkpoint: str, key: str) -> str:
         """``"93.67 ± 0.50"`` (``–`` for the std with one seed; ``–`` alone when no run has the number)."""
