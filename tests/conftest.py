@@ -40,3 +40,15 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} not found (set BCE3S_DATA)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-tensor tests (more only add contention on a shared 2-core machine).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

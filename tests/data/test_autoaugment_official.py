@@ -38,12 +38,7 @@ OFFICIAL_RANGE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -18,14 +18,7 @@ from bce3s.data.samplers import SamplingSpec, eval_shard, num_batches
 from bce3s.data.transforms import build_transform, cutout_box, preset_stats
 from bce3s.seeding import make_generator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -12,14 +12,7 @@ from bce3s.data.samplers import epoch_indices
 from bce3s.data.sources import AugmentSpec, BatchSource, SamplingSpec, make_batch_source
 from bce3s.errors import DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(n: int = 45, c: int = 3, size: int = 32, k: int = 5) -> ImageSet:
