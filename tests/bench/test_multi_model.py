@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import multi_model  # bench/ is on sys.path (tests/bench/conftest.py)
 from bce3s.models.resnet_cifar import resnet32
-
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "multi_model.py"
-_SPEC = importlib.util.spec_from_file_location("multi_model", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-multi_model = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(multi_model)
 
 N, B, K, SIZE = 3, 4, 5, 16
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "recipe_run.py"
-_SPEC = importlib.util.spec_from_file_location("recipe_run", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-recipe_run = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(recipe_run)
+import recipe_run  # bench/ is on sys.path (tests/bench/conftest.py)
+
 Probe, plan = recipe_run.Probe, recipe_run.plan
 
 # six runs at once: 30 s fixed + 320 x 3 s + 10 x 1 s = 1000 s; one run alone: 20 + 320 x 0.5 + 10 x 0.2 = 182 s

@@ -11,9 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def recipe_run(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
+@pytest.fixture(name="recipe_run")
+def _recipe_run():
+    """The script's module (bench/ is on sys.path, tests/bench/conftest.py)."""
     import recipe_run
 
     return recipe_run
