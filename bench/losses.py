@@ -237,6 +237,24 @@ def paired_ratio(
     }
 
 
+def _head_and_floor(
+    num_classes: int, batch: int, dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable[[], None]]:
+    """Features h (3B, D), classifier W (K, D) and projector Wp (P, D), all requiring grad, and the floor: their
+    bare matmuls ``h @ W.T``, ``h @ Wp.T`` and the Gram ``W @ W.T``, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3 * batch, dim, generator=g).to(device).requires_grad_()
+    w = (0.05 * torch.randn(num_classes, dim, generator=g)).to(device).requires_grad_()
+    wp = (0.05 * torch.randn(EMBEDDING_DIM, dim, generator=g)).to(device).requires_grad_()
+    grads = [torch.ones(3 * batch, num_classes, device=device), torch.ones(3 * batch, EMBEDDING_DIM, device=device)]
+    grads.append(torch.ones(num_classes, num_classes, device=device))
+
+    def floor() -> None:
+        torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
+
+    return h, w, wp, floor
+
+
 def bench_floor(
     num_classes: int, batch: int, dim: int, device: torch.device, repeats: int, compiled: bool = False
 ) -> dict[str, float]:
@@ -245,18 +263,12 @@ def bench_floor(
     ``compiled``: the head and loss go through ``torch.compile`` (the loss made static, as the ``compiled`` and
     ``graphed`` training steps run it), so elementwise work fuses into a few kernels.
     """
-    g = torch.Generator().manual_seed(0)
-    rows = 3 * batch
     x = make_inputs(num_classes, batch, device)
-    h = torch.randn(rows, dim, generator=g).to(device).requires_grad_()
-    w = (0.05 * torch.randn(num_classes, dim, generator=g)).to(device).requires_grad_()
+    h, w, wp, floor = _head_and_floor(num_classes, batch, dim, device)
     b = torch.zeros(num_classes, device=device, requires_grad=True)
-    wp = (0.05 * torch.randn(EMBEDDING_DIM, dim, generator=g)).to(device).requires_grad_()
     loss = Bce3sLoss(num_classes, embedding_dim=EMBEDDING_DIM).to(device)
     loss.update(torch.randn(num_classes, EMBEDDING_DIM, device=device), torch.arange(num_classes, device=device))
     loss.set_epoch(1)
-    grads = [torch.ones(rows, num_classes, device=device), torch.ones(rows, EMBEDDING_DIM, device=device)]
-    grads.append(torch.ones(num_classes, num_classes, device=device))
 
     def head(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
         logits = torch.addmm(b, h, F.normalize(w, dim=1, eps=1e-5).T)
@@ -271,9 +283,6 @@ def bench_floor(
     def step() -> None:
         run(h, w, b, wp).backward()
 
-    def floor() -> None:
-        torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
-
     res = paired_ratio(step, floor, device, repeats)
     for t in (h, w, b, wp):
         t.grad = None
@@ -285,12 +294,7 @@ def bench_compiled_floor(
 ) -> dict[str, float]:
     """The floor's own matmuls through ``torch.compile`` against the same matmuls eager: what compiling costs
     before any loss work (guards, the compiled-autograd wrappers, the extra reductions a scalar output needs)."""
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(3 * batch, dim, generator=g).to(device).requires_grad_()
-    w = (0.05 * torch.randn(num_classes, dim, generator=g)).to(device).requires_grad_()
-    wp = (0.05 * torch.randn(EMBEDDING_DIM, dim, generator=g)).to(device).requires_grad_()
-    grads = [torch.ones(3 * batch, num_classes, device=device), torch.ones(3 * batch, EMBEDDING_DIM, device=device)]
-    grads.append(torch.ones(num_classes, num_classes, device=device))
+    h, w, wp, floor = _head_and_floor(num_classes, batch, dim, device)
 
     def matmuls(h: torch.Tensor, w: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
         return (h @ w.T).sum() + (h @ wp.T).sum() + (w @ w.T).sum()
@@ -299,9 +303,6 @@ def bench_compiled_floor(
 
     def step() -> None:
         compiled(h, w, wp).backward()
-
-    def floor() -> None:
-        torch.autograd.backward([h @ w.T, h @ wp.T, w @ w.T], grads)
 
     res = paired_ratio(step, floor, device, repeats)
     for t in (h, w, wp):
