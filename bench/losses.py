@@ -18,14 +18,17 @@ backward, on 3B rows of features h (3B, D); ``floor`` is the bare matmuls of tha
 and the Gram ``W @ W.T``, forward and backward (autograd, nothing else). For the uniform term alone at large K,
 ``uniform`` (bce_uniform forward + backward) is compared with two plain K x D x K matmuls. With ``--compile``, each
 step case also gets the compiled head and loss, and the floor's own matmuls compiled (nothing else): what
-``torch.compile``'s per-call machinery costs before any loss work. The two sides of each
+``torch.compile``'s per-call machinery costs before any loss work. With ``--ideal``, each step case also gets a
+lower bound for any formulation of the loss: the same head and terms in plain autograd with every weight-free
+quantity (row weights, masks, the normalized memory) precomputed, checked to give the loss's value. The two
+sides of each
 ratio are timed alternately in one run; the ratio is the median of the per-repeat ratios.
 
 Usage::
 
     python bench/losses.py [--quick] [--device cpu|cuda] [--repeats 5] [--threads N]
                            [--out bench/results/losses.json]
-    python bench/losses.py --floor [--repeats 7] [--compile] [--out bench/results/losses_floor.json]
+    python bench/losses.py --floor [--repeats 7] [--compile] [--ideal] [--out bench/results/losses_floor.json]
 """
 
 from __future__ import annotations
@@ -310,6 +313,58 @@ def bench_compiled_floor(
     return res
 
 
+def bench_ideal_floor(
+    num_classes: int, batch: int, dim: int, device: torch.device, repeats: int, compiled: bool = False
+) -> dict[str, float]:
+    """A lower bound for any formulation of the head and loss, against the same floor.
+
+    The same normalized head, projector and three BCE3S terms in plain autograd (softplus, sums, the matmuls),
+    with everything that does not depend on the weights made once outside the timed step: the row weights of
+    the views, the negative masks, the normalized class memory. No class-set draw (all classes), no checks, no
+    custom autograd function, no memory update. Before timing, its value is checked against
+    :class:`~bce3s.losses.Bce3sLoss` with ``neg_class_ratio=1`` on the same inputs, so both compute the same loss.
+    """
+    x = make_inputs(num_classes, batch, device)
+    h, w, wp, floor = _head_and_floor(num_classes, batch, dim, device)
+    b = torch.zeros(num_classes, device=device, requires_grad=True)
+    memory = torch.randn(num_classes, EMBEDDING_DIM, generator=torch.Generator().manual_seed(1)).to(device)
+    q, view = x["target"], x["view"]
+    sizes = torch.bincount(view, minlength=3).to(q.dtype)[view]
+    joint_row = (1.0 / (3 * sizes))[:, None]  # mean over the 3 views of each view's mean
+    contrastive_row = ((view != 0) / sizes)[:, None]  # sum over the mixed views of each view's mean
+    joint_pos, joint_neg = q * joint_row, (q <= 0) * joint_row
+    con_pos, con_neg = q * contrastive_row, (q <= 0) * contrastive_row
+    memory_hat = F.normalize(memory, dim=1, eps=1e-5)
+    off_diagonal = 1.0 - torch.eye(num_classes, device=device)
+    uniform_const = float(F.softplus(torch.tensor(-1.0)))
+
+    def head(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+        w_hat = F.normalize(w, dim=1, eps=1e-5)
+        z = torch.addmm(b, h, w_hat.T)
+        c = F.normalize(h @ wp.T, dim=1, eps=1e-5) @ memory_hat.T
+        joint = (joint_pos * F.softplus(-z) + joint_neg * F.softplus(z)).sum()
+        contrastive = (con_pos * F.softplus(-c) + con_neg * F.softplus(c)).sum()
+        uniform = (F.softplus(w_hat @ w_hat.T) * off_diagonal).sum() / num_classes + uniform_const
+        return joint + 0.1 * contrastive + uniform
+
+    reference = Bce3sLoss(num_classes, embedding_dim=EMBEDDING_DIM, neg_class_ratio=1.0).to(device)
+    reference.update(memory, torch.arange(num_classes, device=device))
+    reference.set_epoch(1)
+    with torch.no_grad():
+        logits = torch.addmm(b, h, F.normalize(w, dim=1, eps=1e-5).T)
+        expected = reference(logits, q, view=view, embeddings=h @ wp.T, weight=w).loss
+        torch.testing.assert_close(head(h, w, b, wp), expected, rtol=1e-4, atol=1e-4)
+    run = torch.compile(head, dynamic=False) if compiled else head
+
+    def step() -> None:
+        run(h, w, b, wp).backward()
+
+    res = paired_ratio(step, floor, device, repeats)
+    for t in (h, w, b, wp):
+        t.grad = None
+    return res
+
+
 def bench_uniform_floor(num_classes: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:
     """bce_uniform forward + backward against two plain K x D x K matmuls (a Gram and its backward)."""
     g = torch.Generator().manual_seed(0)
@@ -335,10 +390,13 @@ def run_floor(
     classes: set[int] | None = None,
     uniform_cases: tuple[tuple[int, int], ...] = UNIFORM_CASES,
     compiled: bool = False,
+    ideal: bool = False,
 ) -> dict:
     """The floor comparisons (those with K in ``classes``, default all): ``{"step": [...], "uniform": [...]}``.
 
-    ``compiled`` adds, for each step case, the same head and loss through ``torch.compile``.
+    ``compiled`` adds, for each step case, the same head and loss through ``torch.compile`` and the floor's own
+    matmuls compiled; ``ideal`` adds the lower bound of :func:`bench_ideal_floor` (and its compiled form with
+    ``compiled``).
     """
     out: dict[str, list[dict]] = {"step": [], "uniform": []}
     for k, b, d in FLOOR_CASES:
@@ -347,9 +405,15 @@ def run_floor(
                 row = {"K": k, "B": b, "D": d, "compiled": comp, **bench_floor(k, b, d, device, repeats, comp)}
                 out["step"].append(row)
                 print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
+            extra: list[tuple[str, Callable[..., dict[str, float]], tuple]] = []
+            if ideal:
+                extra.append(("ideal", bench_ideal_floor, ()))
+                if compiled:
+                    extra.append(("ideal compiled", bench_ideal_floor, (True,)))
             if compiled:
-                row = {"K": k, "B": b, "D": d, "compiled": "matmuls", **bench_compiled_floor(k, b, d, device, repeats)}
-                out["step"].append(row)
+                extra.append(("matmuls", bench_compiled_floor, ()))
+            for what, bench, more in extra:
+                out["step"].append({"K": k, "B": b, "D": d, "compiled": what, **bench(k, b, d, device, repeats, *more)})
                 print(format_floor({"step": out["step"][-1:], "uniform": []}).splitlines()[-1], flush=True)
     for k, d in uniform_cases:
         if classes is None or k in classes:
@@ -366,6 +430,8 @@ def format_floor(floor: dict) -> str:
             False: "classifier + projector + BCE3S",
             True: "classifier + projector + BCE3S (compiled)",
             "matmuls": "the bare matmuls alone (compiled)",
+            "ideal": "plain-autograd lower bound of head + loss",
+            "ideal compiled": "plain-autograd lower bound of head + loss (compiled)",
         }[r.get("compiled", False)]
         lines.append(
             f"| {what} vs bare matmuls | "
@@ -418,6 +484,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--floor", action="store_true", help="only the step-versus-bare-matmul floor comparison")
     parser.add_argument(
         "--compile", action="store_true", help="--floor: also the head and loss through torch.compile (~1 min each)"
+    )
+    parser.add_argument(
+        "--ideal",
+        action="store_true",
+        help="--floor: also a lower bound, the same head and loss in plain autograd with precomputed weights",
     )
     parser.add_argument("--classes", default=None, help="--floor: only these K, comma-separated (100,1000,8142)")
     parser.add_argument("--uniform-case", default="8142,2048", help="--floor: K,D of the uniform-term comparison")
@@ -479,6 +550,7 @@ def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] |
             {int(k) for k in args.classes.split(",")} if args.classes else None,
             (tuple(int(x) for x in args.uniform_case.split(",")),),  # type: ignore[arg-type]
             compiled=args.compile,
+            ideal=args.ideal,
         ),
     }
     print(format_floor(result["floor"]))
