@@ -348,7 +348,8 @@ class RuntimeConfig:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         seed: the run's seed; data order, augmentation, mixing, partial class sets and memory all derive from it.
         amp: autocast of the model's forward in training and evaluation: ``none`` (fp32), ``bf16`` (on CUDA and on
-            the CPU; on the CPU fast only with native bf16, e.g. AMX or AVX512-BF16, else maybe slower than fp32)
+            the CPU; on the CPU fast only with native bf16, e.g. AMX or AVX512-BF16, else maybe slower than fp32,
+            and an x86 CPU without it gets a warning when training starts)
             or ``fp16`` (CUDA only, with a gradient scaler; refused for training off CUDA, and a run trained with
             fp16 is evaluated in fp32 there). The losses always take float32 logits and embeddings.
         deterministic: ask PyTorch for deterministic algorithms (slower on CUDA).

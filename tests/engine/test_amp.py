@@ -131,3 +131,35 @@ def test_cli_train_fp16_on_cpu_exits_2_before_writing(tmp_path, capsys):
     assert main(["train", str(path), "--set", "runtime.amp=fp16", "--device", "cpu", "--out", str(out)]) == 2
     assert not out.exists()
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("native", "amp", "warns"),
+    [(False, "bf16", True), (True, "bf16", False), (None, "bf16", False), (False, "none", False)],
+)
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_at_start(monkeypatch, caplog, native, amp, warns):
+    """Emulated bf16 can be slower than fp32: a run says so when it starts, and only then."""
+    from bce3s.engine import build, run
+
+    monkeypatch.setattr(build, "cpu_bf16_native", lambda: native)
+    with caplog.at_level("WARNING", logger="bce3s.engine"):
+        run._tune_backends(RuntimeConfig(amp=amp), CPU)
+    assert sum(r.levelname == "WARNING" and r.name == "bce3s.engine" for r in caplog.records) == int(warns)
+
+
+@pytest.mark.parametrize(
+    ("machine", "avx512_bf16", "amx", "expected"),
+    [
+        ("x86_64", False, False, False),
+        ("x86_64", True, False, True),
+        ("AMD64", False, True, True),
+        ("aarch64", True, True, None),
+    ],
+)
+def test_cpu_bf16_native_reads_the_x86_features(monkeypatch, machine, avx512_bf16, amx, expected):
+    from bce3s.engine import build
+
+    monkeypatch.setattr(build.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert build.cpu_bf16_native() is expected

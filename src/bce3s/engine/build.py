@@ -6,6 +6,7 @@ objects and read as the order of work.
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
 import torch
@@ -130,6 +131,20 @@ def amp_dtype(cfg: Config, device: torch.device, *, train: bool = True) -> torch
     if not train:
         return None
     raise ConfigError(FP16_OFF_CUDA.format(device=device.type))
+
+
+def cpu_bf16_native() -> bool | None:
+    """Whether this CPU computes bfloat16 in hardware (x86: AVX512-BF16 or AMX), or None when torch cannot tell.
+
+    Without it, CPU autocast to bf16 is emulated and can be slower than fp32. Only x86 CPUs are judged (torch
+    reports these features there); for any other architecture the answer is None.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes
+        return None
 
 
 def step_mode(cfg: Config, dist: DistInfo) -> str:

@@ -97,6 +97,11 @@ def torch_settings(runtime: RuntimeConfig):
 
 
 def _tune_backends(runtime: RuntimeConfig, device: torch.device) -> None:
+    if runtime.amp == "bf16" and device.type == "cpu" and build.cpu_bf16_native() is False:
+        log.warning(
+            "runtime.amp: bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX): autocast is emulated and may "
+            "be slower than fp32; set runtime.amp=none if it is"
+        )
     if device.type == "cuda" and not runtime.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     if runtime.deterministic:
