@@ -9,6 +9,9 @@ training). Timed (median of ``--repeats`` after warm-up, device synchronised aro
 - ``joint`` / ``contrastive`` / ``uniform``: each term alone, forward + backward; ``update``: the memory update;
 - ``ce``: :class:`~bce3s.losses.CrossEntropyLoss` on the same 3B rows (class ids), forward + backward.
 
+The kernels of ``bce3s`` and ``ce`` (aten operators launched, views excluded: ``bench/kernel_count.py``) are
+counted once each; on the CPU, ``bce3s`` includes the class-id range check (4 operators) that accelerators skip.
+
 The acceptance figure is the full BCE3S loss at K = 100, B = 64 as a fraction of a ResNet-32 forward + backward
 on the same 3 x 64 images of 32 x 32 (CIFAR scale); the target is < 5 %.
 
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_contrastive, bce_joint, bce_uniform
+from kernel_count import count_kernels  # bench/kernel_count.py (bench/ is on sys.path when run as a script)
 
 EMBEDDING_DIM = 128
 
@@ -186,6 +190,7 @@ def bench_losses(num_classes: int, batch: int, device: torch.device, repeats: in
         "ce": plain_ce,
     }
     out = {name: time_ms(fn, device, repeats) for name, fn in fns.items()}
+    out |= {f"{name}_kernels": count_kernels(fns[name]) for name in ("bce3s", "ce")}
     for t in ("logits", "embeddings", "weight"):
         x[t].grad = None
     return out
@@ -514,7 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
         for b in batches:
             t = bench_losses(k, b, device, repeats)
             row = {"K": k, "B": b, "rows": 3 * b, "D": feature_dim_for(k)}
-            rows.append(row | {f"{name}_ms": ms for name, ms in t.items()})
+            row |= {name if name.endswith("_kernels") else f"{name}_ms": v for name, v in t.items()}
+            rows.append(row)
     backbone_ms = bench_backbone(device, repeats)
     ref = next(r for r in rows if r["K"] == 100 and r["B"] == 64)
     fraction = ref["bce3s_ms"] / backbone_ms
@@ -561,13 +567,16 @@ def main_floor(args: argparse.Namespace, device: torch.device, argv: list[str] |
 
 def format_table(result: dict) -> str:
     """Markdown table of the results plus the acceptance line."""
-    head = "| K | B (rows) | D | CE | BCE3S total | joint | contrastive | uniform | memory update | BCE3S / CE |"
-    lines = [head, "|" + "---|" * 10]
+    head = (
+        "| K | B (rows) | D | CE | BCE3S total | joint | contrastive | uniform | memory update | BCE3S / CE "
+        "| kernels CE / BCE3S |"
+    )
+    lines = [head, "|" + "---|" * 11]
     for r in result["rows"]:
         lines.append(
             f"| {r['K']} | {r['B']} ({r['rows']}) | {r['D']} | {r['ce_ms']:.3f} | {r['bce3s_ms']:.3f} | "
             f"{r['joint_ms']:.3f} | {r['contrastive_ms']:.3f} | {r['uniform_ms']:.3f} | {r['update_ms']:.3f} | "
-            f"{r['bce3s_ms'] / r['ce_ms']:.1f}x |"
+            f"{r['bce3s_ms'] / r['ce_ms']:.1f}x | {r['ce_kernels']} / {r['bce3s_kernels']} |"
         )
     a = result["acceptance"]
     lines.append("")

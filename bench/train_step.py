@@ -9,7 +9,8 @@ trains:
 
 Both see 3B images per step, so the ratio (b)/(a) is the cost of the method's own work (mixing, projector,
 losses, memory). Steps of (a) and (b) are interleaved so drift of a shared machine hits both alike; the table
-gives medians. Usage::
+gives medians, and for eager and static steps the kernels one step launches (aten operators, views excluded:
+``bench/kernel_count.py``), a device-independent measure of what a launch-bound GPU pays for. Usage::
 
     python bench/train_step.py                       # resnet32 + resnet34_cifar at batch 64 on CPU
     python bench/train_step.py --models resnet32 --steps 20 --out bench/results/train_step.json
@@ -48,6 +49,7 @@ from bce3s.engine.optim import build_optimizer
 from bce3s.engine.step import StepRuntime, TrainBatch, train_step
 from bce3s.losses import build_loss
 from bce3s.models import build_model
+from kernel_count import count_kernels  # bench/kernel_count.py (bench/ is on sys.path when run as a script)
 
 
 def _sync(device: torch.device) -> None:
@@ -206,7 +208,7 @@ def main() -> int:
     jobs.sort(key=lambda job: {"graphed": 1, "compiled": 2}.get(job[1][3], 0))  # stable: risky / slow ones last
     hdr = (
         f"{'model':<16}{'variant':<28}{'imgs/step':>10}{'CE ms':>10}{'BCE3S ms':>10}{'ratio':>8}"
-        f"{'CE img/s':>10}{'BCE3S img/s':>12}"
+        f"{'CE img/s':>10}{'BCE3S img/s':>12}{'kernels CE/BCE3S':>18}"
     )
     print(hdr, flush=True)
     rows, failed = [], 0
@@ -242,6 +244,9 @@ def main() -> int:
                 break
             continue
         a, b = statistics.median(ta), statistics.median(tb)
+        # kernels per step (aten operators, views excluded): eager and static run them one by one; a graphed or
+        # compiled step runs the static step's kernels from a graph or fused, so it is not counted
+        kernels = (count_kernels(ce_step), count_kernels(b_step)) if mode in ("eager", "static") else None
         row = {
             "model": name,
             "variant": vname,
@@ -254,6 +259,8 @@ def main() -> int:
             "ratio": b / a,
             "ce_img_s": 3 * batch / a,
             "bce3s_img_s": 3 * batch / b,
+            "ce_kernels": kernels[0] if kernels else None,
+            "bce3s_kernels": kernels[1] if kernels else None,
         }
         errors = [e for e in (getattr(r, "capture_error", None) for r in runners) if e]
         if errors:
@@ -261,9 +268,11 @@ def main() -> int:
         rows.append(row)
         _write(args.out, rows)
         note = f"  capture failed, ran eagerly: {errors[0]}" if errors else ""
+        counted = f"{kernels[0]} / {kernels[1]}" if kernels else "-"
         print(
             f"{row['model']:<16}{row['variant']:<28}{row['images_per_step']:>10}{row['ce_ms']:>10.1f}"
-            f"{row['bce3s_ms']:>10.1f}{row['ratio']:>8.3f}{row['ce_img_s']:>10.0f}{row['bce3s_img_s']:>12.0f}{note}",
+            f"{row['bce3s_ms']:>10.1f}{row['ratio']:>8.3f}{row['ce_img_s']:>10.0f}{row['bce3s_img_s']:>12.0f}"
+            f"{counted:>18}{note}",
             flush=True,
         )
     meta = {
