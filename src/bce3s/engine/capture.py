@@ -130,12 +130,14 @@ class StaticStep:
         rt.loss_fn.make_static(device)
         # Parameters that get a gradient only from a term switched by a device flag (the projector, before the
         # contrastive term starts): the reference leaves them untouched while their gradient is None, so their
-        # update (weight decay, momentum) is rolled back on the device while the flag is off.
+        # update (weight decay, momentum) is rolled back on the device while the flag is off. The host knows when
+        # the flag is off (the loss's epoch), so steps gate only then (see _gating).
         flag = getattr(rt.loss_fn, "_active", None)
         projector = getattr(rt.raw_model, "projector", None)
         trainable = {id(p) for p in rt.params}
         self._gate = flag if isinstance(flag, Tensor) and projector is not None else None
         self._gated = [p for p in projector.parameters() if id(p) in trainable] if self._gate is not None else []
+        self._graph_gating = False  # whether the captured graph gates the projector
         self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_term = torch.zeros((), dtype=torch.long, device=device)
         self._term_names: list[str] = []
@@ -214,7 +216,19 @@ class StaticStep:
                     lr.fill_(float(value))
             group["lr"] = lr
 
+    def _gating(self) -> bool:
+        """Whether this step must roll back the projector's update: only while the contrastive term is off.
+
+        Read on the host (the loss's epoch, set by ``set_epoch`` like the device flag), so a step while the term is
+        on launches none of the gate's copies.
+        """
+        return self._gate is not None and not getattr(self.rt.loss_fn, "contrastive_active", False)
+
     def _graphed(self, inputs: _Inputs) -> _Outputs:
+        if self._graph is not None and self._graph_gating != self._gating():
+            # the step's work changed (once per stage, when the contrastive term starts): capture it anew at the
+            # next full batch (its shapes are warm already)
+            self._graph = self._static_in = self._static_out = None
         if self._graph is not None and self._static_in is not None and self._static_in.same_shapes(inputs):
             self._static_in.copy_(inputs)
             self._graph.replay()
@@ -261,6 +275,7 @@ class StaticStep:
             self.rt.optimizer.zero_grad(set_to_none=True)  # gradients of the aborted capture hold no values
             return None
         self._graph, self._static_in, self._static_out = graph, static, out
+        self._graph_gating = self._gating()
         graph.replay()  # capturing records the work; this replay does the step
         return out
 
@@ -313,15 +328,16 @@ class StaticStep:
         max_norm = rt.grad_clip if rt.grad_clip is not None else float("inf")
         grads_of = [p for p in rt.params if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(grads_of, max_norm, foreach=True)
-        flags = [~torch.isfinite(t) for t in terms.values()]
-        flags += [~torch.isfinite(loss.detach()), ~torch.isfinite(grad_norm)]
         self._term_names = list(terms)
+        # the terms, the loss and the gradient norm in one vector: one finiteness test for all of them
+        checked = torch.stack([*(t.detach() for t in terms.values()), loss.detach(), grad_norm])
         # under DDP every rank must skip or apply the step alike (the reference all-reduces its host-side verdict):
         # a flag of one rank's own loss terms would otherwise leave the ranks' weights and memories apart
-        bad_any = union_across_ranks(torch.stack(flags), rt.dist)
+        bad_any = union_across_ranks(~torch.isfinite(checked), rt.dist)
         bad = bad_any.any()
         opt = rt.optimizer
-        gated = [(t, t.clone()) for p in self._gated for t in (p, *opt.state[p].values()) if isinstance(t, Tensor)]
+        gated_params = self._gated if self._gating() else []
+        gated = [(t, t.clone()) for p in gated_params for t in (p, *opt.state[p].values()) if isinstance(t, Tensor)]
         opt.grad_scale, opt.found_inf = None, bad.float().reshape(1)
         try:
             opt.step()
@@ -339,7 +355,7 @@ class StaticStep:
             first = bad & (self.bad_step < 0)
             self.bad_step.copy_(torch.where(first, inputs.step, self.bad_step))
             self.bad_term.copy_(torch.where(first, bad_any.long().argmax(), self.bad_term))
-            zero = torch.zeros((), dtype=torch.float64, device=loss.device)
-            out_loss = torch.where(bad, zero, loss.detach().double())
-            out_terms = {k: torch.where(bad, zero, v.detach().double()) for k, v in terms.items()}
-        return _Outputs(out_loss, out_terms, bad)
+            # the terms and the loss (float64, 0 when skipped) as views of one tensor
+            out = checked[:-1].double().masked_fill(bad, 0.0)
+            out_terms = {k: out[i] for i, k in enumerate(terms)}
+        return _Outputs(out[len(terms)], out_terms, bad)
