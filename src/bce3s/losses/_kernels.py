@@ -45,7 +45,7 @@ def bce_value_and_grad(
         inside = logits.abs() <= logit_clip
         logits = logits.clamp(-logit_clip, logit_clip)
     sp = F.softplus(logits)  # softplus(-z) = softplus(z) - z: every summand stays >= 0, no cancellation
-    value = torch.dot(pos.reshape(-1), (sp - logits).reshape(-1)) + torch.dot(neg.reshape(-1), sp.reshape(-1))
+    value = (sp - logits).mul_(pos).addcmul_(neg, sp).sum()
     if not need_grad:
         return value, None
     grad = torch.addcmul(pos.neg(), pos + neg, torch.sigmoid(logits))
@@ -135,6 +135,8 @@ class Uniform(torch.autograd.Function):
         """The term and, with ``need``, its gradient in ``weight`` (K, D)."""
         num_classes = weight.shape[0]
         w_hat, norm, denom = normalize_rows(weight)
+        if num_classes <= GRAM_BLOCK:
+            return Uniform._one_block(w_hat, norm, denom, scale, need)
         grad_hat = torch.zeros_like(w_hat) if need else None
         # sum of softplus(s G_jk) / s over the pairs j != k
         pair_sum = w_hat.new_zeros(())
@@ -159,6 +161,22 @@ class Uniform(torch.autograd.Function):
         if grad_hat is None:
             return value, None
         return value, normalize_backward(grad_hat.mul_(scale / num_classes), w_hat, norm, denom)
+
+    @staticmethod
+    def _one_block(
+        w_hat: Tensor, norm: Tensor, denom: Tensor, scale: float, need: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`value_and_grad` when the whole Gram is one block: the same sums, in fewer kernels."""
+        num_classes = w_hat.shape[0]
+        gram = w_hat @ w_hat.T
+        pair_sum = F.softplus(gram, beta=scale).fill_diagonal_(0.0).sum()  # / s, over the pairs j != k
+        value = pair_sum * (scale / num_classes) + math.log1p(math.exp(-scale))
+        if not need:
+            return value, None
+        coef = torch.sigmoid(gram if scale == 1.0 else gram.mul_(scale)).fill_diagonal_(0.0)
+        # beta = 0: the first argument is only a shape, never read
+        grad_hat = torch.addmm(w_hat, coef, w_hat, beta=0.0, alpha=2.0 * scale / num_classes)
+        return value, normalize_backward(grad_hat, w_hat, norm, denom)
 
     @staticmethod
     @once_differentiable

@@ -276,7 +276,7 @@ def bce_joint(
     if classes is not None:
         clean = torch.ones(num_rows, dtype=torch.bool, device=logits.device) if view is None else view == CLEAN
         columns = classes if isinstance(classes, Tensor) else classes((~negative & clean[:, None]).any(dim=0))
-        negative = negative & (columns.to(logits.device)[None, :] | ~clean[:, None])
+        negative = torch.where(clean[:, None], negative & columns.to(logits.device)[None, :], negative)
     neg_row = row if neg_weight == 1.0 else row * neg_weight
     return LogitBce.apply(logits, q * row[:, None], negative * neg_row[:, None], logit_clip)
 
@@ -336,7 +336,8 @@ def bce_contrastive(
     if check_inputs:
         check_finite(where, embeddings=embeddings, memory=memory, target=target)
     memory = memory.to(device=embeddings.device, dtype=embeddings.dtype)
-    memory_hat = memory / (torch.linalg.vector_norm(memory, dim=1, keepdim=True).clamp(min=NORM_EPS) * temperature)
+    norms = torch.linalg.vector_norm(memory, dim=1, keepdim=True).clamp(min=NORM_EPS)
+    memory_hat = memory / (norms if temperature == 1.0 else norms * temperature)
     q = soft_targets(target, num_classes, embeddings)
     # row weight: 1 / n_v for mixed rows, and for clean rows only when no row is mixed
     if view is None:

@@ -150,7 +150,7 @@ class Bce3sLoss(Loss):
         else:
             contrastive = logits.new_zeros(())
         uniform = self.uniform(weight) if self.uniform_weight != 0 else logits.new_zeros(())
-        loss = joint + self.contrastive_weight * contrastive + self.uniform_weight * uniform
+        loss = torch.add(joint, contrastive, alpha=self.contrastive_weight).add_(uniform, alpha=self.uniform_weight)
         terms = {"joint": joint.detach(), "contrastive": contrastive.detach(), "uniform": uniform.detach()}
         return LossOutput(loss, terms)
 
