@@ -21,7 +21,9 @@ Modes (``runtime.step``):
 - ``static``: that sequence, executed eagerly (any device; it is what the other two run).
 - ``graphed``: after ``WARMUP_STEPS`` eager steps of one batch shape (on the side stream the capture then uses),
   the whole step (forward, loss, backward, clipping, optimizer, memory update) is captured once as a CUDA graph and
-  replayed for every later step of that shape in the stage (single-process CUDA). A batch of another shape (the
+  replayed for every later step of that shape in the stage (single-process CUDA). While the contrastive term is
+  off (BCE3S's first epoch) the step also rolls back the projector's update; when the term starts, the step is
+  captured once more without that work. A batch of another shape (the
   last, smaller batch of an epoch) runs eagerly. If the capture fails (an operation CUDA cannot capture), the step
   it was capturing and all later ones run eagerly, with a warning and the reason in ``capture_error``.
 - ``compiled``: the forward and the loss go through ``torch.compile`` (``reduce-overhead`` on CUDA, which
