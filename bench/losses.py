@@ -51,6 +51,7 @@ from torch import nn
 
 from bce3s.losses import Bce3sLoss, CrossEntropyLoss, bce_contrastive, bce_joint, bce_uniform
 from kernel_count import count_kernels  # bench/kernel_count.py (bench/ is on sys.path when run as a script)
+from timing import sync, time_ms  # bench/timing.py
 
 EMBEDDING_DIM = 128
 
@@ -111,25 +112,6 @@ class _LocalResNet32(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def make_inputs(num_classes: int, batch: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -231,10 +213,10 @@ def paired_ratio(
     times: dict[str, list[float]] = {"ms": [], "floor_ms": []}
     for _ in range(repeats):
         for key, f in (("ms", fn), ("floor_ms", floor)):
-            _sync(device)
+            sync(device)
             start = CLOCK["now"]()
             f()
-            _sync(device)
+            sync(device)
             times[key].append((CLOCK["now"]() - start) * 1e3)
     ratios = [a / b for a, b in zip(times["ms"], times["floor_ms"])]
     return {
@@ -243,6 +225,24 @@ def paired_ratio(
         "ratio": statistics.median(ratios),
         "ratio_of_min": min(times["ms"]) / min(times["floor_ms"]),
     }
+
+
+def _backward_against_floor(
+    run: Callable[..., torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    floor: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+) -> dict[str, float]:
+    """:func:`paired_ratio` of ``run(*inputs).backward()`` against ``floor``; the inputs' gradients dropped after."""
+
+    def step() -> None:
+        run(*inputs).backward()
+
+    res = paired_ratio(step, floor, device, repeats)
+    for t in inputs:
+        t.grad = None
+    return res
 
 
 def _head_and_floor(
@@ -288,13 +288,7 @@ def bench_floor(
         loss.prepare_step()
         run = torch.compile(head, dynamic=False)
 
-    def step() -> None:
-        run(h, w, b, wp).backward()
-
-    res = paired_ratio(step, floor, device, repeats)
-    for t in (h, w, b, wp):
-        t.grad = None
-    return res
+    return _backward_against_floor(run, (h, w, b, wp), floor, device, repeats)
 
 
 def bench_compiled_floor(
@@ -309,13 +303,7 @@ def bench_compiled_floor(
 
     compiled = torch.compile(matmuls, dynamic=False)
 
-    def step() -> None:
-        compiled(h, w, wp).backward()
-
-    res = paired_ratio(step, floor, device, repeats)
-    for t in (h, w, wp):
-        t.grad = None
-    return res
+    return _backward_against_floor(compiled, (h, w, wp), floor, device, repeats)
 
 
 def bench_plain_floor(
@@ -362,13 +350,7 @@ def bench_plain_floor(
         torch.testing.assert_close(head(h, w, b, wp), expected, rtol=1e-4, atol=1e-4)
     run = torch.compile(head, dynamic=False) if compiled else head
 
-    def step() -> None:
-        run(h, w, b, wp).backward()
-
-    res = paired_ratio(step, floor, device, repeats)
-    for t in (h, w, b, wp):
-        t.grad = None
-    return res
+    return _backward_against_floor(run, (h, w, b, wp), floor, device, repeats)
 
 
 def bench_uniform_floor(num_classes: int, dim: int, device: torch.device, repeats: int) -> dict[str, float]:

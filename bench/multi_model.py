@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bce3s.models.resnet_cifar import CifarResNet, resnet32
+from timing import time_ms  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 
 class _GroupedBlock(nn.Module):
@@ -103,11 +102,6 @@ class GroupedResNet32(nn.Module):
             self.head_bias[i].copy_(heads[i].bias)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _sgd(params: list[Tensor]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-3, nesterov=True)
 
@@ -153,19 +147,6 @@ def graphed(step: Callable[[], None], device: torch.device, warmup: int = 3) -> 
     with torch.cuda.graph(graph):
         step()
     return graph.replay
-
-
-def time_ms(fn: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,11 +50,7 @@ from bce3s.engine.step import StepRuntime, TrainBatch, train_step
 from bce3s.losses import build_loss
 from bce3s.models import build_model
 from kernel_count import count_kernels  # bench/kernel_count.py (bench/ is on sys.path when run as a script)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import sync  # bench/timing.py
 
 
 def make_steps(
@@ -137,14 +133,14 @@ def time_pair(ce_step, b_step, device: torch.device, steps: int, warmup: int) ->
     for _ in range(warmup):
         ce_step()
         b_step()
-    _sync(device)
+    sync(device)
     ta, tb = [], []
     for i in range(steps):
         for fn, acc in ((ce_step, ta), (b_step, tb)) if i % 2 == 0 else ((b_step, tb), (ce_step, ta)):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             acc.append(time.perf_counter() - t)
     return ta, tb
 
@@ -153,7 +149,7 @@ def _device_usable(device: torch.device) -> bool:
     """False when the device fails a trivial operation (a sticky CUDA error poisons the whole process)."""
     try:
         torch.ones(1, device=device).add_(1).sum().item()
-        _sync(device)
+        sync(device)
     except Exception:
         return False
     return True

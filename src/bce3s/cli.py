@@ -20,6 +20,9 @@ from bce3s.errors import BCE3SError, ConfigError, program_name
 
 log = logging.getLogger("bce3s")
 
+#: ``--checkpoint`` of the commands that load a run's model (predict, export).
+_MODEL_CHECKPOINT_HELP = "best_val | last | <stage>_last | <stage>_best_val | a .pt file (default best_val)"
+
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
@@ -98,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("run_dir", help="a directory made by 'bce3s train'")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    pr.add_argument("--checkpoint", default="best_val",
-                    help="best_val | last | <stage>_last | <stage>_best_val | a .pt file (default best_val)")
+    pr.add_argument("--checkpoint", default="best_val", help=_MODEL_CHECKPOINT_HELP)
     pr.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
     pr.add_argument("--out", help="write FILE.csv or FILE.jsonl (default: CSV on stdout)")
     pr.add_argument("--batch-size", type=int, help="images per forward (default: the run's eval.batch_size)")
@@ -114,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the class names and probability kind are stored with it (docs/using_a_model.md).",
     )
     x.add_argument("run_dir", help="a directory made by 'bce3s train'")
-    x.add_argument("--checkpoint", default="best_val",
-                   help="best_val | last | <stage>_last | <stage>_best_val | a .pt file (default best_val)")
+    x.add_argument("--checkpoint", default="best_val", help=_MODEL_CHECKPOINT_HELP)
     x.add_argument("--format", required=True, choices=["torchscript", "exported", "onnx"], help="file format")
     x.add_argument("--out", required=True, help="the file to write")
     x.add_argument("--input-size", type=int,
