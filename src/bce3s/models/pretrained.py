@@ -172,11 +172,12 @@ def load_pretrained(backbone: nn.Module, spec: str, arch: str) -> str:
     path = _fetch(arch, spec) if is_weights_name(spec) else Path(spec).expanduser()
     sd = read_state_dict(path)
     target = backbone
-    if not all(k in dict(backbone.state_dict()) for k in sd):  # not a bce3s checkpoint: a plain network's
+    if not set(sd) <= backbone.state_dict().keys():  # not a bce3s checkpoint: a plain network's
         target = _weights_module(backbone)
         prefixes = (getattr(backbone, "classifier_prefix", ""),) if hasattr(backbone, "classifier_prefix") else ()
         drop = _CLASSIFIER_PREFIXES + prefixes
-        sd = {k: v for k, v in sd.items() if not (k.startswith(drop) and k not in target.state_dict())}
+        own = target.state_dict().keys()
+        sd = {k: v for k, v in sd.items() if not (k.startswith(drop) and k not in own)}
     _check_match(target, sd, path)
     target.load_state_dict(sd, strict=True)
     return str(path)
