@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bce3s.errors import RunDirError
+from bce3s.report.document import DASH
 from bce3s.report.rundata import CHECKPOINTS, RunData, load_run
 
 __all__ = [
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 COMPARE_METRICS = (("top1", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"))
 """(key in the METRICS dict, column name) of the compared quantities, in table order."""
-
-_DASH = "–"
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -77,6 +76,26 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     if len(values) < 2:
         return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def is_finite_number(v: Any) -> bool:
+    """Whether ``v`` is a finite int or float (not a bool, not None, not NaN or inf): a metric value to average."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """``"93.67 ± 0.50"``; ``–`` for a missing std (one value) and ``–`` alone for a missing mean."""
+    if mean is None:
+        return DASH
+    return f"{mean:.2f} ± {DASH if std is None else f'{std:.2f}'}"
+
+
+def _add_mean_std(row: dict[str, Any], keys: Sequence[str], results: Sequence[Mapping[str, Any]]) -> None:
+    """Set ``key_mean``, ``key_std`` and ``key_n`` in ``row`` for each key, over the finite values in ``results``."""
+    for key in keys:
+        vals = [float(r[key]) for r in results if is_finite_number(r.get(key))]
+        row[f"{key}_mean"], row[f"{key}_std"] = mean_std(vals)
+        row[f"{key}_n"] = len(vals)
 
 
 def run_overrides(run: RunData) -> list[str]:
@@ -119,7 +138,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     for path in run_dirs:
         run = load_run(path)
         meta = run.final.get("run") if isinstance(run.final.get("run"), dict) else {}
-        key = (str(meta.get("config_name") or _DASH), config_hash(run.config))
+        key = (str(meta.get("config_name") or DASH), config_hash(run.config))
         groups.setdefault(key, []).append(run)
     rows: list[dict[str, Any]] = []
     for (config_name, chash), runs in groups.items():
@@ -145,23 +164,13 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 "run_dirs": [str(r.path) for r in with_results],
                 "overrides": list(dict.fromkeys(o for r in runs for o in run_overrides(r))),
             }
-            for key, _ in COMPARE_METRICS:
-                vals = []
-                for r in with_results:
-                    v = r.test_metrics(ckpt).get(key)  # type: ignore[union-attr]
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                        vals.append(float(v))
-                row[f"{key}_mean"], row[f"{key}_std"] = mean_std(vals)
-                row[f"{key}_n"] = len(vals)
+            _add_mean_std(row, [key for key, _ in COMPARE_METRICS], [r.test_metrics(ckpt) or {} for r in with_results])
             rows.append(row)
     return rows
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
-    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-    if mean is None:
-        return _DASH
-    return f"{mean:.2f} ± {_DASH if std is None else f'{std:.2f}'}"
+    return format_mean_std(row.get(f"{key}_mean"), row.get(f"{key}_std"))
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -173,7 +182,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for row in rows:
         name = f"{row['config_name']} ({row['config_hash'][:7]})"
-        cells = [name, str(row.get("loss") or _DASH), str(row["checkpoint"]), str(row["n"])]
+        cells = [name, str(row.get("loss") or DASH), str(row["checkpoint"]), str(row["n"])]
         cells += [_cell(row, key) for key, _ in COMPARE_METRICS]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     overridden = {}
@@ -215,10 +224,6 @@ def format_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def aggregate_groups(
     groups: Mapping[str, Sequence[Mapping[str, Any]]],
     metrics: Sequence[str] = tuple(key for key, _ in COMPARE_METRICS),
@@ -248,10 +253,7 @@ def aggregate_groups(
                 if tta and not results:
                     continue
                 row: dict[str, Any] = {"group": label, "checkpoint": ckpt, "tta": tta, "n": len(results)}
-                for m in metrics:
-                    vals = [float(r[m]) for r in results if _finite(r.get(m))]
-                    row[f"{m}_mean"], row[f"{m}_std"] = mean_std(vals)
-                    row[f"{m}_n"] = len(vals)
+                _add_mean_std(row, metrics, results)
                 rows.append(row)
     return rows
 

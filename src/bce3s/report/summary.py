@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bce3s.eval.metrics import shot_groups
-from bce3s.report.compare import mean_std
+from bce3s.report.compare import format_mean_std, is_finite_number, mean_std
 from bce3s.report.document import DASH, Block, Heading, Para, Table
 from bce3s.report.rundata import CHECKPOINTS, RunData
 
@@ -147,10 +147,7 @@ class MethodSummary:
 
     def cell(self, checkpoint: str, key: str) -> str:
         """``"93.67 ± 0.50"`` (``–`` for the std with one seed; ``–`` alone when no run has the number)."""
-        mean, std = self.mean_std(checkpoint, key)
-        if mean is None:
-            return DASH
-        return f"{mean:.2f} ± {DASH if std is None else f'{std:.2f}'}"
+        return format_mean_std(*self.mean_std(checkpoint, key))
 
 
 def _seed(run: RunData, index: int) -> Any:
@@ -175,7 +172,7 @@ def summarize_methods(groups: Sequence[tuple[str, Sequence[RunData]]]) -> list[M
                 m = run.test_metrics(ckpt) or {}
                 for key, _ in SUMMARY_METRICS:
                     v = m.get(key)
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    if is_finite_number(v):
                         per_key[key][_seed(run, i)] = float(v)
             summary.values[ckpt] = per_key
         out.append(summary)
