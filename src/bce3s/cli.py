@@ -774,13 +774,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     groups = [(label, [load_run(demo_run_dir(parent, name, s)) for s in seeds]) for label, name in DEMO_RUNS]
     methods = summarize_methods(groups)
     first = groups[0][1][0]
-    data = first.data_record or {}
-    test_counts = (data.get("counts") or {}).get("test") if isinstance(data.get("counts"), dict) else None
     print()
     print(f"Digits-LT test accuracy (%), mean ± std over seeds {', '.join(map(str, seeds))}. CE: softmax CE, then a "
           "class-balanced CE stage 2; BCE3S: BCE3S, then a class-balanced BCE stage 2; same data, seeds and epochs. "
           "best_val is chosen on the validation split.")
-    print(summary_text(methods, first.train_counts, test_counts if isinstance(test_counts, list) else None))
+    print(summary_text(methods, first.train_counts, first.test_counts))
     print("8x8 digits, a small CNN and 40 epochs do not test the paper's claim (long-tailed CIFAR/ImageNet with "
           "ResNets); docs/results.md has what was measured at scale.")
     html, _ = write_report([runs[0].path for _, runs in groups], parent / "report",

@@ -98,12 +98,13 @@ class RunData:
     @property
     def train_counts(self) -> list[int] | None:
         """``final.json["train_counts"]`` as ints, or ``None`` when missing or not a list of counts."""
-        counts = self.final.get("train_counts")
-        if not isinstance(counts, list) or not counts:
-            return None
-        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 for c in counts):
-            return None
-        return [int(c) for c in counts]
+        return _counts(self.final.get("train_counts"))
+
+    @property
+    def test_counts(self) -> list[int] | None:
+        """Test images per class from ``data.json["counts"]["test"]``, or ``None`` when missing or malformed."""
+        counts = (self.data_record or {}).get("counts")
+        return _counts(counts.get("test")) if isinstance(counts, dict) else None
 
     @property
     def method(self) -> str:
@@ -294,3 +295,12 @@ def unique_labels(runs: Sequence[RunData]) -> None:
         if run.label in used:
             run.label = f"{run.label} ({i + 1})"
         used.add(run.label)
+
+
+def _counts(value: Any) -> list[int] | None:
+    """A non-empty list of per-class counts (numbers >= 0) as ints, else ``None``."""
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 for c in value):
+        return None
+    return [int(c) for c in value]

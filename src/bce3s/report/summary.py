@@ -275,9 +275,7 @@ def section_summary(runs: Sequence[RunData], blocks: list[Block]) -> None:
     counts = next((r.train_counts for r in runs if r.train_counts), None)
     notes = []
     if counts:
-        data = runs[0].data_record or {}
-        test = (data.get("counts") or {}).get("test") if isinstance(data.get("counts"), dict) else None
-        notes.append(group_definition(counts, test if isinstance(test, list) else None))
+        notes.append(group_definition(counts, runs[0].test_counts))
     notes.append(f"{VERDICT_RULE[0].upper()}{VERDICT_RULE[1:]}. Runs are grouped by config; the first config is the "
                  "baseline of the differences.")
     blocks += [Para(x) for x in notes]
