@@ -153,9 +153,11 @@ def step_mode(cfg: Config, dist: DistInfo) -> str:
     ``auto`` is ``graphed`` for one CUDA process (not fp16, whose loss scaler needs host decisions, and not with
     ``model.compile``), else ``eager``.
 
+    What the config alone rules out (a static mode with fp16, ``graphed`` with ``model.compile``) is refused
+    earlier, by :func:`~bce3s.engine.validate.validate_config`.
+
     Raises:
-        ConfigError: an explicit mode this process cannot run (``graphed`` off CUDA or with several processes; a
-            static mode with fp16).
+        ConfigError: ``graphed`` when this process is not the one CUDA process of the run.
     """
     mode = cfg.runtime.step
     one_cuda = dist.device.type == "cuda" and dist.world_size == 1
@@ -166,8 +168,6 @@ def step_mode(cfg: Config, dist: DistInfo) -> str:
             f"runtime.step: graphed needs one CUDA process (this run: {dist.device.type}, {dist.world_size} "
             "process(es)); use static or compiled, or auto"
         )
-    if mode != "eager" and cfg.runtime.amp == "fp16" and dist.device.type == "cuda":
-        raise ConfigError(f"runtime.step: {mode} cannot run fp16 (its loss scaler decides on the host); use amp bf16")
     return mode
 
 
