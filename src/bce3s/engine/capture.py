@@ -78,12 +78,6 @@ class _Inputs:
     def tensors(self) -> list[Tensor]:
         return [t for t in vars(self).values() if t is not None]
 
-    def same_shapes(self, other: _Inputs) -> bool:
-        mine, theirs = vars(self), vars(other)
-        return all(
-            (a is None) == (theirs[k] is None) and (a is None or a.shape == theirs[k].shape) for k, a in mine.items()
-        )
-
     def signature(self) -> tuple:
         """The shapes (and which inputs are present): steps of one signature can replay one graph."""
         return tuple(None if t is None else tuple(t.shape) for t in vars(self).values())
@@ -231,12 +225,12 @@ class StaticStep:
             # the step's work changed (once per stage, when the contrastive term starts): capture it anew at the
             # next full batch (its shapes are warm already)
             self._graph = self._static_in = self._static_out = None
-        if self._graph is not None and self._static_in is not None and self._static_in.same_shapes(inputs):
+        signature = inputs.signature()
+        if self._graph is not None and self._static_in is not None and self._static_in.signature() == signature:
             self._static_in.copy_(inputs)
             self._graph.replay()
             assert self._static_out is not None
             return self._static_out
-        signature = inputs.signature()
         if self._graph is None and self.capture_error is None and self._warm.get(signature, 0) >= WARMUP_STEPS:
             out = self._capture(inputs)
             if out is not None:
