@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -551,46 +552,70 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _run_sweep_jobs(todo: list[dict[str, Any]], args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
-    """Train the sweep's runs, ``args.jobs`` processes at a time, each logging to ``logs``; the failed items."""
+def _run_processes(
+    items: list[Any],
+    jobs: int,
+    start: Callable[[Any], tuple[subprocess.Popen, Any]],
+    finish: Callable[[Any, subprocess.Popen, Any, float], None],
+) -> None:
+    """Run one process per item, ``jobs`` at a time, in order.
+
+    ``start(item)`` launches the item's process and returns it with the file it writes to; ``finish(item, process,
+    file, seconds)`` is called when it has exited, and the file is closed after it. On Ctrl-C the runs still going
+    (they got the same SIGINT and save their checkpoints) are waited for.
+    """
     import time
 
-    failed: list[dict[str, Any]] = []
-    pending = list(todo)
-    active: list[tuple[dict[str, Any], subprocess.Popen, Any, float]] = []
-    done = 0
+    pending = list(items)
+    active: list[tuple[Any, subprocess.Popen, Any, float]] = []
     try:
         while pending or active:
-            while pending and len(active) < args.jobs:
+            while pending and len(active) < jobs:
                 item = pending.pop(0)
-                log_path = logs / item["label"] / f"seed{item['seed']}.log"
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                item["log"] = log_path
-                handle = log_path.open("w")
-                cmd = _sweep_command(item, args)
-                log.info("%s seed %d: %s", item["label"], item["seed"], " ".join(cmd))
-                proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+                proc, handle = start(item)
                 active.append((item, proc, handle, time.monotonic()))
             finished = next((a for a in active if a[1].poll() is not None), None)
             if finished is None:
                 time.sleep(0.2)
                 continue
             active.remove(finished)
-            item, proc, handle, start = finished
-            handle.close()
-            done += 1
-            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-            took = time.monotonic() - start
-            line = f"[{done}/{len(todo)}] {item['label']} seed {item['seed']}: {status} in {took:.0f} s"
-            if proc.returncode != 0:
-                failed.append(item)
-                line += f": {_last_line(item['log'])} (log: {item['log']})"
-            print(line, flush=True)
+            item, proc, handle, began = finished
+            try:
+                finish(item, proc, handle, time.monotonic() - began)
+            finally:
+                handle.close()
     except KeyboardInterrupt:
-        for _, proc, handle, _ in active:  # the runs got the same SIGINT and save their checkpoints
+        for _, proc, handle, _ in active:
             proc.wait()
             handle.close()
         raise
+
+
+def _run_sweep_jobs(todo: list[dict[str, Any]], args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
+    """Train the sweep's runs, ``args.jobs`` processes at a time, each logging to ``logs``; the failed items."""
+    failed: list[dict[str, Any]] = []
+    done = [0]
+
+    def start(item: dict[str, Any]) -> tuple[subprocess.Popen, Any]:
+        log_path = logs / item["label"] / f"seed{item['seed']}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        item["log"] = log_path
+        handle = log_path.open("w")
+        cmd = _sweep_command(item, args)
+        log.info("%s seed %d: %s", item["label"], item["seed"], " ".join(cmd))
+        return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT), handle
+
+    def finish(item: dict[str, Any], proc: subprocess.Popen, handle: Any, took: float) -> None:
+        handle.close()  # before its last line is read back
+        done[0] += 1
+        status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+        line = f"[{done[0]}/{len(todo)}] {item['label']} seed {item['seed']}: {status} in {took:.0f} s"
+        if proc.returncode != 0:
+            failed.append(item)
+            line += f": {_last_line(item['log'])} (log: {item['log']})"
+        print(line, flush=True)
+
+    _run_processes(todo, args.jobs, start, finish)
     return failed
 
 
@@ -699,34 +724,29 @@ def _demo_parallel(parent: Path, todo: list[tuple[str, str, int]], sets: dict[tu
                    jobs: int) -> None:
     """Train the demo's runs as ``jobs`` parallel ``bce3s train`` processes; one line per finished run."""
     import tempfile
-    import time
 
-    pending = list(todo)
-    active: list[tuple[str, str, int, float, subprocess.Popen, Any]] = []
     failed: list[str] = []
-    print(f"training {len(todo)} runs, {jobs} at a time, into {parent}", flush=True)
-    while pending or active:
-        while pending and len(active) < jobs:
-            label, name, seed = pending.pop(0)
-            out = demo_run_dir(parent, name, seed)
-            cmd = [sys.executable, "-m", "bce3s", "train", str(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml"),
-                   "--out", str(out), "--overwrite", "--quiet"] + [x for o in sets[name, seed] for x in ("--set", o)]
-            log_file = tempfile.TemporaryFile("w+")  # stderr in a file: a full pipe would block the run
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
-            active.append((label, name, seed, time.perf_counter(), proc, log_file))
-        time.sleep(0.2)
-        for item in [a for a in active if a[4].poll() is not None]:
-            active.remove(item)
-            label, name, seed, t0, proc, log_file = item
+
+    def start(item: tuple[str, str, int]) -> tuple[subprocess.Popen, Any]:
+        _, name, seed = item
+        cmd = [sys.executable, "-m", "bce3s", "train", str(PACKAGE_CONFIGS / "digits_lt" / f"{name}.yaml"),
+               "--out", str(demo_run_dir(parent, name, seed)), "--overwrite", "--quiet"]
+        cmd += [x for o in sets[name, seed] for x in ("--set", o)]
+        log_file = tempfile.TemporaryFile("w+")  # stderr in a file: a full pipe would block the run
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True), log_file
+
+    def finish(item: tuple[str, str, int], proc: subprocess.Popen, log_file: Any, took: float) -> None:
+        label, name, seed = item
+        if proc.returncode:
             log_file.seek(0)
-            err = log_file.read()
-            log_file.close()
-            if proc.returncode:
-                last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
-                failed.append(f"{label} seed {seed}: {last}")
-            else:
-                print(f"trained {label}, seed {seed} -> {demo_run_dir(parent, name, seed)} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            err = log_file.read().strip()
+            last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
+            failed.append(f"{label} seed {seed}: {last}")
+        else:
+            print(f"trained {label}, seed {seed} -> {demo_run_dir(parent, name, seed)} ({took:.0f} s)", flush=True)
+
+    print(f"training {len(todo)} runs, {jobs} at a time, into {parent}", flush=True)
+    _run_processes(todo, jobs, start, finish)
     if failed:
         raise BCE3SError("demo runs failed: " + "; ".join(failed))
 
