@@ -351,14 +351,14 @@ def _check_pretrained_file(spec: str) -> None:
 
 def _load_pretrained(cfg: Config, model: nn.Module, dist: DistInfo) -> None:
     """Load ``model.pretrained`` into the backbone of a new run (rank 0 downloads named weights first)."""
-    from bce3s.models.pretrained import is_weights_name, load_pretrained, torchvision_weights_file
+    from bce3s.models.pretrained import fetch_weights, is_weights_name, load_pretrained, torchvision_weights_file
 
     spec = cfg.model.pretrained
     assert spec is not None
     if is_weights_name(spec) and dist.distributed:
         if dist.is_main:
-            load_pretrained(model.backbone, spec, cfg.model.name)
-        barrier(dist)  # the file is in the hub cache now: the other ranks read it
+            fetch_weights(cfg.model.name, spec)
+        barrier(dist)  # the file is in the hub cache now: every rank reads it
         spec = str(torchvision_weights_file(cfg.model.name, spec)[0])
     source = load_pretrained(model.backbone, spec, cfg.model.name)
     log.info("backbone weights loaded from %s", source)

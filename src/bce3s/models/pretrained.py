@@ -30,6 +30,7 @@ from bce3s.errors import CheckpointError, ConfigError
 __all__ = [
     "TORCHVISION_ARCHS",
     "backbone_stages",
+    "fetch_weights",
     "freeze_stages",
     "is_weights_name",
     "load_pretrained",
@@ -134,7 +135,7 @@ def torchvision_weights_file(arch: str, name: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
 
-def _fetch(arch: str, name: str) -> Path:
+def fetch_weights(arch: str, name: str) -> Path:
     """The cached torchvision weights file, downloaded when missing (one-line error naming where to put it)."""
     dst, url = torchvision_weights_file(arch, name)
     if dst.is_file():
@@ -169,7 +170,7 @@ def load_pretrained(backbone: nn.Module, spec: str, arch: str) -> str:
     Raises:
         CheckpointError / ConfigError: one line (refused or unreadable file, offline download, mismatch).
     """
-    path = _fetch(arch, spec) if is_weights_name(spec) else Path(spec).expanduser()
+    path = fetch_weights(arch, spec) if is_weights_name(spec) else Path(spec).expanduser()
     sd = read_state_dict(path)
     target = backbone
     if not set(sd) <= backbone.state_dict().keys():  # not a bce3s checkpoint: a plain network's
