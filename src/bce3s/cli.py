@@ -223,15 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _in_package(arg: str) -> Path | None:
+    """Where a ``configs/...`` argument lies inside the installed package (any other argument: None)."""
+    parts = Path(arg).parts
+    return PACKAGE_CONFIGS.joinpath(*parts[1:]) if parts and parts[0] == "configs" else None
+
+
 def _config_path(arg: str) -> str:
     """A config path as given, or resolved inside the installed package (``configs/...`` works anywhere)."""
-    p = Path(arg)
-    if p.is_file():
-        return str(p)
-    parts = p.parts
-    if parts and parts[0] == "configs" and (PACKAGE_CONFIGS.joinpath(*parts[1:])).is_file():
-        return str(PACKAGE_CONFIGS.joinpath(*parts[1:]))
-    return arg
+    if Path(arg).is_file():
+        return str(Path(arg))
+    packaged = _in_package(arg)
+    return str(packaged) if packaged is not None and packaged.is_file() else arg
 
 
 def _default_out(config: str) -> Path:
@@ -473,10 +476,10 @@ def _expand_configs(configs: list[str]) -> list[str]:
             out.append(arg)
             continue
         found = sorted(glob.glob(arg))
-        parts = Path(arg).parts
-        if not found and parts and parts[0] == "configs":
+        packaged = _in_package(arg)
+        if not found and packaged is not None:
             found = [f"configs/{Path(p).relative_to(PACKAGE_CONFIGS).as_posix()}"
-                     for p in sorted(glob.glob(str(PACKAGE_CONFIGS.joinpath(*parts[1:]))))]
+                     for p in sorted(glob.glob(str(packaged)))]
         if not found:
             raise ConfigError(f"no config file matches {arg}")
         out += found
