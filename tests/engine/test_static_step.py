@@ -274,19 +274,25 @@ def test_the_static_step_body_never_waits_for_the_device(monkeypatch, nan_policy
 
 @pytest.mark.gpu
 def test_graphed_step_equals_static_on_cuda():
-    """The captured CUDA graph replays the static step (warm-up, capture, replays across an epoch switch)."""
+    """The captured CUDA graph replays the static step (warm-up, capture, replays across an epoch switch).
+
+    In float64 (the losses still compute in float32): the two runs use different streams, where cuBLAS and
+    cuDNN may pick other kernels, and in float32 such rounding differences can grow over 16 steps into a
+    mismatch (an input of a ReLU within rounding of 0 takes the other branch; seen on the CPU between inductor
+    and eager code). A false failure here would send the device check's recipe to the slow eager step.
+    """
     if DEVICE.type != "cuda":
         pytest.skip("set BCE3S_TEST_DEVICE=cuda")
-    ref, ref_sched = _runtime(static=True)
-    gr, gr_sched = _runtime(static=True)
-    batches = _batches(16)
+    ref, ref_sched = _runtime(static=True, dtype=torch.float64)
+    gr, gr_sched = _runtime(static=True, dtype=torch.float64)
+    batches = _batches(16, dtype=torch.float64)
     ref_losses = _run(ref, ref_sched, StaticStep(ref, "static"), batches)
     graphed = StaticStep(gr, "graphed")
     gr_losses = _run(gr, gr_sched, graphed, batches)
     assert graphed.capture_error is None, graphed.capture_error
     assert graphed._graph is not None
-    torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
-    _assert_same_state(ref, gr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(gr_losses), torch.tensor(ref_losses), rtol=1e-5, atol=1e-5)
+    _assert_same_state(ref, gr, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -375,11 +381,17 @@ def test_a_static_run_trains_like_an_eager_run(tmp_path):
 
 @pytest.mark.gpu
 def test_a_graphed_run_trains_like_an_eager_run_on_cuda(tmp_path):
-    """``runtime.step: graphed`` through the engine on CUDA (warm-up, capture, replays, stage 2's own graph)."""
+    """``runtime.step: graphed`` through the engine on CUDA (warm-up, capture, replays, stage 2's own graph).
+
+    The epoch losses of two float32 runs: on the CPU, static against eager (the fused against the for-each
+    optimizer) differ by 1e-8, 4e-6 and 2.4e-4 relative in the three epochs; on CUDA the graphed run's other
+    stream may also get other cuBLAS kernels, so the tolerance leaves room (the step-level float64 test above is
+    the exact one). A false failure would send the device check's recipe to the slow eager step.
+    """
     eager = _train_losses(tmp_path, "eager", "cuda")
     graphed = _train_losses(tmp_path, "graphed", "cuda")
     assert len(eager) == len(graphed) == 3
-    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=5e-3, atol=1e-4)
 
 
 class _FakeGraphs:
